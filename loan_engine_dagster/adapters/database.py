@@ -1,0 +1,157 @@
+"""The results database (spec section 11): loan facts, exceptions and
+eligibility results per batch, replaced whole in one transaction."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import (
+    Boolean, Column, Date, DateTime, Float, Integer, MetaData, String, Table, Text, create_engine, delete, func,
+    select,
+)
+from sqlalchemy.engine import Engine
+
+metadata = MetaData()
+
+loan_facts = Table(
+    "loan_facts", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("batch_key", String(32), nullable=False, index=True),
+    Column("run_id", String(64), nullable=False),
+    Column("rules_version", String(32), nullable=False),
+    Column("seller_loan_number", String(64), nullable=False),
+    Column("platform", String(8), nullable=False),
+    Column("loan_program", String(200)),
+    Column("application_type", String(64)),
+    Column("loan_kind", String(16)),
+    Column("type", String(32)),
+    Column("purchase_price_check", Boolean),
+    Column("underwriting_status", String(32)),
+    Column("comap_status", String(32)),
+    Column("disposition", String(16)),
+    Column("rejection_criteria", String(64)),
+    Column("rejection_reasons", Text),
+    Column("message", Text),
+    Column("orig_balance", Float),
+    Column("fico", Float),
+    Column("dti", Float),
+    Column("pti", Float),
+    Column("term", Float),
+    Column("apr", Float),
+    Column("lender_price", Float),
+    Column("modeled_purchase_price", Float),
+    Column("dealer_fee", Float),
+    Column("income", Float),
+    Column("submit_date", Date),
+    Column("purchase_date", Date),
+    Column("source_file", String(255)),
+    Column("source_row", Integer),
+)
+
+loan_exceptions = Table(
+    "loan_exceptions", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("batch_key", String(32), nullable=False, index=True),
+    Column("run_id", String(64), nullable=False),
+    Column("seller_loan_number", String(64), nullable=False),
+    Column("platform", String(8), nullable=False),
+    Column("reason", String(64), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("message", Text),
+)
+
+eligibility_results = Table(
+    "eligibility_results", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("batch_key", String(32), nullable=False, index=True),
+    Column("run_id", String(64), nullable=False),
+    Column("rules_version", String(32), nullable=False),
+    Column("platform", String(8), nullable=False),
+    Column("check_id", String(64), nullable=False),
+    Column("population", String(16), nullable=False),
+    Column("metric", String(32)),
+    Column("op", String(4)),
+    Column("limit", Float),
+    Column("value", Float),
+    Column("value_json", Text),
+    Column("status", String(16)),
+    Column("excess_balance", Float),
+)
+
+BATCH_TABLES = (loan_facts, loan_exceptions, eligibility_results)
+FACT_COLUMNS = [c.name for c in loan_facts.columns if c.name not in ("id", "batch_key", "run_id", "rules_version")]
+
+
+def engine_for(url: str) -> Engine:
+    engine = create_engine(url, future=True, pool_pre_ping=True)
+    metadata.create_all(engine)
+    return engine
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    clean = frame.astype(object).where(frame.notna(), None)
+    return clean.to_dict("records")
+
+
+def fact_rows(loans: pd.DataFrame) -> pd.DataFrame:
+    facts = loans[FACT_COLUMNS].copy()
+    for column in ("submit_date", "purchase_date"):
+        facts[column] = pd.to_datetime(facts[column]).dt.date
+    facts["purchase_price_check"] = facts["purchase_price_check"].astype(bool)
+    return facts
+
+
+def eligibility_rows(checks: pd.DataFrame) -> pd.DataFrame:
+    """One row per check and population; a distribution keeps its shares as JSON."""
+    parts = []
+    for population in ("value", "before", "to_purchase"):
+        values = checks[population]
+        is_doc = values.map(lambda v: isinstance(v, dict))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "platform": checks["platform"],
+                    "check_id": checks["check_id"],
+                    "population": population,
+                    "metric": checks["metric"],
+                    "op": checks["op"],
+                    "limit": checks["limit"],
+                    "value": values.where(~is_doc, None).astype(float),
+                    "value_json": values.where(is_doc, None).map(lambda v: json.dumps(v) if isinstance(v, dict) else None),
+                    "status": checks["status"] if population == "value" else None,
+                    "excess_balance": checks["excess_balance"].astype(float) if population == "value" else np.nan,
+                }
+            )
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def save_batch(
+    engine: Engine, *, batch_key: str, run_id: str, rules_version: str,
+    loans: pd.DataFrame, exceptions: pd.DataFrame, checks: pd.DataFrame,
+) -> dict[str, int]:
+    """Replace the batch's rows in one transaction; on any error nothing changes."""
+    stamp = {"batch_key": batch_key, "run_id": run_id}
+    facts = fact_rows(loans).assign(**stamp, rules_version=rules_version)
+    exc = exceptions[["seller_loan_number", "platform", "reason", "severity", "message"]].assign(**stamp)
+    elig = eligibility_rows(checks).assign(**stamp, rules_version=rules_version)
+    with engine.begin() as conn:
+        for table in BATCH_TABLES:
+            conn.execute(delete(table).where(table.c.batch_key == batch_key))
+        for table, frame in ((loan_facts, facts), (loan_exceptions, exc), (eligibility_results, elig)):
+            if len(frame):
+                conn.execute(table.insert(), _records(frame))
+    return {"loan_facts": len(facts), "loan_exceptions": len(exc), "eligibility_results": len(elig)}
+
+
+def batch_row_counts(engine: Engine, batch_key: str) -> dict[str, int]:
+    with engine.connect() as conn:
+        return {
+            table.name: conn.execute(select(func.count()).select_from(table).where(table.c.batch_key == batch_key)).scalar_one()
+            for table in BATCH_TABLES
+        }
+
+

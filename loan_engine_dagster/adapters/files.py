@@ -1,0 +1,55 @@
+"""Reading workbooks and CSV files into raw frames, with structural errors
+that name the file and sheet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from python_calamine import CalamineWorkbook
+
+from loan_engine_dagster.rules.errors import StructuralError
+
+
+def open_workbook(path: Path) -> CalamineWorkbook:
+    if not path.is_file():
+        raise StructuralError("the file is missing", file=path.name)
+    try:
+        return CalamineWorkbook.from_path(str(path))
+    except Exception as exc:  # calamine raises several error types for bad files
+        raise StructuralError(f"not a readable workbook ({type(exc).__name__}: {exc})", file=path.name) from None
+
+
+def read_sheet(workbook: CalamineWorkbook, path: Path, sheet: str | None = None) -> tuple[str, pd.DataFrame]:
+    """One sheet as an object frame aligned to A1 (index 0 = row 1); the first
+    sheet when `sheet` is None. Sheet names match case-insensitively."""
+    names = workbook.sheet_names
+    if sheet is None:
+        if not names:
+            raise StructuralError("the workbook has no sheets", file=path.name)
+        name = names[0]
+    else:
+        by_key = {n.strip().casefold(): n for n in names}
+        name = by_key.get(sheet.strip().casefold())
+        if name is None:
+            raise StructuralError(
+                f"sheet missing (the workbook has: {', '.join(names)})", file=path.name, sheet=sheet
+            )
+    try:
+        rows = workbook.get_sheet_by_name(name).to_python(skip_empty_area=False)
+    except Exception as exc:
+        raise StructuralError(f"sheet cannot be read ({exc})", file=path.name, sheet=name) from None
+    return name, pd.DataFrame(rows, dtype=object)
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    """A CSV file with its header row; every cell kept as text so parsing
+    decides types and can name the rows it cannot read."""
+    if not path.is_file():
+        raise StructuralError("the file is missing", file=path.name)
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise StructuralError(f"not a readable CSV file ({exc})", file=path.name) from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame

@@ -1,0 +1,146 @@
+"""Finding batches in the inbox (spec section 2)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REFERENCE_FILES = {
+    "master": "MASTER_SHEET.xlsx",
+    "notes_master": "MASTER_SHEET - Notes.xlsx",
+    "existing": "current_assets.csv",
+    "grids": "Underwriting_Grids_COMAP.xlsx",
+}
+PLATFORMS = ("sfy", "prime")
+_EXHIBIT = re.compile(
+    r"^(?P<platform>SFY|PRIME)_(?P<m>\d{2})-(?P<d>\d{2})-(?P<y>\d{4})_ExhibitAtoFormofSaleNotice - Pre-Funding"
+    r"(?P<off> ?- ?off-cycle)?\.xlsx$",
+    re.IGNORECASE,
+)
+_TAPE = re.compile(r"^Tape20Loans_(?P<m>\d{2})-(?P<d>\d{2})-(?P<y>\d{4})\.csv$", re.IGNORECASE)
+_SERVICING = re.compile(r"^(?P<kind>FX[34])_(?P<y>\d{4})_(?P<m>\d{3})_(?P<d>\d{2})\.xlsx$", re.IGNORECASE)
+OFFCYCLE = "-offcycle"
+
+
+def resolve_inbox(path: str | Path) -> Path:
+    """An inbox holding `files_required/` keeps its files there."""
+    path = Path(path)
+    nested = path / "files_required"
+    return nested if nested.is_dir() else path
+
+
+def _date(match: re.Match) -> dt.date | None:
+    try:
+        return dt.date(int(match["y"]), int(match["m"]), int(match["d"]))
+    except ValueError:
+        return None
+
+
+def batch_key(notice_date: dt.date, offcycle: bool) -> str:
+    return notice_date.isoformat() + (OFFCYCLE if offcycle else "")
+
+
+def parse_batch_key(key: str) -> tuple[dt.date, bool]:
+    """'2026-02-19' or '2026-02-19-offcycle' -> (date, offcycle); ValueError otherwise."""
+    offcycle = key.endswith(OFFCYCLE)
+    core = key[: -len(OFFCYCLE)] if offcycle else key
+    try:
+        return dt.date.fromisoformat(core), offcycle
+    except ValueError:
+        raise ValueError(f"batch key {key!r} is not YYYY-MM-DD or YYYY-MM-DD-offcycle") from None
+
+
+@dataclass
+class BatchFiles:
+    """What the inbox holds for one batch, and what it still waits for."""
+
+    key: str
+    notice_date: dt.date
+    exhibits: dict[str, Path] = field(default_factory=dict)
+    tape: Path | None = None
+    servicing: list[Path] = field(default_factory=list)
+    reference: dict[str, Path] = field(default_factory=dict)
+    lookback_days: int = 4
+
+    @property
+    def missing(self) -> list[str]:
+        waiting = [f"{p.upper()} exhibit" for p in PLATFORMS if p not in self.exhibits]
+        if self.tape is None:
+            start = self.notice_date - dt.timedelta(days=self.lookback_days)
+            waiting.append(f"a tape dated {start.isoformat()}..{self.notice_date.isoformat()}")
+        waiting += [name for role, name in REFERENCE_FILES.items() if role not in self.reference]
+        return waiting
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+    @property
+    def files(self) -> dict[str, Path]:
+        """Every input the batch reads, by role."""
+        roles = dict(self.reference)
+        roles.update({f"{p}_exhibit": path for p, path in self.exhibits.items()})
+        if self.tape is not None:
+            roles["tape"] = self.tape
+        roles.update({f"servicing_{i}": path for i, path in enumerate(self.servicing)})
+        return roles
+
+
+def scan_inbox(inbox: str | Path, lookback_days: int) -> dict[str, BatchFiles]:
+    """Every batch with at least one exhibit in the inbox, keyed by batch key.
+    Files that match no pattern are ignored."""
+    root = resolve_inbox(inbox)
+    lookback = lookback_days
+    if not root.is_dir():
+        return {}
+    names = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith((".", "~$")))
+    reference = {role: root / name for role, name in REFERENCE_FILES.items() if (root / name).is_file()}
+    batches: dict[str, BatchFiles] = {}
+    tapes: dict[dt.date, Path] = {}
+    servicing: list[tuple[dt.date, Path]] = []
+    for path in names:
+        name = re.sub(r"\s+", " ", path.name)
+        if (m := _EXHIBIT.match(name)) and (day := _date(m)):
+            key = batch_key(day, bool(m["off"]))
+            batch = batches.setdefault(key, BatchFiles(key=key, notice_date=day, reference=reference, lookback_days=lookback))
+            batch.exhibits[m["platform"].lower()] = path
+        elif (m := _TAPE.match(name)) and (day := _date(m)):
+            tapes[day] = path
+        elif (m := _SERVICING.match(name)) and (day := _date(m)):
+            servicing.append((day, path))
+    for batch in batches.values():
+        window = [d for d in tapes if batch.notice_date - dt.timedelta(days=lookback) <= d <= batch.notice_date]
+        if window:
+            batch.tape = tapes[max(window)]
+        batch.servicing = [
+            p for d, p in servicing if batch.notice_date - dt.timedelta(days=lookback) <= d <= batch.notice_date
+        ]
+    return dict(sorted(batches.items()))
+
+
+def find_batch(inbox: str | Path, key: str, lookback_days: int) -> BatchFiles:
+    """The batch's files; a batch with no exhibit at all still gets an entry
+    so that the caller can say what is missing."""
+    notice_date, _ = parse_batch_key(key)
+    found = scan_inbox(inbox, lookback_days).get(key)
+    if found is None:
+        root = resolve_inbox(inbox)
+        reference = {role: root / name for role, name in REFERENCE_FILES.items() if (root / name).is_file()}
+        found = BatchFiles(key=key, notice_date=notice_date, reference=reference, lookback_days=lookback_days)
+    return found
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def describe_file(role: str, path: Path) -> dict:
+    """The audit-trail entry of one input file."""
+    return {"role": role, "name": path.name, "size": path.stat().st_size, "sha256": sha256_file(path)}

@@ -1,0 +1,70 @@
+"""From inbox files to the typed inputs of the rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from loan_engine_dagster.rules import parsing
+from loan_engine_dagster.rules.config import Rules
+from loan_engine_dagster.rules.errors import StructuralError
+from loan_engine_dagster.rules.pipeline import BatchInputs, ReferenceData
+
+from .files import open_workbook, read_csv, read_sheet
+from .inbox import PLATFORMS, REFERENCE_FILES, BatchFiles, describe_file
+
+
+def load_reference(reference: dict[str, Path], rules: Rules) -> ReferenceData:
+    """Master sheets, existing assets and grids. Any problem is structural."""
+    missing = [name for role, name in REFERENCE_FILES.items() if role not in reference]
+    if missing:
+        raise StructuralError("reference file missing from the inbox", file=", ".join(missing))
+    rows = rules.inbox.header_search_rows
+    masters = {}
+    for role in ("master", "notes_master"):
+        path = reference[role]
+        sheet, raw = read_sheet(open_workbook(path), path)
+        masters[role] = parsing.parse_master(raw, file=path.name, sheet=sheet, max_rows=rows)
+    existing_path = reference["existing"]
+    existing = parsing.parse_existing(read_csv(existing_path), file=existing_path.name)
+
+    grids_path = reference["grids"]
+    workbook = open_workbook(grids_path)
+    underwriting = []
+    for name in rules.sheets.underwriting.model_dump().values():
+        sheet, raw = read_sheet(workbook, grids_path, name)
+        underwriting.append(parsing.parse_underwriting_grid(raw, file=grids_path.name, sheet=sheet, max_rows=rows).assign(sheet=name))
+    comap = []
+    for name in rules.comap_sheets():
+        sheet, raw = read_sheet(workbook, grids_path, name)
+        comap.append(parsing.parse_comap_sheet(raw, file=grids_path.name, sheet=sheet, max_rows=rows).assign(sheet=name))
+    return ReferenceData(
+        master=masters["master"],
+        notes_master=masters["notes_master"],
+        existing=existing,
+        grids=pd.concat(underwriting, ignore_index=True),
+        comap=pd.concat(comap, ignore_index=True),
+        files=[describe_file(role, path) for role, path in sorted(reference.items())],
+    )
+
+
+def load_batch_inputs(batch: BatchFiles, rules: Rules) -> BatchInputs:
+    """Both exhibits and the tape of one batch."""
+    missing = [m for m in batch.missing if m not in REFERENCE_FILES.values()]
+    if missing:
+        raise StructuralError(f"batch {batch.key} is incomplete: missing {', '.join(missing)}")
+    exhibits = []
+    for platform in PLATFORMS:
+        path = batch.exhibits[platform]
+        sheet, raw = read_sheet(open_workbook(path), path)
+        exhibits.append(parsing.parse_exhibit(raw, platform=platform, file=path.name, sheet=sheet, rules=rules))
+    tape = parsing.parse_tape(read_csv(batch.tape), file=batch.tape.name)
+    files = [describe_file(role, path) for role, path in batch.files.items() if role not in REFERENCE_FILES]
+    return BatchInputs(
+        batch_key=batch.key,
+        notice_date=batch.notice_date,
+        exhibits=pd.concat(exhibits, ignore_index=True),
+        tape=tape,
+        files=files,
+    )

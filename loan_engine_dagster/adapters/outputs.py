@@ -1,0 +1,95 @@
+"""Writing a batch's reports: whole or not at all."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xlsxwriter
+
+# Text is written as text: a seller-typed "=HYPERLINK(...)" must never run.
+_WORKBOOK_OPTIONS = {
+    "constant_memory": True,
+    "strings_to_formulas": False,
+    "strings_to_numbers": False,
+    "strings_to_urls": False,
+    "nan_inf_to_errors": True,
+}
+
+
+def write_workbook(frame: pd.DataFrame, path: Path, sheet: str = "loans") -> None:
+    """One sheet, header row first; an empty frame still gets its header."""
+    workbook = xlsxwriter.Workbook(str(path), _WORKBOOK_OPTIONS)
+    try:
+        worksheet = workbook.add_worksheet(sheet)
+        bold = workbook.add_format({"bold": True})
+        dates = workbook.add_format({"num_format": "yyyy-mm-dd"})
+        # Leading = + - @ cells also get Excel's quote prefix, so even a cell
+        # edited later in Excel stays text.
+        quoted = workbook.add_format({"quote_prefix": True})
+        worksheet.write_row(0, 0, [str(c) for c in frame.columns], bold)
+        body = frame.astype(object).where(frame.notna(), None)
+        for r, row in enumerate(body.itertuples(index=False, name=None), start=1):
+            for c, value in enumerate(row):
+                if value is None:
+                    continue
+                if isinstance(value, str):
+                    worksheet.write_string(r, c, value, quoted if value[:1] in "=+-@" and value else None)
+                elif isinstance(value, (bool, np.bool_)):
+                    worksheet.write_boolean(r, c, bool(value))
+                elif isinstance(value, (int, float, np.integer, np.floating)):
+                    worksheet.write_number(r, c, float(value))
+                elif hasattr(value, "year"):
+                    worksheet.write_datetime(r, c, pd.Timestamp(value).to_pydatetime(), dates)
+                else:
+                    worksheet.write_string(r, c, str(value))
+        if len(frame.columns):
+            worksheet.autofilter(0, 0, max(len(frame), 1), len(frame.columns) - 1)
+    finally:
+        workbook.close()
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return None if np.isnan(value) else float(value)
+    if isinstance(value, (pd.Timestamp,)):
+        return value.isoformat()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def write_json(document: dict, path: Path) -> None:
+    path.write_text(json.dumps(document, indent=2, default=_json_default, allow_nan=False) + "\n")
+
+
+def publish_batch(output_root: Path, batch_key: str, write) -> Path:
+    """Call `write(folder)` on a hidden temporary folder, then swap it in for
+    `<output_root>/<batch_key>` by rename: readers see the old batch or the
+    new one, never half of one. A failed write leaves the old batch alone."""
+    output_root.mkdir(parents=True, exist_ok=True)
+    target = output_root / batch_key
+    staging = output_root / f".{batch_key}.tmp-{uuid.uuid4().hex}"
+    staging.mkdir()
+    try:
+        write(staging)
+        for path in staging.rglob("*"):
+            if path.is_file():
+                with open(path, "rb") as handle:
+                    os.fsync(handle.fileno())
+        if target.exists():
+            retired = output_root / f".{batch_key}.old-{uuid.uuid4().hex}"
+            target.rename(retired)
+            staging.rename(target)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target

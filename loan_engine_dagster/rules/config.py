@@ -1,0 +1,152 @@
+"""The rules file: every number a business user may change, validated at load."""
+
+from __future__ import annotations
+
+import datetime as dt
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Metric = Literal["balance_share", "count_share", "max", "mean", "wavg", "distribution", "batch_balance_share"]
+Op = Literal["<", "<=", ">", ">=", "==", "!=", "in"]
+FILTER_COLUMNS = {
+    "type", "term", "fico", "apr", "lender_price", "orig_balance", "promo_term",
+    "dealer_fee", "new_programs", "loan_program", "property_state",
+}
+SHARE_METRICS = {"balance_share", "count_share", "batch_balance_share"}
+
+
+class RulesFileError(ValueError):
+    """The rules file is malformed; the message names the offending key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InboxRules(_Strict):
+    tape_lookback_days: int = Field(ge=0)
+    header_search_rows: int = Field(ge=1)
+
+
+class NormalizationRules(_Strict):
+    irr_target: float
+    facility_period_start: dt.date
+    fico_min: int
+    fico_max: int
+
+
+class UnderwritingSheets(_Strict):
+    sfy_regular: str
+    prime_regular: str
+    sfy_notes: str
+    prime_notes: str
+
+
+class Sheets(_Strict):
+    underwriting: UnderwritingSheets
+    notes_comap: str
+
+
+class ComapEra(_Strict):
+    after: dt.date | None
+    sheets: list[str] = Field(min_length=1)
+
+
+class ComapEras(_Strict):
+    prime: list[ComapEra] = Field(min_length=1)
+    sfy: list[ComapEra] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _eras_descend(self) -> "ComapEras":
+        for platform in ("prime", "sfy"):
+            eras = getattr(self, platform)
+            if eras[-1].after is not None:
+                raise ValueError(f"comap_eras.{platform}: the last era must have after: null")
+            dates = [e.after for e in eras[:-1]]
+            if any(d is None for d in dates) or dates != sorted(dates, reverse=True):
+                raise ValueError(f"comap_eras.{platform}: eras must be listed newest first")
+        return self
+
+
+class Check(_Strict):
+    id: str
+    description: str
+    metric: Metric
+    where: list[tuple[str, Op, Any]] = Field(default_factory=list)
+    column: str | None = None
+    op: Literal["<", "<=", ">", ">="] | None = None
+    limit: float | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Check":
+        for column, op, value in self.where:
+            if column not in FILTER_COLUMNS:
+                raise ValueError(f"{self.id}: unknown filter column {column!r}")
+            if op == "in" and not isinstance(value, list):
+                raise ValueError(f"{self.id}: 'in' needs a list")
+        if self.metric in SHARE_METRICS and not self.where:
+            raise ValueError(f"{self.id}: a {self.metric} check needs a where filter")
+        if self.metric not in SHARE_METRICS and self.column not in FILTER_COLUMNS:
+            raise ValueError(f"{self.id}: a {self.metric} check needs a known column")
+        if (self.op is None) != (self.limit is None):
+            raise ValueError(f"{self.id}: op and limit go together")
+        if self.metric in ("distribution", "batch_balance_share") and self.limit is not None:
+            raise ValueError(f"{self.id}: a {self.metric} check is informational and takes no limit")
+        return self
+
+
+class Eligibility(_Strict):
+    prime: list[Check]
+    sfy: list[Check]
+
+
+class Rules(_Strict):
+    version: str
+    inbox: InboxRules
+    normalization: NormalizationRules
+    sheets: Sheets
+    comap_eras: ComapEras
+    eligibility: Eligibility
+
+    def underwriting_sheet(self, platform: str, kind: str) -> str:
+        return getattr(self.sheets.underwriting, f"{platform}_{kind}")
+
+    def comap_sheets(self) -> list[str]:
+        names = [self.sheets.notes_comap]
+        for eras in (self.comap_eras.prime, self.comap_eras.sfy):
+            for era in eras:
+                names.extend(era.sheets)
+        return list(dict.fromkeys(names))
+
+
+def parse_rules(data: dict) -> Rules:
+    try:
+        return Rules.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            problems.append(f"{key}: {err['msg']}")
+        raise RulesFileError("invalid rules file: " + "; ".join(problems)) from None
+
+
+def load_rules(path: str | Path | None = None) -> Rules:
+    """Load and validate the rules file (the packaged one by default)."""
+    if path is None:
+        text = resources.files(__package__).joinpath("rules.yaml").read_text()
+    else:
+        text = Path(path).read_text()
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise RulesFileError("invalid rules file: the top level must be a mapping")
+    return parse_rules(data)
+
+
+@lru_cache(maxsize=1)
+def default_rules() -> Rules:
+    return load_rules()

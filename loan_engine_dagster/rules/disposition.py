@@ -1,0 +1,101 @@
+"""Reasons, disposition and the messages a person reads (spec section 8)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+REASON_ORDER = (
+    "invalid_data",
+    "unknown_program",
+    "purchase_price_mismatch",
+    "underwriting_sfy",
+    "underwriting_prime",
+    "underwriting_notes",
+    "comap_sfy",
+    "comap_prime",
+    "comap_notes",
+)
+MASTER_FILES = {"regular": "MASTER_SHEET.xlsx", "notes": "MASTER_SHEET - Notes.xlsx"}
+
+
+def _num(series: pd.Series, fmt: str = "%g") -> pd.Series:
+    return pd.Series(np.char.mod(fmt, series.to_numpy(dtype=float)), index=series.index).astype("string")
+
+
+def _messages(m: pd.DataFrame) -> dict:
+    """Human text per reason, built only for the loans that carry it."""
+    return {
+        "invalid_data": lambda: m["source_file"] + " row " + m["source_row"].astype("string") + ": " + m["row_problems"],
+        "unknown_program": lambda: "Loan Program '" + m["loan_program"] + "' is not listed for "
+        + m["platform"].str.upper() + " in " + m["loan_kind"].map(MASTER_FILES),
+        "purchase_price_mismatch": lambda: "Lender Price(%) " + _num(m["lender_price"].round(2))
+        + " differs from modeled_purchase_price x 100 = " + _num((m["modeled_purchase_price"] * 100).round(2)),
+        "underwriting": lambda: pd.Series(
+            np.where(
+                m["underwriting_grid_rows"],
+                "no row of grid '" + m["underwriting_sheet"] + "' admits FICO " + _num(m["fico"])
+                + ", monthly income " + _num(m["income"] / 12, "%.2f") + ", balance "
+                + _num(m["orig_balance"] - m["stamp_fee"], "%.2f") + ", DTI " + _num(m["dti"]) + ", PTI " + _num(m["pti"]),
+                "program '" + m["loan_program"] + "' has no rows in grid '" + m["underwriting_sheet"] + "'",
+            ),
+            index=m.index,
+        ),
+        "comap": lambda: "FICO " + _num(m["fico"]) + " is below the CoMAP minimum " + _num(m["comap_min_fico"])
+        + " in sheet '" + m["comap_sheet"] + "'",
+        "not_in_grid": lambda: "program '" + m["loan_program"] + "' appears in no applicable CoMAP sheet",
+        "not_on_tape": lambda: pd.Series("SELLER Loan # is not on the servicer tape", index=m.index),
+    }
+
+
+def exceptions(loans: pd.DataFrame) -> pd.DataFrame:
+    """One row per loan and reason: rejection reasons as errors, CoMAP
+    `not_in_grid` and buy loans missing from the tape as warnings."""
+    valid = ~loans["invalid"]
+    flags = [
+        ("invalid_data", loans["invalid"], "invalid_data"),
+        ("unknown_program", valid & ~loans["known_program"], "unknown_program"),
+        ("purchase_price_mismatch", valid & ~loans["purchase_price_check"], "purchase_price_mismatch"),
+        ("underwriting", loans["underwriting_status"] == "fail", loans["underwriting_reason"]),
+        ("comap", loans["comap_status"] == "fail", loans["comap_reason"]),
+        ("not_in_grid", loans["comap_status"] == "not_in_grid", "not_in_grid"),
+        ("not_on_tape", valid & ~loans["on_tape"], "not_on_tape"),
+    ]
+    frames = []
+    for key, mask, reason in flags:
+        subset = loans[mask]
+        text = _messages(subset)[key]()
+        frames.append(
+            pd.DataFrame(
+                {
+                    "loan": subset.index,
+                    "seller_loan_number": subset["seller_loan_number"].to_numpy(),
+                    "platform": subset["platform"].to_numpy(),
+                    "reason": reason[mask].to_numpy() if isinstance(reason, pd.Series) else reason,
+                    "message": text.astype(object).to_numpy(),
+                }
+            )
+        )
+    out = pd.concat(frames, ignore_index=True)
+    out["severity"] = np.where(out["reason"].isin(REASON_ORDER), "error", "warning")
+    rank = {r: i for i, r in enumerate(REASON_ORDER + ("not_in_grid", "not_on_tape"))}
+    out["rank"] = out["reason"].map(rank)
+    return out.sort_values(["loan", "rank"], kind="stable").drop(columns="rank").reset_index(drop=True)
+
+
+def dispose(loans: pd.DataFrame, exc: pd.DataFrame) -> pd.DataFrame:
+    """A loan with any reason is rejected for the first; otherwise it is bought."""
+    errors = exc[exc["severity"] == "error"]
+    grouped = errors.groupby("loan", sort=False)
+    reasons = grouped["reason"].agg(";".join).reindex(loans.index, fill_value="")
+    messages = grouped["message"].agg(" | ".join).reindex(loans.index, fill_value="")
+    first = grouped["reason"].first().reindex(loans.index, fill_value="")
+    return pd.DataFrame(
+        {
+            "disposition": np.where(reasons == "", "to_purchase", "rejected"),
+            "rejection_criteria": first,
+            "rejection_reasons": reasons,
+            "message": messages,
+        },
+        index=loans.index,
+    )

@@ -1,0 +1,63 @@
+"""The buy-loan table (spec section 4): one row per offered loan, typed and
+joined to the master sheets and the tape."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+
+from .config import Rules
+from .parsing import text_key
+
+
+def loan_kind(application_type: pd.Series) -> pd.Series:
+    """Loans whose Application Type is HD NOTE are bought as notes."""
+    return pd.Series(
+        np.where(text_key(application_type) == "hd note", "notes", "regular"), index=application_type.index
+    )
+
+
+def normalize_buy_loans(
+    exhibits: pd.DataFrame,
+    master: pd.DataFrame,
+    notes_master: pd.DataFrame,
+    tape: pd.DataFrame,
+    *,
+    pdate: dt.date,
+    rules: Rules,
+) -> pd.DataFrame:
+    """Attach type and new-program flag from the master sheet of the loan's
+    kind, the buy-side constants, and whether the servicer tape knows the loan."""
+    loans = exhibits.copy()
+    loans["loan_program"] = loans["loan_program"].str.strip()
+    loans["loan_kind"] = loan_kind(loans["application_type"])
+    loans["program_key"] = text_key(loans["loan_program"])
+    loans["invalid"] = loans["row_problems"] != ""
+
+    lookup = pd.concat(
+        [master.assign(loan_kind="regular"), notes_master.assign(loan_kind="notes")], ignore_index=True
+    )[["program_key", "platform", "loan_kind", "type", "new_programs"]]
+    loans = loans.merge(lookup, on=["program_key", "platform", "loan_kind"], how="left", validate="many_to_one")
+    loans["known_program"] = loans["type"].notna()
+    loans["type"] = loans["type"].fillna("")
+    loans["new_programs"] = loans["new_programs"].fillna(False).astype(bool)
+
+    loans["dealer_fee"] = loans["dealer_fee"] / 100.0
+    loans["repurchase"] = False
+    loans["excess_asset"] = False
+    loans["borrowing_base_eligible"] = True
+    loans["purchase_date"] = pd.Timestamp(pdate)
+    loans["irr_support_target"] = rules.normalization.irr_target
+    loans["on_tape"] = loans["seller_loan_number"].isin(tape["seller_loan_number"])
+    return loans
+
+
+def mark_repurchases(existing: pd.DataFrame, tape: pd.DataFrame) -> pd.DataFrame:
+    """An existing asset the servicer tape reports as REPURCHASE leaves the
+    portfolio base, whatever the asset file says."""
+    repurchased = tape.loc[tape["repurchased"], "seller_loan_number"]
+    out = existing.copy()
+    out["repurchase"] = out["repurchase"] | out["seller_loan_number"].isin(repurchased)
+    return out

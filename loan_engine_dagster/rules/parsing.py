@@ -1,0 +1,440 @@
+"""Turning raw sheets and CSV tables into typed frames (spec section 3).
+
+Raw workbook sheets arrive as object frames aligned to cell A1 (raw index 0 is
+spreadsheet row 1), so row numbers in messages are the ones a person sees.
+Two kinds of bad input: structural problems raise `StructuralError`; row
+problems of buy loans are collected in a `row_problems` column and become
+`invalid_data` rejections downstream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .config import Rules
+from .errors import StructuralError
+
+UNDERWRITING_TYPES = ("standard", "hybrid", "ninp", "epni", "wpdi", "standard_bd", "wpdi_bd")
+EXCEL_EPOCH = pd.Timestamp("1899-12-30")
+
+
+@dataclass(frozen=True)
+class Field:
+    header: str  # as written in the spec
+    name: str  # engine column name
+    kind: str  # text | number | date | bool
+    required: bool = True
+    default: object = None
+
+
+EXHIBIT_FIELDS = (
+    Field("SELLER Loan #", "seller_loan_number", "text"),
+    Field("Loan Program", "loan_program", "text"),
+    Field("Application Type", "application_type", "text"),
+    Field("Property State", "property_state", "text"),
+    Field("Orig. Balance", "orig_balance", "number"),
+    Field("Income (annual)", "income", "number"),
+    Field("FICO Borrower", "fico", "number"),
+    Field("DTI", "dti", "number"),
+    Field("PTI", "pti", "number"),
+    Field("Term", "term", "number"),
+    Field("APR", "apr", "number"),
+    Field("Lender Price(%)", "lender_price", "number"),
+    Field("modeled_purchase_price", "modeled_purchase_price", "number"),
+    Field("Dealer Fee", "dealer_fee", "number"),
+    Field("Submit Date", "submit_date", "date"),
+    Field("Stamp fee", "stamp_fee", "number", required=False, default=0.0),
+    Field("promo_term", "promo_term", "number", required=False, default=0.0),
+    Field("Purchase Price", "purchase_price", "carry", required=False),
+    Field("Monthly Payment Date", "monthly_payment_date", "carry", required=False),
+)
+TU144 = Field("TU144", "tu144", "number", required=False, default=0.0)
+
+TAPE_FIELDS = (
+    Field("Account Number", "account_number", "number"),
+    Field("Loan Group", "loan_group", "text"),
+    Field("Status Codes", "status_codes", "text"),
+)
+
+MASTER_FIELDS = (
+    Field("loan program", "loan_program", "text"),
+    Field("platform", "platform", "text"),
+    Field("type", "type", "text"),
+    Field("new_programs", "new_programs", "bool", required=False, default=False),
+)
+
+EXISTING_FIELDS = (
+    Field("SELLER Loan #", "seller_loan_number", "text"),
+    Field("platform", "platform", "text"),
+    Field("loan program", "loan_program", "text"),
+    Field("type", "type", "text"),
+    Field("Orig. Balance", "orig_balance", "number"),
+    Field("Lender Price(%)", "lender_price", "number"),
+    Field("FICO Borrower", "fico", "number"),
+    Field("Term", "term", "number"),
+    Field("APR", "apr", "number"),
+    Field("Property State", "property_state", "text"),
+    Field("Dealer Fee", "dealer_fee", "number"),
+    Field("Purchase_Date", "purchase_date", "date"),
+    Field("Repurchase", "repurchase", "bool"),
+    Field("promo_term", "promo_term", "number", required=False, default=0.0),
+    Field("new_programs", "new_programs", "bool", required=False, default=False),
+    Field("Excess_Asset", "excess_asset", "bool", required=False, default=False),
+    Field("modeled_purchase_price", "modeled_purchase_price", "number", required=False, default=np.nan),
+    Field("Purchase Price", "purchase_price", "carry", required=False),
+    Field("Submit Date", "submit_date", "date", required=False, default=pd.NaT),
+    Field("Application Type", "application_type", "text", required=False, default=""),
+)
+
+GRID_FIELDS = (
+    Field("finance_type_name_nls", "program", "text"),
+    Field("monthly_income_min", "monthly_income_min", "number"),
+    Field("fico_min", "fico_min", "number"),
+    Field("approval_high", "approval_high", "number"),
+    Field("dti_max", "dti_max", "number"),
+    Field("pti_ratio", "pti_ratio", "number"),
+)
+
+COMAP_LIST_FIELDS = (
+    Field("loan program", "program", "text"),
+    Field("Min FICO", "min_fico", "number"),
+)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def header_key(value: object) -> str:
+    """How column names are matched: trimmed, case-insensitive."""
+    return str(value).strip().casefold()
+
+
+def text_key(series: pd.Series) -> pd.Series:
+    """How program and type names are matched: trimmed, inner runs of spaces
+    folded to one, case-insensitive. Sellers type program names by hand."""
+    return series.astype("string").str.strip().str.replace(r"\s+", " ", regex=True).str.casefold()
+
+
+def is_blank(series: pd.Series) -> pd.Series:
+    return series.isna() | (series.astype("string").str.strip().fillna("") == "")
+
+
+def to_number(series: pd.Series) -> pd.Series:
+    return pd.to_numeric(series, errors="coerce").astype("float64")
+
+
+def to_date(series: pd.Series) -> pd.Series:
+    """Dates from Excel dates, ISO/US text, or Excel serial numbers."""
+    serial = pd.to_numeric(series, errors="coerce")
+    textual = series.where(serial.isna())
+    parsed = pd.to_datetime(textual, errors="coerce", format="mixed")
+    from_serial = EXCEL_EPOCH + pd.to_timedelta(serial, unit="D")
+    return parsed.where(serial.isna(), from_serial).dt.normalize().astype("datetime64[ns]")
+
+
+def to_text(series: pd.Series) -> pd.Series:
+    """Trimmed text; a whole number typed into a text column loses its '.0'."""
+    text = series.astype("string").str.strip().fillna("")
+    return text.str.replace(r"^(\d+)\.0$", r"\1", regex=True)
+
+
+def to_bool(series: pd.Series, default: bool = False) -> pd.Series:
+    key = series.astype("string").str.strip().str.casefold().fillna("")
+    truthy = key.isin(["true", "1", "1.0", "yes", "y", "t"])
+    falsy = key.isin(["false", "0", "0.0", "no", "n", "f", ""])
+    out = pd.Series(default, index=series.index, dtype=bool)
+    out[truthy] = True
+    out[falsy & (key != "")] = False
+    return out
+
+
+def bool_invalid(series: pd.Series) -> pd.Series:
+    key = series.astype("string").str.strip().str.casefold().fillna("")
+    return ~key.isin(["true", "1", "1.0", "yes", "y", "t", "false", "0", "0.0", "no", "n", "f", ""])
+
+
+def find_header_row(raw: pd.DataFrame, *, marker: str | None, max_rows: int, file: str, sheet: str | None) -> int:
+    """Index of the header row: the first row holding `marker` (or, with no
+    marker, the first row with any content) within the first `max_rows`."""
+    top = raw.iloc[:max_rows]
+    if top.empty:
+        raise StructuralError("the sheet is empty", file=file, sheet=sheet)
+    cells = top.astype("string").apply(lambda col: col.str.strip().str.casefold())
+    if marker is None:
+        hits = (cells.fillna("") != "").any(axis=1)
+    else:
+        hits = (cells == marker.casefold()).any(axis=1)
+    if not hits.any():
+        what = f"no header row with a cell reading '{marker}'" if marker else "no header row"
+        raise StructuralError(f"{what} in the first {max_rows} rows", file=file, sheet=sheet)
+    return int(np.flatnonzero(hits.to_numpy())[0])
+
+
+def frame_below_header(raw: pd.DataFrame, header_row: int) -> pd.DataFrame:
+    """Rows under the header, with `source_row` holding spreadsheet row numbers.
+    Fully empty rows are dropped; columns with an empty header are dropped."""
+    headers = [str(h).strip() if h is not None else "" for h in raw.iloc[header_row].tolist()]
+    body = raw.iloc[header_row + 1 :].copy()
+    body.columns = range(body.shape[1])
+    keep = [i for i, h in enumerate(headers) if h and h.lower() != "nan"]
+    body = body[keep]
+    body.columns = [headers[i] for i in keep]
+    body = body.loc[:, ~pd.Index(body.columns).duplicated()]
+    body["source_row"] = body.index.to_numpy() + 1
+    content = body.drop(columns="source_row")
+    nonempty = ~content.apply(is_blank).all(axis=1) if not content.empty else pd.Series(False, index=body.index)
+    return body[nonempty].reset_index(drop=True)
+
+
+def resolve_columns(
+    frame: pd.DataFrame, fields: Iterable[Field], *, file: str, sheet: str | None
+) -> dict[str, str]:
+    """Map each field to the frame column that names it; raise naming every
+    missing required column at once."""
+    by_key = {header_key(c): c for c in frame.columns}
+    found, missing = {}, []
+    for field in fields:
+        column = by_key.get(header_key(field.header))
+        if column is not None:
+            found[field.name] = column
+        elif field.required:
+            missing.append(field.header)
+    if missing:
+        raise StructuralError("required column missing", file=file, sheet=sheet, columns=missing)
+    return found
+
+
+def typed_frame(
+    frame: pd.DataFrame, fields: Iterable[Field], mapping: dict[str, str]
+) -> tuple[pd.DataFrame, dict[str, pd.Series]]:
+    """Convert mapped columns to their kinds. Returns the typed frame and, per
+    field name, a mask of cells that were present but not convertible."""
+    out = pd.DataFrame(index=frame.index)
+    invalid: dict[str, pd.Series] = {}
+    for field in fields:
+        if field.name not in mapping:
+            out[field.name] = field.default if field.kind != "carry" else None
+            continue
+        raw = frame[mapping[field.name]]
+        blank = is_blank(raw)
+        if field.kind == "text":
+            out[field.name] = to_text(raw)
+        elif field.kind == "number":
+            values = to_number(raw)
+            invalid[field.name] = values.isna() & ~blank
+            out[field.name] = values.fillna(field.default) if not field.required and field.default is not None else values
+        elif field.kind == "date":
+            values = to_date(raw)
+            invalid[field.name] = values.isna() & ~blank
+            out[field.name] = values
+        elif field.kind == "bool":
+            invalid[field.name] = bool_invalid(raw)
+            out[field.name] = to_bool(raw, default=bool(field.default))
+        else:
+            out[field.name] = raw.where(~blank, None)
+        if field.required:
+            invalid[field.name] = invalid.get(field.name, pd.Series(False, index=frame.index)) | blank
+    return out, invalid
+
+
+def _extra_columns(frame: pd.DataFrame, mapping: dict[str, str]) -> list[str]:
+    used = set(mapping.values()) | {"source_row"}
+    return [c for c in frame.columns if c not in used]
+
+
+def _raise_on_invalid(invalid: dict[str, pd.Series], frame: pd.DataFrame, fields, mapping, *, file, sheet) -> None:
+    """Reference files must be clean: any bad cell is structural."""
+    headers = {f.name: mapping.get(f.name, f.header) for f in fields}
+    for name, mask in invalid.items():
+        if mask.any():
+            rows = frame.loc[mask, "source_row"].tolist()
+            raise StructuralError(
+                "empty or unreadable values", file=file, sheet=sheet, columns=[headers[name]], rows=rows
+            )
+
+
+# ---------------------------------------------------------------- exhibits
+
+
+def parse_exhibit(raw: pd.DataFrame, *, platform: str, file: str, sheet: str, rules: Rules) -> pd.DataFrame:
+    """The offered loans of one exhibit, one row per loan, with `row_problems`
+    naming every row-level problem (empty string when the row is valid)."""
+    header_row = find_header_row(
+        raw, marker="SELLER Loan #", max_rows=rules.inbox.header_search_rows, file=file, sheet=sheet
+    )
+    frame = frame_below_header(raw, header_row)
+    mapping = resolve_columns(frame, EXHIBIT_FIELDS, file=file, sheet=sheet)
+    tu144_column = next(
+        (c for c in frame.columns if str(c).replace(" ", "").replace("_", "").casefold() == "tu144"), None
+    )
+    if tu144_column is not None:
+        mapping["tu144"] = tu144_column
+    fields = EXHIBIT_FIELDS + (TU144,)
+    out, invalid = typed_frame(frame, fields, mapping)
+    extras = _extra_columns(frame, mapping)
+    for column in extras:
+        out[column] = frame[column]
+    if platform != "sfy":
+        out["tu144"] = 0.0  # TU144 is an SFY-only exemption
+        invalid.pop("tu144", None)
+
+    headers = {f.name: mapping.get(f.name, f.header) for f in fields}
+    problems = pd.Series("", index=out.index, dtype="string")
+    for name, mask in invalid.items():
+        if name not in mapping:
+            continue
+        cells = frame[mapping[name]]
+        kind = "a date" if name == "submit_date" else "a number"
+        message = (f"{headers[name]} '" + cells.astype("string").str.strip().fillna("") + f"' is not {kind}").where(
+            ~is_blank(cells), f"{headers[name]} is empty"
+        )
+        problems = problems.where(~mask, problems + message + "; ")
+    valid_num = out["fico"].notna()
+    bad_fico = valid_num & ((out["fico"] < rules.normalization.fico_min) | (out["fico"] > rules.normalization.fico_max))
+    problems = problems.where(
+        ~bad_fico,
+        problems
+        + f"{headers['fico']} "
+        + out["fico"].map("{:g}".format).astype("string")
+        + f" outside {rules.normalization.fico_min}-{rules.normalization.fico_max}; ",
+    )
+    bad_balance = out["orig_balance"].notna() & (out["orig_balance"] <= 0)
+    problems = problems.where(
+        ~bad_balance, problems + f"{headers['orig_balance']} " + out["orig_balance"].map("{:g}".format).astype("string") + " is not above 0; "
+    )
+    if "tu144" in mapping and platform == "sfy":
+        bad_tu = out["tu144"].notna() & ~out["tu144"].isin([0.0, 1.0])
+        problems = problems.where(~bad_tu, problems + f"{headers['tu144']} must be 0 or 1; ")
+
+    out["platform"] = platform
+    out["source_file"] = file
+    out["source_row"] = frame["source_row"].to_numpy()
+    out["row_problems"] = problems.str.rstrip("; ").fillna("")
+    return out
+
+
+def flag_duplicate_loan_numbers(buy: pd.DataFrame) -> pd.DataFrame:
+    """Every row of a SELLER Loan # offered more than once in the batch (both
+    exhibits together) is invalid: nobody can tell which offer is real."""
+    numbers = buy["seller_loan_number"]
+    dup = numbers.ne("") & numbers.duplicated(keep=False)
+    if not dup.any():
+        return buy
+    where = (buy["source_file"] + " row " + buy["source_row"].astype("string"))
+    listing = where[dup].groupby(numbers[dup]).agg(", ".join)
+    message = "SELLER Loan # " + numbers[dup] + " appears more than once (" + numbers[dup].map(listing) + ")"
+    out = buy.copy()
+    joined = out.loc[dup, "row_problems"]
+    out.loc[dup, "row_problems"] = joined.where(joined == "", joined + "; ") + message
+    return out
+
+
+# ---------------------------------------------------------------- reference files
+
+
+def parse_master(raw: pd.DataFrame, *, file: str, sheet: str, max_rows: int) -> pd.DataFrame:
+    """Loan programs with their underwriting type and new-program flag."""
+    frame = frame_below_header(raw, find_header_row(raw, marker="loan program", max_rows=max_rows, file=file, sheet=sheet))
+    mapping = resolve_columns(frame, MASTER_FIELDS, file=file, sheet=sheet)
+    out, invalid = typed_frame(frame, MASTER_FIELDS, mapping)
+    out["source_row"] = frame["source_row"]
+    _raise_on_invalid(invalid, out, MASTER_FIELDS, mapping, file=file, sheet=sheet)
+    out["platform"] = out["platform"].str.casefold()
+    out["type"] = text_key(out["type"])
+    bad_platform = ~out["platform"].isin(["sfy", "prime"])
+    if bad_platform.any():
+        raise StructuralError("platform must be SFY or PRIME", file=file, sheet=sheet,
+                              columns=[mapping["platform"]], rows=out.loc[bad_platform, "source_row"])
+    bad_type = ~out["type"].isin(UNDERWRITING_TYPES)
+    if bad_type.any():
+        raise StructuralError(f"type must be one of {', '.join(UNDERWRITING_TYPES)}", file=file, sheet=sheet,
+                              columns=[mapping["type"]], rows=out.loc[bad_type, "source_row"])
+    out["program_key"] = text_key(out["loan_program"])
+    dupes = out.duplicated(["program_key", "platform"], keep=False)
+    if dupes.any():
+        raise StructuralError("a program is listed twice for the same platform", file=file, sheet=sheet,
+                              columns=[mapping["loan_program"]], rows=out.loc[dupes, "source_row"])
+    return out[["loan_program", "platform", "type", "new_programs", "program_key"]].reset_index(drop=True)
+
+
+def parse_tape(frame: pd.DataFrame, *, file: str) -> pd.DataFrame:
+    """The servicer tape: loan number, SFY/PRIME tagging and repurchase flag."""
+    frame = frame.copy()
+    frame["source_row"] = np.arange(len(frame)) + 2  # row 1 is the CSV header
+    mapping = resolve_columns(frame, TAPE_FIELDS, file=file, sheet=None)
+    out, invalid = typed_frame(frame, TAPE_FIELDS, mapping)
+    out["source_row"] = frame["source_row"].to_numpy()
+    invalid["loan_group"] = pd.Series(False, index=out.index)
+    invalid["status_codes"] = pd.Series(False, index=out.index)
+    number = out["account_number"]
+    invalid["account_number"] = invalid["account_number"] | (number.notna() & (number != np.floor(number)))
+    _raise_on_invalid(invalid, out, TAPE_FIELDS, mapping, file=file, sheet=None)
+    codes = out["status_codes"].str.upper()
+    repurchased = codes.str.contains(r"(?:^|;)\s*REPURCHASE\s*(?:;|$)", regex=True)
+    group = out["loan_group"].str.upper()
+    return pd.DataFrame(
+        {
+            "seller_loan_number": "SFC_" + number.astype("int64").astype("string"),
+            "tagging": np.where(group.str.contains("FX3|FX1", regex=True), "SFY", "PRIME"),
+            "repurchased": repurchased.to_numpy(dtype=bool),
+        }
+    )
+
+
+def parse_existing(frame: pd.DataFrame, *, file: str) -> pd.DataFrame:
+    """Loans bought in earlier batches, as the eligibility population needs them."""
+    frame = frame.copy()
+    frame["source_row"] = np.arange(len(frame)) + 2
+    mapping = resolve_columns(frame, EXISTING_FIELDS, file=file, sheet=None)
+    out, invalid = typed_frame(frame, EXISTING_FIELDS, mapping)
+    out["source_row"] = frame["source_row"].to_numpy()
+    _raise_on_invalid(invalid, out, EXISTING_FIELDS, mapping, file=file, sheet=None)
+    out["platform"] = out["platform"].str.casefold()
+    bad_platform = ~out["platform"].isin(["sfy", "prime"])
+    if bad_platform.any():
+        raise StructuralError("platform must be SFY or PRIME", file=file, sheet=None,
+                              columns=[mapping["platform"]], rows=out.loc[bad_platform, "source_row"])
+    out["type"] = text_key(out["type"])
+    out["loan_program"] = out["loan_program"].str.strip()
+    return out
+
+
+def parse_underwriting_grid(raw: pd.DataFrame, *, file: str, sheet: str, max_rows: int) -> pd.DataFrame:
+    frame = frame_below_header(raw, find_header_row(raw, marker="finance_type_name_nls", max_rows=max_rows, file=file, sheet=sheet))
+    mapping = resolve_columns(frame, GRID_FIELDS, file=file, sheet=sheet)
+    out, invalid = typed_frame(frame, GRID_FIELDS, mapping)
+    out["source_row"] = frame["source_row"]
+    _raise_on_invalid(invalid, out, GRID_FIELDS, mapping, file=file, sheet=sheet)
+    out["program_key"] = text_key(out["program"])
+    out["sheet"] = sheet
+    return out.drop(columns="source_row")
+
+
+def parse_comap_sheet(raw: pd.DataFrame, *, file: str, sheet: str, max_rows: int) -> pd.DataFrame:
+    """Minimum FICO per purchasable program in one CoMAP sheet, from either
+    layout. Band layout: a program's minimum is the lowest band it appears in."""
+    frame = frame_below_header(raw, find_header_row(raw, marker=None, max_rows=max_rows, file=file, sheet=sheet))
+    keys = {header_key(c) for c in frame.columns}
+    if {"loan program", "min fico"} <= keys:
+        mapping = resolve_columns(frame, COMAP_LIST_FIELDS, file=file, sheet=sheet)
+        out, invalid = typed_frame(frame, COMAP_LIST_FIELDS, mapping)
+        out["source_row"] = frame["source_row"]
+        _raise_on_invalid(invalid, out, COMAP_LIST_FIELDS, mapping, file=file, sheet=sheet)
+        table = pd.DataFrame({"program_key": text_key(out["program"]), "min_fico": out["min_fico"]})
+    else:
+        bands = {c: int(str(c).strip()[:3]) for c in frame.columns[1:] if str(c).strip()[:3].isdigit()}
+        if not bands:
+            raise StructuralError(
+                "neither layout: expected columns 'loan program' and 'Min FICO', or FICO band columns such as '660-699'",
+                file=file, sheet=sheet,
+            )
+        long = frame[list(bands)].melt(var_name="band", value_name="program")
+        long = long[~is_blank(long["program"])]
+        table = pd.DataFrame({"program_key": text_key(long["program"]), "min_fico": long["band"].map(bands).astype(float)})
+    table = table.groupby("program_key", as_index=False)["min_fico"].min()
+    table["sheet"] = sheet
+    return table

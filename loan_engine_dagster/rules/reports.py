@@ -1,0 +1,158 @@
+"""The report tables and documents of a batch (spec section 10), as frames and
+dicts. Writing them to disk is the adapters' job."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+
+from .parsing import EXHIBIT_FIELDS, TU144
+
+DECISION_COLUMNS = [
+    "seller_loan_number", "platform", "loan_program", "application_type", "loan_kind", "type",
+    "purchase_price_check", "underwriting_status", "comap_status", "disposition",
+    "rejection_criteria", "rejection_reasons", "message",
+]
+SHARE_COLUMN_LIMIT = 30
+
+_EXHIBIT_HEADERS = {f.name: f.header for f in EXHIBIT_FIELDS + (TU144,)}
+# Decision first, then what the loan looked like on the exhibit.
+_LOAN_REPORT = [
+    ("seller_loan_number", "SELLER Loan #"), ("platform", "platform"), ("loan_program", "Loan Program"),
+    ("application_type", "Application Type"), ("loan_kind", "loan_kind"), ("type", "type"),
+    ("disposition", "disposition"), ("rejection_criteria", "rejection_criteria"),
+    ("rejection_reasons", "rejection_reasons"), ("underwriting_status", "underwriting_status"),
+    ("underwriting_sheet", "underwriting_grid"), ("comap_status", "comap_status"), ("comap_sheet", "comap_sheet"),
+    ("comap_min_fico", "comap_min_fico"), ("fico", "FICO Borrower"), ("orig_balance", "Orig. Balance"),
+    ("stamp_fee", "Stamp fee"), ("income", "Income (annual)"), ("dti", "DTI"), ("pti", "PTI"), ("term", "Term"),
+    ("apr", "APR"), ("lender_price", "Lender Price(%)"), ("modeled_purchase_price", "modeled_purchase_price"),
+    ("dealer_fee", "Dealer Fee (fraction)"), ("submit_date", "Submit Date"), ("promo_term", "promo_term"),
+    ("tu144", "TU144"), ("property_state", "Property State"), ("new_programs", "new_programs"),
+    ("message", "message"), ("purchase_date", "Purchase_Date"), ("purchase_price", "Purchase Price"),
+    ("monthly_payment_date", "Monthly Payment Date"), ("source_file", "source_file"), ("source_row", "source_row"),
+]
+_ENGINE_COLUMNS = {
+    "program_key", "invalid", "row_problems", "known_program", "repurchase", "excess_asset",
+    "borrowing_base_eligible", "irr_support_target", "on_tape", "purchase_price_check",
+    "underwriting_grid_rows", "underwriting_reason", "comap_reason",
+}
+
+
+def decisions_table(loans: pd.DataFrame) -> pd.DataFrame:
+    """`loan_decisions.csv`: one row per buy loan, in exhibit order."""
+    out = loans[DECISION_COLUMNS].copy()
+    out["purchase_price_check"] = np.where(out["purchase_price_check"], "true", "false")
+    return out
+
+
+def loan_report(loans: pd.DataFrame) -> pd.DataFrame:
+    """A person's view of some buy loans: the decision, then the exhibit
+    fields, then any extra columns the seller sent."""
+    known = {name for name, _ in _LOAN_REPORT}
+    extras = [c for c in loans.columns if c not in known and c not in _ENGINE_COLUMNS]
+    out = loans[[name for name, _ in _LOAN_REPORT] + extras].copy()
+    out.columns = [header for _, header in _LOAN_REPORT] + extras
+    return out.sort_values("Orig. Balance", ascending=False, kind="stable")
+
+
+def price_mismatch_report(loans: pd.DataFrame, existing_mismatches: pd.DataFrame) -> pd.DataFrame:
+    buy = loans[~loans["invalid"] & ~loans["purchase_price_check"]]
+    frames = [
+        pd.DataFrame(
+            {
+                "source": source,
+                "SELLER Loan #": part["seller_loan_number"],
+                "platform": part["platform"],
+                "Loan Program": part["loan_program"],
+                "Lender Price(%)": part["lender_price"],
+                "modeled_purchase_price": part["modeled_purchase_price"],
+                "modeled price (%)": (part["modeled_purchase_price"] * 100).round(2),
+                "difference (%)": (part["lender_price"].round(2) - (part["modeled_purchase_price"] * 100).round(2)).round(2),
+                "Orig. Balance": part["orig_balance"],
+                "Purchase_Date": part["purchase_date"],
+            }
+        )
+        for source, part in (("buy loan", buy), ("existing asset", existing_mismatches))
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+def exception_reports(loans: pd.DataFrame, existing_mismatches: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Every exception workbook by file name; each is written even when empty."""
+    failed_uw = loans["underwriting_status"] == "fail"
+    notes = loans["loan_kind"] == "notes"
+    special = ~loans["invalid"] & loans["new_programs"]
+    return {
+        "purchase_price_mismatch.xlsx": price_mismatch_report(loans, existing_mismatches),
+        "flagged_loans.xlsx": loan_report(loans[failed_uw & ~notes]),
+        "notes_flagged_loans.xlsx": loan_report(loans[failed_uw & notes]),
+        "comap_not_passed.xlsx": loan_report(loans[loans["comap_status"] == "fail"]),
+        "special_asset_prime.xlsx": loan_report(loans[special & (loans["platform"] == "prime")]),
+        "special_asset_sfy.xlsx": loan_report(loans[special & (loans["platform"] == "sfy")]),
+    }
+
+
+SHARED_REPORTS = (
+    "purchase_price_mismatch.xlsx", "flagged_loans.xlsx", "notes_flagged_loans.xlsx", "comap_not_passed.xlsx"
+)
+
+
+def share_copies(reports: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """What the seller sees: the four exception reports, first 30 columns."""
+    return {f"share/{name}": reports[name].iloc[:, :SHARE_COLUMN_LIMIT] for name in SHARED_REPORTS}
+
+
+def _json_number(value):
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return value
+
+
+def eligibility_document(checks: pd.DataFrame, summary: dict, *, batch: str, pdate: dt.date, rules_version: str) -> dict:
+    records = []
+    for row in checks.to_dict("records"):
+        records.append({key: _json_number(row[key]) if key not in ("contributors",) else row[key] for key in (
+            "platform", "check_id", "description", "metric", "op", "limit", "value", "before", "to_purchase",
+            "status", "excess_balance", "contributors")})
+    return {"batch": batch, "pdate": pdate.isoformat(), "rules_version": rules_version, "checks": records, "summary": summary}
+
+
+def eligibility_sheet(checks: pd.DataFrame) -> pd.DataFrame:
+    """The limits as an analyst reads them: one row per check, breaches first."""
+    sheet = checks.drop(columns="contributors").copy()
+    sheet["value"] = sheet["value"].map(lambda v: "; ".join(f"{k} {s:.2%}" for k, s in v.items()) if isinstance(v, dict) else v)
+    sheet["contributors"] = checks["contributors"].map(len)
+    order = sheet["status"].map({"fail": 0, "no_data": 1, "pass": 2, "info": 3})
+    return sheet.assign(_o=order).sort_values(["_o", "platform"], kind="stable").drop(columns="_o")
+
+
+def _totals(frame: pd.DataFrame, by: str) -> dict:
+    grouped = frame.groupby(by)["orig_balance"].agg(["size", "sum"])
+    return {str(k): {"loans": int(r["size"]), "balance": round(float(r["sum"]), 2)} for k, r in grouped.iterrows() if k != ""}
+
+
+def run_summary(
+    loans: pd.DataFrame, exceptions: pd.DataFrame, checks: pd.DataFrame, *, batch: str, pdate: dt.date,
+    rules_version: str, input_files: list[dict],
+) -> dict:
+    balance = loans["orig_balance"].fillna(0.0)
+    reason_counts = exceptions.groupby(["severity", "reason"]).size()
+    return {
+        "batch": batch,
+        "pdate": pdate.isoformat(),
+        "rules_version": rules_version,
+        "input_files": input_files,
+        "loans_offered": int(len(loans)),
+        "balance_offered": round(float(balance.sum()), 2),
+        "by_platform": _totals(loans.assign(orig_balance=balance), "platform"),
+        "by_disposition": _totals(loans.assign(orig_balance=balance), "disposition"),
+        "by_rejection_criteria": _totals(loans.assign(orig_balance=balance), "rejection_criteria"),
+        "reasons": {str(r): int(n) for (s, r), n in reason_counts.items() if s == "error"},
+        "warnings": {str(r): int(n) for (s, r), n in reason_counts.items() if s == "warning"},
+        "eligibility": {
+            "failed": [f"{r.platform}:{r.check_id}" for r in checks[checks["status"] == "fail"].itertuples()],
+            "no_data": [f"{r.platform}:{r.check_id}" for r in checks[checks["status"] == "no_data"].itertuples()],
+        },
+    }
