@@ -1,0 +1,125 @@
+"""Deciding, tick by tick, which batches in the inbox are ready to run.
+
+A file counts only once it kept the same size and modification time across
+two looks (a seller's upload may still be copying). A ready batch is
+identified by its key plus a fingerprint of its files' contents, so identical
+files never run twice while a corrected re-delivery runs again."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .inbox import REFERENCE_FILES, BatchFiles, sha256_file
+
+
+@dataclass
+class WatchState:
+    """What the previous look saw; kept as the sensor cursor."""
+
+    observed: dict[str, list] = field(default_factory=dict)  # name -> [size, mtime_ns]
+    hashes: dict[str, list] = field(default_factory=dict)  # name -> [size, mtime_ns, sha256]
+    requested: dict[str, str] = field(default_factory=dict)  # batch -> fingerprint last requested
+    reference: str | None = None  # fingerprint of the reference files
+
+    @classmethod
+    def from_cursor(cls, cursor: str | None) -> "WatchState":
+        if not cursor:
+            return cls()
+        data = json.loads(cursor)
+        return cls(**{k: data.get(k, v) for k, v in cls().__dict__.items()})
+
+    def to_cursor(self) -> str:
+        return json.dumps(self.__dict__, sort_keys=True)
+
+
+@dataclass
+class ReadyBatch:
+    key: str
+    fingerprint: str
+    files: BatchFiles
+
+    @property
+    def run_key(self) -> str:
+        return f"{self.key}:{self.fingerprint[:16]}"
+
+
+@dataclass
+class WatchResult:
+    ready: list[ReadyBatch]
+    pending: dict[str, str]  # batch -> what it waits for
+    already_run: list[str]
+    reference_changed: list[str]
+    state: WatchState
+
+    def skip_message(self) -> str:
+        lines = [f"{key}: {why}" for key, why in self.pending.items()]
+        if self.already_run:
+            lines.append(f"already run with these exact files: {', '.join(self.already_run)}")
+        if self.reference_changed:
+            lines.append(
+                "reference files replaced (" + ", ".join(self.reference_changed)
+                + "): nothing re-runs on its own; re-run a batch with `loan-engine run BATCH_KEY`"
+            )
+        return "; ".join(lines) if lines else "no batch in the inbox"
+
+
+def _stat(path: Path) -> list:
+    info = path.stat()
+    return [info.st_size, info.st_mtime_ns]
+
+
+def _sha(path: Path, previous: WatchState, state: WatchState) -> str:
+    size, mtime = _stat(path)
+    cached = previous.hashes.get(path.name)
+    digest = cached[2] if cached and cached[:2] == [size, mtime] else sha256_file(path)
+    state.hashes[path.name] = [size, mtime, digest]
+    return digest
+
+
+def fingerprint(digests: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(sorted(digests.items())).encode()).hexdigest()
+
+
+def evaluate(batches: dict[str, BatchFiles], reference: dict[str, Path], previous: WatchState) -> WatchResult:
+    state = WatchState(requested=dict(previous.requested), reference=previous.reference)
+    watched = {p.name: p for b in batches.values() for p in b.files.values()}
+    watched.update({p.name: p for p in reference.values()})
+    for name, path in watched.items():
+        try:
+            state.observed[name] = _stat(path)
+        except FileNotFoundError:
+            continue
+    stable = {name for name, seen in state.observed.items() if previous.observed.get(name) == seen}
+
+    reference_changed: list[str] = []
+    if set(reference) == set(REFERENCE_FILES) and all(p.name in stable for p in reference.values()):
+        ref_digests = {role: _sha(path, previous, state) for role, path in reference.items()}
+        ref_fp = fingerprint(ref_digests)
+        if previous.reference and previous.reference != ref_fp:
+            reference_changed = [
+                p.name for role, p in reference.items() if previous.hashes.get(p.name, [None] * 3)[2] != ref_digests[role]
+            ]
+        state.reference = ref_fp
+    else:
+        state.hashes.update({p.name: previous.hashes[p.name] for p in reference.values() if p.name in previous.hashes})
+
+    ready, pending, already = [], {}, []
+    for key, batch in batches.items():
+        if batch.missing:
+            pending[key] = "waiting for " + ", ".join(batch.missing)
+            continue
+        copying = sorted(p.name for p in batch.files.values() if p.name not in stable)
+        if copying:
+            pending[key] = "waiting for files to finish copying: " + ", ".join(copying)
+            continue
+        own = {role: path for role, path in batch.files.items() if role not in REFERENCE_FILES}
+        fp = fingerprint({role: _sha(path, previous, state) for role, path in own.items()})
+        if state.requested.get(key) == fp:
+            already.append(key)
+            continue
+        state.requested[key] = fp
+        ready.append(ReadyBatch(key=key, fingerprint=fp, files=batch))
+    return WatchResult(ready=ready, pending=pending, already_run=already, reference_changed=reference_changed, state=state)

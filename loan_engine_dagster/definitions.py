@@ -1,0 +1,15 @@
+"""The code location: every Dagster object of the loan engine."""
+
+import dagster as dg
+
+from loan_engine_dagster.orchestration import assets
+from loan_engine_dagster.orchestration.jobs import loan_engine_job
+from loan_engine_dagster.orchestration.resources import default_resources
+from loan_engine_dagster.orchestration.sensors import inbox_sensor, missing_batch_alert_sensor
+
+defs = dg.Definitions(
+    assets=dg.load_assets_from_modules([assets]),
+    jobs=[loan_engine_job],
+    sensors=[inbox_sensor, missing_batch_alert_sensor],
+    resources=default_resources(),
+)

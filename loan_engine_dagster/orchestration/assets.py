@@ -1,0 +1,243 @@
+"""One asset per phase of the weekly review, partitioned by batch. Each body
+reads its inputs, calls one phase of `loan_engine_dagster.rules`, and returns
+the result with what a reviewer wants to see in the UI."""
+
+
+import datetime as dt
+import time
+
+import dagster as dg
+import pandas as pd
+
+from loan_engine_dagster.adapters import database
+from loan_engine_dagster.adapters.batch import write_batch_outputs
+from loan_engine_dagster.adapters.loading import load_batch_inputs, load_reference
+from loan_engine_dagster.rules import pipeline
+from loan_engine_dagster.rules.config import Rules
+
+from .checks import DATA_QUALITY_CHECKS, LIMIT_CHECK_SPECS, data_quality_results, limit_check_results
+from .metadata import balance_total, files_markdown, reasons_markdown
+from .partitions import batches
+from .resources import InboxResource, OutputsResource, ResultsDatabase, RulesResource
+
+INPUTS, RULES, DELIVERY = "batch_inputs", "review_rules", "delivery"
+
+
+class BatchRunConfig(dg.Config):
+    """Per-run overrides, settable from the launchpad."""
+
+    pdate: str | None = None  # purchase date YYYY-MM-DD; default: first Tuesday after the notice, business-day adjusted
+    irr_target: float | None = None  # IRR Support Target written on the buy loans; default from the rules file
+
+
+def _elapsed(start: float) -> dict:
+    return {"elapsed_seconds": round(time.perf_counter() - start, 3)}
+
+
+def _with_irr(rules: Rules, irr_target: float | None) -> Rules:
+    if irr_target is None:
+        return rules
+    return rules.model_copy(update={"normalization": rules.normalization.model_copy(update={"irr_target": irr_target})})
+
+
+@dg.asset(partitions_def=batches, group_name=INPUTS, kinds={"pandas"})
+def reference_data(context: dg.AssetExecutionContext, inbox: InboxResource, rules: RulesResource) -> dg.Output:
+    """Master sheets, underwriting and CoMAP grids, and the current portfolio.
+
+    The buyer's own files, read fresh for every batch so that each review
+    records exactly which versions it used."""
+    start = time.perf_counter()
+    loaded = rules.load()
+    data = load_reference(inbox.batch(context.partition_key, loaded).reference, loaded)
+    return dg.Output(
+        data,
+        metadata={
+            "programs": len(data.master),
+            "notes_programs": len(data.notes_master),
+            "existing_assets": len(data.existing),
+            "existing_balance": balance_total(data.existing),
+            "underwriting_grid_rows": len(data.grids),
+            "comap_entries": len(data.comap),
+            "input_files": dg.MetadataValue.md(files_markdown(data.files)),
+            "rules_version": loaded.version,
+            **_elapsed(start),
+        },
+    )
+
+
+@dg.asset(partitions_def=batches, group_name=INPUTS, kinds={"pandas"})
+def batch_inputs(context: dg.AssetExecutionContext, inbox: InboxResource, rules: RulesResource) -> dg.Output:
+    """The seller's SFY and PRIME exhibits and the servicer tape of this batch."""
+    start = time.perf_counter()
+    loaded = rules.load()
+    data = load_batch_inputs(inbox.batch(context.partition_key, loaded), loaded)
+    invalid = int((data.exhibits["row_problems"] != "").sum())
+    return dg.Output(
+        data,
+        metadata={
+            "loans_offered": len(data.exhibits),
+            "sfy_loans": int((data.exhibits["platform"] == "sfy").sum()),
+            "prime_loans": int((data.exhibits["platform"] == "prime").sum()),
+            "rows_with_problems": invalid,
+            "tape_loans": len(data.tape),
+            "tape_repurchases": int(data.tape["repurchased"].sum()),
+            "input_files": dg.MetadataValue.md(files_markdown(data.files)),
+            "rules_version": loaded.version,
+            **_elapsed(start),
+        },
+    )
+
+
+@dg.asset(partitions_def=batches, group_name=RULES, kinds={"pandas"}, check_specs=DATA_QUALITY_CHECKS["normalized_loans"])
+def normalized_loans(
+    config: BatchRunConfig, reference_data: pipeline.ReferenceData, batch_inputs: pipeline.BatchInputs, rules: RulesResource
+):
+    """Offered loans joined to their program type, with the purchase date set.
+
+    Loans bought as HD notes are looked up in the notes master sheet; existing
+    assets the tape reports repurchased leave the portfolio base."""
+    start = time.perf_counter()
+    loaded = _with_irr(rules.load(), config.irr_target)
+    pdate = pipeline.resolve_pdate(batch_inputs.notice_date, dt.date.fromisoformat(config.pdate) if config.pdate else None)
+    data = pipeline.normalize(reference_data, batch_inputs, loaded, pdate)
+    loans = data.loans
+    yield dg.Output(
+        data,
+        metadata={
+            "loans": len(loans),
+            "balance": balance_total(loans),
+            "invalid_rows": int(loans["invalid"].sum()),
+            "unknown_programs": int((~loans["invalid"] & ~loans["known_program"]).sum()),
+            "notes_loans": int((loans["loan_kind"] == "notes").sum()),
+            "pdate": pdate.isoformat(),
+            "irr_target": loaded.normalization.irr_target,
+            "existing_repurchased": int(data.existing["repurchase"].sum()),
+            "rules_version": loaded.version,
+            **_elapsed(start),
+        },
+    )
+    yield from data_quality_results("normalized_loans", loans)
+
+
+@dg.asset(partitions_def=batches, group_name=RULES, kinds={"pandas"})
+def underwriting(
+    reference_data: pipeline.ReferenceData, normalized_loans: pipeline.NormalizedBatch, rules: RulesResource
+) -> dg.Output:
+    """Purchase-price check and underwriting on the grid of each loan's platform and kind."""
+    start = time.perf_counter()
+    loaded = rules.load()
+    loans = pipeline.run_underwriting(normalized_loans.loans, reference_data.grids, loaded)
+    counts = loans["underwriting_status"].value_counts()
+    return dg.Output(
+        loans,
+        metadata={
+            **{f"underwriting_{k}": int(v) for k, v in counts.items()},
+            "purchase_price_mismatch": int((~loans["invalid"] & ~loans["purchase_price_check"]).sum()),
+            "rules_version": loaded.version,
+            **_elapsed(start),
+        },
+    )
+
+
+@dg.asset(partitions_def=batches, group_name=RULES, kinds={"pandas"}, check_specs=DATA_QUALITY_CHECKS["comap"])
+def comap(reference_data: pipeline.ReferenceData, underwriting: pd.DataFrame, rules: RulesResource):
+    """CoMAP: whether each price-checked loan's program may be bought at its FICO."""
+    start = time.perf_counter()
+    loaded = rules.load()
+    loans = pipeline.run_comap(underwriting, reference_data.comap, loaded)
+    counts = loans["comap_status"].value_counts()
+    yield dg.Output(
+        loans,
+        metadata={**{f"comap_{k}": int(v) for k, v in counts.items()}, "rules_version": loaded.version, **_elapsed(start)},
+    )
+    yield from data_quality_results("comap", loans)
+
+
+@dg.asset(partitions_def=batches, group_name=RULES, kinds={"pandas"}, check_specs=LIMIT_CHECK_SPECS)
+def eligibility(comap: pd.DataFrame, normalized_loans: pipeline.NormalizedBatch, rules: RulesResource):
+    """Each loan's disposition, then the portfolio concentration limits.
+
+    A breached limit does not stop the purchase by itself: it shows as a
+    warning check with the excess balance and the loans that make it up."""
+    start = time.perf_counter()
+    loaded = rules.load()
+    decisions = pipeline.run_eligibility(comap, normalized_loans.existing, loaded)
+    loans = decisions.loans
+    to_buy = loans["disposition"] == "to_purchase"
+    failed = decisions.checks[decisions.checks["status"] == "fail"]
+    yield dg.Output(
+        decisions,
+        metadata={
+            "loans": len(loans),
+            "to_purchase": int(to_buy.sum()),
+            "to_purchase_balance": balance_total(loans[to_buy]),
+            "rejected": int((~to_buy).sum()),
+            "rejected_balance": balance_total(loans[~to_buy]),
+            "rejections_by_reason": dg.MetadataValue.md(reasons_markdown(decisions.exceptions, loans)),
+            "limits_failed": len(failed),
+            "limits_failed_ids": ", ".join(failed["platform"] + ":" + failed["check_id"]) or "none",
+            "rules_version": loaded.version,
+            **_elapsed(start),
+        },
+    )
+    yield from limit_check_results(decisions.checks)
+
+
+@dg.asset(partitions_def=batches, group_name=DELIVERY)
+def exports(
+    context: dg.AssetExecutionContext,
+    eligibility: pipeline.Decisions,
+    normalized_loans: pipeline.NormalizedBatch,
+    reference_data: pipeline.ReferenceData,
+    batch_inputs: pipeline.BatchInputs,
+    outputs: OutputsResource,
+    rules: RulesResource,
+) -> dg.Output:
+    """The batch's reports: decisions CSV, exception workbooks, limits, run summary.
+
+    They appear in the output folder all at once, replacing an earlier run's."""
+    start = time.perf_counter()
+    loaded = rules.load()
+    folder, summary = write_batch_outputs(
+        outputs.path, eligibility, batch=context.partition_key, pdate=normalized_loans.pdate, rules=loaded,
+        input_files=reference_data.files + batch_inputs.files,
+    )
+    return dg.Output(
+        {"folder": str(folder.resolve()), "summary": summary},
+        metadata={
+            "output_folder": dg.MetadataValue.path(str(folder.resolve())),
+            "files": dg.MetadataValue.md("\n".join(f"- {p.relative_to(folder)}" for p in sorted(folder.rglob("*")) if p.is_file())),
+            "to_purchase": summary["by_disposition"].get("to_purchase", {}).get("loans", 0),
+            "rejected": summary["by_disposition"].get("rejected", {}).get("loans", 0),
+            "rules_version": loaded.version,
+            **_elapsed(start),
+        },
+    )
+
+
+@dg.asset(partitions_def=batches, group_name=DELIVERY, deps=[exports], kinds={"sqlalchemy"})
+def results_database(
+    context: dg.AssetExecutionContext, eligibility: pipeline.Decisions, results_db: ResultsDatabase, rules: RulesResource
+) -> dg.MaterializeResult:
+    """Loan facts, exceptions and limit results of the batch, saved to the results database.
+
+    The batch's earlier rows are replaced in one transaction: a re-run never
+    duplicates and a failed write leaves the previous rows intact."""
+    start = time.perf_counter()
+    loaded = rules.load()
+    engine = results_db.engine()
+    try:
+        counts = database.save_batch(
+            engine, batch_key=context.partition_key, run_id=context.run_id, rules_version=loaded.version,
+            loans=eligibility.loans, exceptions=eligibility.exceptions, checks=eligibility.checks,
+        )
+    finally:
+        engine.dispose()
+    return dg.MaterializeResult(
+        metadata={
+            **{f"rows_{k}": v for k, v in counts.items()},
+            "database": engine.url.render_as_string(hide_password=True),
+            "rules_version": loaded.version,
+            **_elapsed(start),
+        }
+    )

@@ -1,0 +1,107 @@
+"""The doors to the outside world. Each setting left empty falls back, when
+the run starts, to its environment variable and then to a local default, so
+definitions load on any machine and nothing is read at import time."""
+
+
+import os
+from pathlib import Path
+
+import dagster as dg
+from sqlalchemy.engine import Engine
+
+from loan_engine_dagster.adapters import database
+from loan_engine_dagster.adapters.inbox import BatchFiles, find_batch, resolve_inbox, scan_inbox
+from loan_engine_dagster.adapters.notifications import post_webhook
+from loan_engine_dagster.rules.config import Rules, default_rules, load_rules
+
+DEFAULT_INBOX = "data/inbox"
+DEFAULT_OUTPUT_DIR = "data/outputs"
+DEFAULT_DATABASE_URL = "sqlite:///data/results.db"
+
+
+def _setting(value: str | None, variable: str, default: str | None) -> str | None:
+    return value or os.environ.get(variable) or default
+
+
+class InboxResource(dg.ConfigurableResource):
+    """The folder where the seller's and the buyer's files land."""
+
+    path: str | None = None
+
+    @property
+    def root(self) -> Path:
+        return resolve_inbox(Path(_setting(self.path, "LOAN_ENGINE_INBOX", DEFAULT_INBOX)))
+
+    def batch(self, key: str, rules: Rules) -> BatchFiles:
+        return find_batch(self.root, key, rules.inbox.tape_lookback_days)
+
+    def batches(self, rules: Rules) -> dict[str, BatchFiles]:
+        return scan_inbox(self.root, rules.inbox.tape_lookback_days)
+
+
+class OutputsResource(dg.ConfigurableResource):
+    """Where each batch's reports are published."""
+
+    root: str | None = None
+
+    @property
+    def path(self) -> Path:
+        return Path(_setting(self.root, "LOAN_ENGINE_OUTPUT_DIR", DEFAULT_OUTPUT_DIR))
+
+
+class ResultsDatabase(dg.ConfigurableResource):
+    """SQLAlchemy URL of the results database (SQLite file or PostgreSQL)."""
+
+    url: str | None = None
+
+    @property
+    def resolved_url(self) -> str:
+        url = _setting(self.url, "LOAN_ENGINE_DATABASE_URL", DEFAULT_DATABASE_URL)
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        return url
+
+    def engine(self) -> Engine:
+        return database.engine_for(self.resolved_url)
+
+
+class RulesResource(dg.ConfigurableResource):
+    """The rules file; the one packaged with this release unless a path is given."""
+
+    path: str | None = None
+
+    def load(self) -> Rules:
+        path = _setting(self.path, "LOAN_ENGINE_RULES_FILE", None)
+        return load_rules(path) if path else default_rules()
+
+
+class Notifier(dg.ConfigurableResource):
+    """The on-call channel: a webhook URL, only ever from the environment."""
+
+    webhook_url: str | None = None
+    webserver_url: str | None = None
+
+    @property
+    def url(self) -> str | None:
+        return _setting(self.webhook_url, "LOAN_ENGINE_WEBHOOK_URL", None)
+
+    @property
+    def ui_base(self) -> str:
+        return _setting(self.webserver_url, "LOAN_ENGINE_UI_URL", "http://127.0.0.1:3000").rstrip("/")
+
+    def send(self, text: str, **fields) -> bool:
+        """True when a webhook took the message; False when none is set."""
+        if not self.url:
+            return False
+        post_webhook(self.url, {"text": text, **fields})
+        return True
+
+
+def default_resources() -> dict:
+    return {
+        "inbox": InboxResource(),
+        "outputs": OutputsResource(),
+        "results_db": ResultsDatabase(),
+        "rules": RulesResource(),
+        "notifier": Notifier(),
+    }

@@ -1,0 +1,92 @@
+"""Sensors: the inbox watcher and the missing-batch alert."""
+
+
+import datetime as dt
+import os
+
+import dagster as dg
+
+from loan_engine_dagster.adapters import watch
+from loan_engine_dagster.adapters.alerts import AlertPolicy, due_batch
+
+from .jobs import loan_engine_job
+from .partitions import batches
+from .resources import InboxResource, Notifier, RulesResource
+
+INBOX_POLL_SECONDS = 30
+ALERT_POLL_SECONDS = 300
+
+
+def batch_tags(key: str, inbox_root: str, fingerprint: str | None = None) -> dict[str, str]:
+    tags = {"loan_engine/batch": key, "loan_engine/inbox": inbox_root}
+    if fingerprint:
+        tags["loan_engine/fingerprint"] = fingerprint[:16]
+    return tags
+
+
+@dg.sensor(
+    job=loan_engine_job,
+    minimum_interval_seconds=INBOX_POLL_SECONDS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Starts one run per complete batch in the inbox, once its files stopped changing.",
+)
+def inbox_sensor(context: dg.SensorEvaluationContext, inbox: InboxResource, rules: RulesResource) -> dg.SensorResult:
+    loaded = rules.load()
+    found = inbox.batches(loaded)
+    reference = {}
+    if found:
+        reference = next(iter(found.values())).reference
+    else:
+        reference = inbox.batch("1970-01-01", loaded).reference
+    result = watch.evaluate(found, reference, watch.WatchState.from_cursor(context.cursor))
+    if result.reference_changed:
+        context.log.warning(result.skip_message())
+    requests = [
+        dg.RunRequest(
+            run_key=ready.run_key,
+            partition_key=ready.key,
+            tags=batch_tags(ready.key, str(inbox.root), ready.fingerprint),
+        )
+        for ready in result.ready
+    ]
+    new_partitions = [r.key for r in result.ready if not context.instance.has_dynamic_partition(batches.name, r.key)]
+    return dg.SensorResult(
+        run_requests=requests,
+        skip_reason=None if requests else result.skip_message(),
+        cursor=result.state.to_cursor(),
+        dynamic_partitions_requests=[batches.build_add_request(new_partitions)] if new_partitions else None,
+    )
+
+
+@dg.sensor(
+    minimum_interval_seconds=ALERT_POLL_SECONDS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Alerts once a week when the expected batch is not complete by the configured weekday and time.",
+)
+def missing_batch_alert_sensor(
+    context: dg.SensorEvaluationContext, inbox: InboxResource, rules: RulesResource, notifier: Notifier
+) -> dg.SensorResult:
+    policy = AlertPolicy.from_env(os.environ)
+    now = dt.datetime.now(policy.zone)
+    key = due_batch(now, policy)
+    if key is None or context.cursor == key:
+        return dg.SensorResult(skip_reason="no alert due")
+    files = inbox.batch(key, rules.load())
+    if files.complete:
+        return dg.SensorResult(skip_reason=f"{key}: complete", cursor=key)
+    missing = ", ".join(files.missing)
+    text = f"Batch {key} is not complete at {now:%a %H:%M %Z}: missing {missing} (inbox {inbox.root})"
+    context.log.error(text)
+    notified = notifier.send(text, batch=key, kind="missing_files", missing=files.missing)
+    new_partitions = [] if context.instance.has_dynamic_partition(batches.name, key) else [key]
+    return dg.SensorResult(
+        skip_reason=f"ALERT: {text}" + ("" if notified else " (no LOAN_ENGINE_WEBHOOK_URL set)"),
+        cursor=key,
+        dynamic_partitions_requests=[batches.build_add_request(new_partitions)] if new_partitions else None,
+        asset_events=[
+            dg.AssetObservation(
+                asset_key="batch_inputs", partition=key,
+                metadata={"alert": "missing files", "missing": missing, "inbox": str(inbox.root)},
+            )
+        ],
+    )
