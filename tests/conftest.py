@@ -145,3 +145,37 @@ def run_rules(sfy: list[dict], prime: list[dict] = (), *, rules=None, master=Non
 
 def by_number(decisions: pipeline.Decisions) -> pd.DataFrame:
     return decisions.loans.set_index("seller_loan_number")
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+PG_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh database on the local server, dropped afterwards."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    name = f"loan_engine_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def sample_inbox(tmp_path_factory):
+    """A small generated inbox shared by the end-to-end tests (read-only)."""
+    from loan_engine_dagster.adapters.sample import generate_inbox
+
+    folder = tmp_path_factory.mktemp("inbox")
+    generate_inbox(folder, loans=600, existing=3000, seed=11)
+    return folder

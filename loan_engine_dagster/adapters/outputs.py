@@ -64,8 +64,19 @@ def _json_default(value):
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
+def _finite(value):
+    """JSON has no NaN: a missing number is null."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return value
+
+
 def write_json(document: dict, path: Path) -> None:
-    path.write_text(json.dumps(document, indent=2, default=_json_default, allow_nan=False) + "\n")
+    path.write_text(json.dumps(_finite(document), indent=2, default=_json_default, allow_nan=False) + "\n")
 
 
 def publish_batch(output_root: Path, batch_key: str, write) -> Path:

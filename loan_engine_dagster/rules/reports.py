@@ -104,18 +104,10 @@ def share_copies(reports: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     return {f"share/{name}": reports[name].iloc[:, :SHARE_COLUMN_LIMIT] for name in SHARED_REPORTS}
 
 
-def _json_number(value):
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return None
-    return value
-
-
 def eligibility_document(checks: pd.DataFrame, summary: dict, *, batch: str, pdate: dt.date, rules_version: str) -> dict:
-    records = []
-    for row in checks.to_dict("records"):
-        records.append({key: _json_number(row[key]) if key not in ("contributors",) else row[key] for key in (
-            "platform", "check_id", "description", "metric", "op", "limit", "value", "before", "to_purchase",
-            "status", "excess_balance", "contributors")})
+    columns = ["platform", "check_id", "description", "metric", "op", "limit", "value", "before", "to_purchase",
+               "status", "excess_balance", "contributors"]
+    records = checks[columns].astype(object).where(checks[columns].notna(), None).to_dict("records")
     return {"batch": batch, "pdate": pdate.isoformat(), "rules_version": rules_version, "checks": records, "summary": summary}
 
 

@@ -1,0 +1,55 @@
+import pytest
+import xlsxwriter
+
+from loan_engine_dagster.adapters.files import open_workbook, read_csv, read_sheet
+from loan_engine_dagster.rules.errors import StructuralError
+
+
+def test_not_a_workbook(tmp_path):
+    path = tmp_path / "MASTER_SHEET.xlsx"
+    path.write_text("this is not a zip file")
+    with pytest.raises(StructuralError, match="not a readable workbook") as err:
+        open_workbook(path)
+    assert err.value.file == "MASTER_SHEET.xlsx"
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(StructuralError, match="the file is missing"):
+        open_workbook(tmp_path / "nope.xlsx")
+    with pytest.raises(StructuralError, match="the file is missing"):
+        read_csv(tmp_path / "nope.csv")
+
+
+def test_missing_sheet_lists_what_is_there(tmp_path):
+    path = tmp_path / "Underwriting_Grids_COMAP.xlsx"
+    with xlsxwriter.Workbook(str(path)) as wb:
+        wb.add_worksheet("SFY")
+        wb.add_worksheet("Prime")
+    with pytest.raises(StructuralError) as err:
+        read_sheet(open_workbook(path), path, "SFY - Notes")
+    assert err.value.sheet == "SFY - Notes"
+    assert "the workbook has: SFY, Prime" in str(err.value)
+
+
+def test_sheet_aligned_to_a1_with_leading_blank_rows(tmp_path):
+    path = tmp_path / "x.xlsx"
+    with xlsxwriter.Workbook(str(path)) as wb:
+        ws = wb.add_worksheet("S")
+        ws.write(4, 2, "SELLER Loan #")
+    name, raw = read_sheet(open_workbook(path), path)
+    assert name == "S" and raw.iloc[4, 2] == "SELLER Loan #"
+
+
+def test_sheet_names_match_case_insensitively(tmp_path):
+    path = tmp_path / "x.xlsx"
+    with xlsxwriter.Workbook(str(path)) as wb:
+        wb.add_worksheet("SFY COMAP")
+    assert read_sheet(open_workbook(path), path, "sfy comap ")[0] == "SFY COMAP"
+
+
+def test_unreadable_csv(tmp_path):
+    path = tmp_path / "current_assets.csv"
+    path.write_bytes(b"")
+    with pytest.raises(StructuralError, match="not a readable CSV") as err:
+        read_csv(path)
+    assert err.value.file == "current_assets.csv"

@@ -1,0 +1,103 @@
+import json
+
+import openpyxl
+import pandas as pd
+import pytest
+
+from conftest import loan, run_rules
+from loan_engine_dagster.adapters.batch import write_batch_outputs
+from loan_engine_dagster.adapters.outputs import publish_batch, write_workbook
+from loan_engine_dagster.rules import reports
+
+import datetime as dt
+
+EXPECTED_FILES = {
+    "loan_decisions.csv", "purchase_price_mismatch.xlsx", "flagged_loans.xlsx", "notes_flagged_loans.xlsx",
+    "comap_not_passed.xlsx", "special_asset_prime.xlsx", "special_asset_sfy.xlsx", "share/purchase_price_mismatch.xlsx",
+    "share/flagged_loans.xlsx", "share/notes_flagged_loans.xlsx", "share/comap_not_passed.xlsx",
+    "eligibility_checks.json", "eligibility_checks_summary.xlsx", "run_summary.json",
+}
+
+
+def _files(folder):
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_every_file_written_even_when_empty(tmp_path, rules):
+    decisions = run_rules([loan("SFC_1")])  # one clean loan: every exception report is empty
+    folder, _ = write_batch_outputs(tmp_path, decisions, batch="2026-02-19", pdate=dt.date(2026, 2, 24), rules=rules, input_files=[])
+    assert _files(folder) == EXPECTED_FILES
+    sheet = openpyxl.load_workbook(folder / "flagged_loans.xlsx").active
+    assert sheet.max_row == 1 and sheet.cell(1, 1).value == "SELLER Loan #"
+    share = openpyxl.load_workbook(folder / "share/flagged_loans.xlsx").active
+    assert share.max_column == reports.SHARE_COLUMN_LIMIT
+
+
+def test_decisions_csv_shape(tmp_path, rules):
+    decisions = run_rules([loan("SFC_1"), loan("SFC_2", **{"FICO Borrower": 600, "modeled_purchase_price": 0.5})])
+    folder, _ = write_batch_outputs(tmp_path, decisions, batch="2026-02-19", pdate=dt.date(2026, 2, 24), rules=rules, input_files=[])
+    frame = pd.read_csv(folder / "loan_decisions.csv", dtype=str, keep_default_na=False)
+    assert list(frame.columns) == [
+        "seller_loan_number", "platform", "loan_program", "application_type", "loan_kind", "type",
+        "purchase_price_check", "underwriting_status", "comap_status", "disposition", "rejection_criteria",
+        "rejection_reasons", "message",
+    ]
+    assert frame.to_dict("records")[1] | {"message": ""} == {
+        "seller_loan_number": "SFC_2", "platform": "sfy", "loan_program": "Std 120", "application_type": "Individual",
+        "loan_kind": "regular", "type": "standard", "purchase_price_check": "false", "underwriting_status": "fail",
+        "comap_status": "not_checked", "disposition": "rejected", "rejection_criteria": "purchase_price_mismatch",
+        "rejection_reasons": "purchase_price_mismatch;underwriting_sfy", "message": "",
+    }
+    assert frame.loc[0, "purchase_price_check"] == "true" and frame.loc[0, "rejection_reasons"] == ""
+
+
+def test_eligibility_json_shape(tmp_path, rules):
+    decisions = run_rules([loan("SFC_1")])
+    folder, _ = write_batch_outputs(tmp_path, decisions, batch="2026-02-19", pdate=dt.date(2026, 2, 24), rules=rules, input_files=[])
+    doc = json.loads((folder / "eligibility_checks.json").read_text())
+    assert set(doc) == {"batch", "pdate", "rules_version", "checks", "summary"}
+    assert (doc["batch"], doc["pdate"], doc["rules_version"]) == ("2026-02-19", "2026-02-24", rules.version)
+    assert len(doc["checks"]) == len(rules.eligibility.prime) + len(rules.eligibility.sfy)
+    for check in doc["checks"]:
+        assert list(check) == ["platform", "check_id", "description", "metric", "op", "limit", "value", "before",
+                               "to_purchase", "status", "excess_balance", "contributors"]
+        assert check["status"] in {"pass", "fail", "info", "no_data"}
+    summary = json.loads((folder / "run_summary.json").read_text())
+    assert summary["rules_version"] == rules.version
+
+
+@pytest.mark.parametrize("text", ["=1+1", "+SUM(A1:A2)", "-2+3", "@cmd", "=HYPERLINK(\"http://x\")"])
+def test_formula_like_text_stays_text(tmp_path, text):
+    path = tmp_path / "r.xlsx"
+    write_workbook(pd.DataFrame({"Dealer Name": [text], "n": [1.5]}), path)
+    cell = openpyxl.load_workbook(path).active.cell(2, 1)
+    assert cell.data_type == "s" and cell.value == text
+    assert cell.quotePrefix
+
+
+def test_seller_text_in_reports_is_not_a_formula(tmp_path, rules):
+    decisions = run_rules([loan("SFC_1", **{"Loan Program": "=2+2", "Dealer Name": "@x", "FICO Borrower": 600})])
+    folder, _ = write_batch_outputs(tmp_path, decisions, batch="b", pdate=dt.date(2026, 2, 24), rules=rules, input_files=[])
+    for name in ("flagged_loans.xlsx", "share/flagged_loans.xlsx"):
+        sheet = openpyxl.load_workbook(folder / name).active
+        cells = [c for row in sheet.iter_rows() for c in row if c.value == "=2+2"]
+        assert cells and all(c.data_type == "s" for c in cells)
+
+
+def test_publish_replaces_whole_and_failure_keeps_old(tmp_path):
+    def good(folder):
+        (folder / "a.txt").write_text("new")
+
+    def bad(folder):
+        (folder / "a.txt").write_text("half")
+        raise RuntimeError("disk full")
+
+    (tmp_path / "b1").mkdir()
+    (tmp_path / "b1" / "a.txt").write_text("old")
+    (tmp_path / "b1" / "stale.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        publish_batch(tmp_path, "b1", bad)
+    assert (tmp_path / "b1" / "a.txt").read_text() == "old"
+    publish_batch(tmp_path, "b1", good)
+    assert _files(tmp_path / "b1") == {"a.txt"} and (tmp_path / "b1" / "a.txt").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b1"]  # no staging folders left behind

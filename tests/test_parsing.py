@@ -1,0 +1,136 @@
+import datetime as dt
+
+import pandas as pd
+import pytest
+
+from conftest import exhibit_raw, loan, sheet_raw
+from loan_engine_dagster.rules import parsing
+from loan_engine_dagster.rules.errors import StructuralError
+
+
+def _parse(raw, rules, platform="sfy"):
+    return parsing.parse_exhibit(raw, platform=platform, file="SFY_x.xlsx", sheet="Exhibit A", rules=rules)
+
+
+@pytest.mark.parametrize("title_rows", [0, 1, 7, 19])
+def test_header_found_anywhere_in_first_20_rows(rules, title_rows):
+    raw = exhibit_raw([loan("SFC_1")], title_rows=title_rows) if title_rows else exhibit_raw([loan("SFC_1")], title_rows=1).iloc[1:].reset_index(drop=True)
+    frame = _parse(raw, rules)
+    assert list(frame["seller_loan_number"]) == ["SFC_1"]
+    header_row = max(title_rows, 0) + 1
+    assert frame.loc[0, "source_row"] == header_row + 1
+
+
+def test_header_below_row_20_is_structural(rules):
+    with pytest.raises(StructuralError, match="no header row with a cell reading 'SELLER Loan #' in the first 20 rows") as err:
+        _parse(exhibit_raw([loan("SFC_1")], title_rows=20), rules)
+    assert (err.value.file, err.value.sheet) == ("SFY_x.xlsx", "Exhibit A")
+
+
+def test_missing_required_columns_are_all_named(rules):
+    raw = exhibit_raw([loan("SFC_1")]).drop(columns=[6, 14])  # FICO Borrower, Submit Date
+    with pytest.raises(StructuralError) as err:
+        _parse(raw, rules)
+    assert err.value.columns == ["FICO Borrower", "Submit Date"]
+    assert str(err.value) == (
+        "Data problem in file 'SFY_x.xlsx', sheet 'Exhibit A', columns 'FICO Borrower', 'Submit Date': required column missing"
+    )
+    assert err.value.kind == "data"
+
+
+def test_header_names_match_trimmed_and_case_insensitive(rules):
+    raw = exhibit_raw([loan("SFC_1")])
+    raw.iloc[3] = [f"  {str(h).upper()} " for h in raw.iloc[3]]
+    assert _parse(raw, rules).loc[0, "fico"] == 720
+
+
+def test_empty_rows_skipped_extra_columns_kept(rules):
+    rows = [loan("SFC_1", **{"Dealer Name": "=cmd|' /C calc'!A0"}), {k: "" for k in loan("x")}, loan("SFC_2")]
+    frame = _parse(exhibit_raw(rows), rules)
+    assert list(frame["seller_loan_number"]) == ["SFC_1", "SFC_2"]
+    assert list(frame["source_row"]) == [5, 7]
+    assert frame.loc[0, "Dealer Name"] == "=cmd|' /C calc'!A0"
+
+
+def test_optional_columns_default_to_zero(rules):
+    raw = exhibit_raw([loan("SFC_1")]).drop(columns=[15, 16])  # Stamp fee, promo_term
+    frame = _parse(raw, rules)
+    assert frame.loc[0, "stamp_fee"] == 0 and frame.loc[0, "promo_term"] == 0 and frame.loc[0, "tu144"] == 0
+
+
+@pytest.mark.parametrize("value", [dt.datetime(2026, 2, 1), "2026-02-01", "02/01/2026", 46054])
+def test_submit_date_forms(rules, value):
+    frame = _parse(exhibit_raw([loan("SFC_1", **{"Submit Date": value})]), rules)
+    assert frame.loc[0, "submit_date"] == pd.Timestamp("2026-02-01")
+    assert frame.loc[0, "row_problems"] == ""
+
+
+def test_numeric_loan_number_loses_float_suffix(rules):
+    assert _parse(exhibit_raw([loan(12345.0)]), rules).loc[0, "seller_loan_number"] == "12345"
+
+
+def test_empty_sheet_is_structural(rules):
+    with pytest.raises(StructuralError, match="the sheet is empty"):
+        _parse(pd.DataFrame(dtype=object), rules)
+
+
+@pytest.mark.parametrize(
+    ("rows", "fragment", "column", "bad_rows"),
+    [
+        ([["Std", "SFY", "weird", False]], "type must be one of", "type", [2]),
+        ([["Std", "SFY", "standard", False], ["Std", "BOTH", "standard", False]], "platform must be SFY or PRIME", "platform", [3]),
+        ([["Std", "SFY", "standard", False], [" std ", "sfy", "hybrid", False]], "listed twice", "loan program", [2, 3]),
+        ([["Std", "SFY", "standard", "maybe"]], "empty or unreadable", "new_programs", [2]),
+        ([["", "SFY", "standard", False]], "empty or unreadable", "loan program", [2]),
+    ],
+)
+def test_master_sheet_structural_errors(rows, fragment, column, bad_rows):
+    with pytest.raises(StructuralError, match=fragment) as err:
+        parsing.parse_master(sheet_raw(["loan program", "platform", "type", "new_programs"], rows),
+                             file="MASTER_SHEET.xlsx", sheet="Programs", max_rows=20)
+    assert err.value.columns == [column] and err.value.rows == bad_rows
+    assert err.value.file == "MASTER_SHEET.xlsx" and err.value.sheet == "Programs"
+
+
+def test_master_missing_column():
+    with pytest.raises(StructuralError, match="required column missing") as err:
+        parsing.parse_master(sheet_raw(["loan program", "platform", "new_programs"], [["Std", "SFY", False]]),
+                             file="MASTER_SHEET.xlsx", sheet="Programs", max_rows=20)
+    assert err.value.columns == ["type"]
+
+
+def test_tape_errors_name_rows():
+    frame = pd.DataFrame({"Account Number": ["1", "x", "3.5"], "Loan Group": ["FX3"] * 3, "Status Codes": [""] * 3})
+    with pytest.raises(StructuralError) as err:
+        parsing.parse_tape(frame, file="Tape20Loans_02-18-2026.csv")
+    assert err.value.columns == ["Account Number"] and err.value.rows == [3, 4]
+    with pytest.raises(StructuralError, match="Status Codes"):
+        parsing.parse_tape(frame.drop(columns="Status Codes"), file="Tape20Loans_02-18-2026.csv")
+
+
+def test_tape_tagging():
+    frame = pd.DataFrame({"Account Number": ["1", "2", "3"], "Loan Group": ["FX3-A", "grp fx1", "PRM"], "Status Codes": ["", "", ""]})
+    assert list(parsing.parse_tape(frame, file="t.csv")["tagging"]) == ["SFY", "SFY", "PRIME"]
+
+
+def test_existing_assets_errors_and_defaults():
+    base = {"SELLER Loan #": "SFC_1", "platform": "sfy", "loan program": "Std", "type": "standard",
+            "Orig. Balance": "100", "Lender Price(%)": "99", "FICO Borrower": "700", "Term": "120", "APR": "9",
+            "Property State": "CA", "Dealer Fee": "0.04", "Purchase_Date": "2025-01-01", "Repurchase": "false"}
+    parsed = parsing.parse_existing(pd.DataFrame([base]), file="current_assets.csv")
+    assert parsed.loc[0, "excess_asset"] == False  # noqa: E712
+    assert pd.isna(parsed.loc[0, "modeled_purchase_price"])
+    assert parsed.loc[0, "promo_term"] == 0
+    with pytest.raises(StructuralError) as err:
+        parsing.parse_existing(pd.DataFrame([base, {**base, "Orig. Balance": "abc"}]), file="current_assets.csv")
+    assert err.value.columns == ["Orig. Balance"] and err.value.rows == [3]
+    with pytest.raises(StructuralError, match="'Repurchase'"):
+        parsing.parse_existing(pd.DataFrame([base]).drop(columns="Repurchase"), file="current_assets.csv")
+
+
+def test_grid_missing_column_names_sheet():
+    with pytest.raises(StructuralError) as err:
+        parsing.parse_underwriting_grid(sheet_raw(["finance_type_name_nls", "fico_min"], [["A", 600]]),
+                                        file="Underwriting_Grids_COMAP.xlsx", sheet="SFY - Notes", max_rows=20)
+    assert err.value.sheet == "SFY - Notes"
+    assert err.value.columns == ["monthly_income_min", "approval_high", "dti_max", "pti_ratio"]
