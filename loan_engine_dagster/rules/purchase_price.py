@@ -8,12 +8,18 @@ import numpy as np
 import pandas as pd
 
 
+def cents(percent: np.ndarray) -> np.ndarray:
+    """A price in percent rounded to 2 decimals the way a person rounds it:
+    half up, on the decimal value shown (0.98755 x 100 -> 98.76), not on the
+    binary float's noise."""
+    return np.floor(np.round(percent * 100, 6) + 0.5)
+
+
 def price_matches(lender_price: pd.Series, modeled_purchase_price: pd.Series) -> pd.Series:
     """The seller's Lender Price(%) must equal the modeled price to the cent."""
-    return pd.Series(
-        np.round(lender_price.to_numpy(float), 2) == np.round(modeled_purchase_price.to_numpy(float) * 100, 2),
-        index=lender_price.index,
-    )
+    lender = cents(lender_price.to_numpy(float))
+    modeled = cents(modeled_purchase_price.to_numpy(float) * 100)
+    return pd.Series(lender == modeled, index=lender_price.index)
 
 
 def check_buy_loans(loans: pd.DataFrame) -> pd.Series:
