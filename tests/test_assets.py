@@ -1,0 +1,105 @@
+import json
+import shutil
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from loan_engine_dagster.adapters import database
+from loan_engine_dagster.orchestration import assets
+from loan_engine_dagster.orchestration.partitions import batches
+from loan_engine_dagster.orchestration.resources import (
+    InboxResource, Notifier, OutputsResource, ResultsDatabase, RulesResource,
+)
+
+BATCH = "2026-02-19"
+ASSETS = dg.load_assets_from_modules([assets])
+
+
+def resources_for(inbox, tmp_path):
+    return {
+        "inbox": InboxResource(path=str(inbox)),
+        "outputs": OutputsResource(root=str(tmp_path / "outputs")),
+        "results_db": ResultsDatabase(url=f"sqlite:///{tmp_path / 'results.db'}"),
+        "rules": RulesResource(),
+        "notifier": Notifier(),
+    }
+
+
+def materialize(inbox, tmp_path, instance, run_config=None):
+    instance.add_dynamic_partitions(batches.name, [BATCH])
+    return dg.materialize(ASSETS, instance=instance, partition_key=BATCH, resources=resources_for(inbox, tmp_path),
+                          run_config=run_config, raise_on_error=False)
+
+
+def metadata(result, asset):
+    [mat] = [m for m in result.asset_materializations_for_node(asset)]
+    return {k: v.value for k, v in mat.metadata.items()}
+
+
+@pytest.mark.slow
+def test_materialize_whole_batch(sample_inbox, tmp_path, rules):
+    with dg.instance_for_test() as instance:
+        result = materialize(sample_inbox, tmp_path, instance, {"ops": {"normalized_loans": {"config": {"pdate": "2026-02-25", "irr_target": 9.1}}}})
+        assert result.success
+        elig = metadata(result, "eligibility")
+        assert elig["loans"] == 600 and elig["to_purchase"] + elig["rejected"] == 600
+        assert "| error | invalid_data |" in elig["rejections_by_reason"]
+        assert elig["rules_version"] == rules.version and elig["elapsed_seconds"] >= 0
+        ref = metadata(result, "reference_data")
+        assert "current_assets.csv" in ref["input_files"] and len(ref["input_files"].split("`")[1]) == 64
+        norm = metadata(result, "normalized_loans")
+        assert norm["pdate"] == "2026-02-25" and norm["irr_target"] == 9.1
+        exports = metadata(result, "exports")
+        folder = tmp_path / "outputs" / BATCH
+        assert exports["output_folder"] == str(folder.resolve())
+        assert json.loads((folder / "run_summary.json").read_text())["pdate"] == "2026-02-25"
+        db = metadata(result, "results_database")
+        assert db["rows_loan_facts"] == 600
+        engine = database.engine_for(f"sqlite:///{tmp_path / 'results.db'}")
+        assert database.batch_row_counts(engine, BATCH)["loan_facts"] == 600
+        with engine.connect() as conn:
+            irr = conn.exec_driver_sql("select distinct run_id from loan_facts").scalars().all()
+        assert irr == [result.run_id]
+        checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        assert len(checks) == 49
+        assert checks["invalid_rows"].passed is False and checks["invalid_rows"].severity == dg.AssetCheckSeverity.WARN
+        assert checks["duplicate_loan_numbers"].metadata["loans"].value == 4  # one number offered twice per platform
+
+
+@pytest.mark.slow
+def test_limit_breach_shows_in_asset_checks(sample_inbox, tmp_path):
+    inbox = tmp_path / "inbox"
+    shutil.copytree(sample_inbox, inbox)
+    existing = pd.read_csv(inbox / "current_assets.csv", dtype=str, keep_default_na=False)
+    existing.loc[existing["platform"] == "SFY", "type"] = "hybrid"  # the portfolio becomes all hybrid
+    existing.to_csv(inbox / "current_assets.csv", index=False)
+    with dg.instance_for_test() as instance:
+        result = materialize(inbox, tmp_path, instance)
+        assert result.success  # a breach warns; it does not stop the batch
+        checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        a1 = checks["sfy_check_a1"]
+        assert a1.passed is False and a1.severity == dg.AssetCheckSeverity.WARN
+        meta = {k: v.value for k, v in a1.metadata.items()}
+        assert meta["status"] == "fail" and meta["limit"] == 0.85 and meta["value"] > 0.85
+        assert meta["before"] > 0.85 and meta["excess_balance"] > 0 and meta["contributors"] > 0
+        assert "| SFC_" in meta["top_contributors"]
+        assert checks["prime_check_d"].passed is True
+        assert "sfy:check_a1" in metadata(result, "eligibility")["limits_failed_ids"]
+
+
+@pytest.mark.slow
+def test_structural_error_fails_in_its_phase_and_writes_nothing(sample_inbox, tmp_path):
+    inbox = tmp_path / "inbox"
+    shutil.copytree(sample_inbox, inbox)
+    tape = next(inbox.glob("Tape20Loans_*.csv"))
+    pd.read_csv(tape, dtype=str).drop(columns=["Status Codes"]).to_csv(tape, index=False)
+    with dg.instance_for_test() as instance:
+        result = materialize(inbox, tmp_path, instance)
+        assert not result.success
+        [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        assert failure.step_key == "batch_inputs"
+        assert "Status Codes" in str(failure.event_specific_data.error.cause.message)
+    assert not (tmp_path / "outputs").exists()
+    engine = database.engine_for(f"sqlite:///{tmp_path / 'results.db'}")
+    assert database.batch_row_counts(engine, BATCH) == {"loan_facts": 0, "loan_exceptions": 0, "eligibility_results": 0}
