@@ -34,11 +34,11 @@ class AlertPolicy:
         return cls(notice_weekday=WEEKDAYS.index(weekday), alert_at=at, zone=zone)
 
 
-def due_batch(now: dt.datetime, policy: AlertPolicy) -> str | None:
+def due_batch(now: dt.datetime, policy: AlertPolicy) -> str:
     """The batch key expected by now: the latest notice weekday whose alert
-    time has passed, within the last week."""
+    time has passed."""
     local = now.astimezone(policy.zone)
     day = local.date() - dt.timedelta(days=(local.weekday() - policy.notice_weekday) % 7)
     if day == local.date() and local.time() < policy.alert_at:
-        return None
+        day -= dt.timedelta(days=7)  # this week's is not due yet; last week's still is
     return day.isoformat()

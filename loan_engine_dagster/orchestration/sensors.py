@@ -69,7 +69,7 @@ def missing_batch_alert_sensor(
     policy = AlertPolicy.from_env(os.environ)
     now = dt.datetime.now(policy.zone)
     key = due_batch(now, policy)
-    if key is None or context.cursor == key:
+    if context.cursor == key:
         return dg.SensorResult(skip_reason="no alert due")
     files = inbox.batch(key, rules.load())
     if files.complete:

@@ -1,0 +1,99 @@
+"""The `loan-engine` and `dagster job execute` command lines, as a person runs them."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+BIN = Path(sys.executable).parent
+BATCH = "2026-02-19"
+
+
+def cli(*args, env=None, cwd=None):
+    return subprocess.run([str(BIN / "loan-engine"), *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+
+
+@pytest.fixture
+def home(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOAN_ENGINE_", "DAGSTER_HOME"))}
+    env["DAGSTER_HOME"] = str(tmp_path / "dagster_home")
+    (tmp_path / "dagster_home").mkdir()
+    return env
+
+
+def test_sample_inbox_command(tmp_path):
+    result = cli("sample-inbox", str(tmp_path / "in"), "--loans", "40", "--existing", "50", "--batch", "2026-03-05")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "in" / "SFY_03-05-2026_ExhibitAtoFormofSaleNotice - Pre-Funding.xlsx").is_file()
+    assert (tmp_path / "in" / "Tape20Loans_03-04-2026.csv").is_file()
+    bad = cli("sample-inbox", str(tmp_path / "x"), "--batch", "2026-13-01")
+    assert bad.returncode == 2 and "is not a date in YYYY-MM-DD form" in bad.stderr
+
+
+@pytest.mark.slow
+def test_run_records_a_dagster_run_and_prints_summary(sample_inbox, tmp_path, home):
+    home["LOAN_ENGINE_INBOX"] = str(sample_inbox)
+    home["LOAN_ENGINE_OUTPUT_DIR"] = str(tmp_path / "out")
+    home["LOAN_ENGINE_DATABASE_URL"] = f"sqlite:///{tmp_path / 'results.db'}"
+    result = cli("run", BATCH, "--pdate", "2026-02-24", env=home)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "loans offered:" in result.stdout and "600" in result.stdout
+    assert "invalid_data" in result.stdout and f"outputs:        {tmp_path / 'out' / BATCH}" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    os.environ["DAGSTER_HOME"] = home["DAGSTER_HOME"]
+    try:
+        with dg.DagsterInstance.get() as instance:
+            [run] = instance.get_runs()
+            assert run.status == dg.DagsterRunStatus.SUCCESS and run.job_name == "loan_engine_job"
+            assert run.tags["dagster/partition"] == BATCH and run.tags["loan_engine/inbox"] == str(sample_inbox)
+            assert instance.get_dynamic_partitions("batches") == [BATCH]
+    finally:
+        del os.environ["DAGSTER_HOME"]
+
+
+@pytest.mark.slow
+def test_run_structural_error_is_readable_and_nonzero(sample_inbox, tmp_path, home):
+    inbox = tmp_path / "inbox"
+    shutil.copytree(sample_inbox, inbox)
+    pd.read_csv(inbox / "current_assets.csv", dtype=str).drop(columns=["Purchase_Date"]).to_csv(inbox / "current_assets.csv", index=False)
+    result = cli("run", BATCH, "--inbox", str(inbox), "--output-dir", str(tmp_path / "out"),
+                 "--database-url", f"sqlite:///{tmp_path / 'r.db'}", env=home)
+    assert result.returncode == 1
+    assert "FAILED in phase reference_data" in result.stderr
+    assert "file 'current_assets.csv', column 'Purchase_Date': required column missing" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_incomplete_batch_and_bad_key(tmp_path, home):
+    result = cli("run", BATCH, "--inbox", str(tmp_path), env=home)
+    assert result.returncode == 2
+    assert "missing SFY exhibit, PRIME exhibit, a tape dated 2026-02-15..2026-02-19, MASTER_SHEET.xlsx" in result.stderr
+    bad = cli("run", "19-02-2026", env=home)
+    assert bad.returncode == 2 and "is not YYYY-MM-DD" in bad.stderr
+
+
+@pytest.mark.slow
+def test_dagster_job_execute_once_batch_registered(sample_inbox, tmp_path, home):
+    home["LOAN_ENGINE_INBOX"] = str(sample_inbox)
+    home["LOAN_ENGINE_OUTPUT_DIR"] = str(tmp_path / "out")
+    home["LOAN_ENGINE_DATABASE_URL"] = f"sqlite:///{tmp_path / 'results.db'}"
+    os.environ["DAGSTER_HOME"] = home["DAGSTER_HOME"]
+    try:
+        with dg.DagsterInstance.get() as instance:
+            instance.add_dynamic_partitions("batches", [BATCH])
+    finally:
+        del os.environ["DAGSTER_HOME"]
+    result = subprocess.run(
+        [str(BIN / "dagster"), "job", "execute", "-m", "loan_engine_dagster", "-j", "loan_engine_job",
+         "--tags", json.dumps({"dagster/partition": BATCH})],
+        capture_output=True, text=True, env=home, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert json.loads((tmp_path / "out" / BATCH / "run_summary.json").read_text())["loans_offered"] == 600

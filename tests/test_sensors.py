@@ -1,0 +1,216 @@
+"""The inbox sensor, tick by tick, on a real instance and real files."""
+
+import datetime as dt
+import json
+import os
+import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import dagster as dg
+import pytest
+
+from loan_engine_dagster.adapters.alerts import AlertPolicy, due_batch
+from loan_engine_dagster.orchestration.resources import InboxResource, Notifier, RulesResource
+from loan_engine_dagster.orchestration.sensors import inbox_sensor, missing_batch_alert_sensor
+
+BATCH = "2026-02-19"
+SFY = "SFY_02-19-2026_ExhibitAtoFormofSaleNotice - Pre-Funding.xlsx"
+PRIME = "PRIME_02-19-2026_ExhibitAtoFormofSaleNotice - Pre-Funding.xlsx"
+TAPE = "Tape20Loans_02-18-2026.csv"
+
+
+@pytest.fixture
+def inbox(sample_inbox, tmp_path):
+    folder = tmp_path / "inbox"
+    shutil.copytree(sample_inbox, folder)
+    return folder
+
+
+class Ticker:
+    """Evaluates the sensor the way the daemon does, handing the cursor on."""
+
+    def __init__(self, instance, inbox):
+        self.instance, self.inbox, self.cursor = instance, inbox, None
+
+    def tick(self):
+        context = dg.build_sensor_context(
+            instance=self.instance, cursor=self.cursor,
+            resources={"inbox": InboxResource(path=str(self.inbox)), "rules": RulesResource()},
+        )
+        result = inbox_sensor(context)
+        self.cursor = result.cursor
+        for request in result.dynamic_partitions_requests or []:
+            self.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        return result
+
+
+def skip(result):
+    return result.skip_reason.skip_message if result.skip_reason else None
+
+
+def bump(path, data: bytes | None = None):
+    """Change a file and make sure its modification time moves too."""
+    if data is not None:
+        path.write_bytes(data)
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+
+
+def test_complete_batch_runs_once_files_are_stable(inbox):
+    with dg.instance_for_test() as instance:
+        ticker = Ticker(instance, inbox)
+        first = ticker.tick()
+        assert not first.run_requests
+        assert skip(first).startswith(f"{BATCH}: waiting for files to finish copying")
+        second = ticker.tick()
+        [request] = second.run_requests
+        assert request.partition_key == BATCH
+        assert request.run_key.startswith(f"{BATCH}:") and len(request.run_key) == len(BATCH) + 17
+        assert request.tags["loan_engine/batch"] == BATCH and request.tags["loan_engine/inbox"] == str(inbox)
+        assert instance.has_dynamic_partition("batches", BATCH)
+        third = ticker.tick()
+        assert not third.run_requests and "already run with these exact files: 2026-02-19" in skip(third)
+
+
+def test_missing_file_says_what_it_waits_for(inbox):
+    (inbox / PRIME).unlink()
+    with dg.instance_for_test() as instance:
+        ticker = Ticker(instance, inbox)
+        ticker.tick()
+        assert skip(ticker.tick()) == f"{BATCH}: waiting for PRIME exhibit"
+
+
+def test_growing_file_is_not_started(inbox):
+    with dg.instance_for_test() as instance:
+        ticker = Ticker(instance, inbox)
+        ticker.tick()
+        with open(inbox / TAPE, "ab") as handle:  # still being copied
+            handle.write(b"123,FX3,ACTIVE\n")
+        result = ticker.tick()
+        assert not result.run_requests
+        assert skip(result) == f"{BATCH}: waiting for files to finish copying: {TAPE}"
+        assert ticker.tick().run_requests
+
+
+def test_redelivery_starts_a_new_run_identical_files_do_not(inbox):
+    with dg.instance_for_test() as instance:
+        ticker = Ticker(instance, inbox)
+        ticker.tick()
+        first_key = ticker.tick().run_requests[0].run_key
+        # Same bytes copied again (new mtime): no new run.
+        bump(inbox / SFY, (inbox / SFY).read_bytes())
+        ticker.tick()
+        assert not ticker.tick().run_requests
+        # A corrected exhibit: a new run with a new key.
+        bump(inbox / SFY, (inbox / PRIME).read_bytes())
+        ticker.tick()
+        [request] = ticker.tick().run_requests
+        assert request.run_key != first_key and request.partition_key == BATCH
+
+
+def test_junk_files_are_ignored(inbox):
+    with dg.instance_for_test() as instance:
+        ticker = Ticker(instance, inbox)
+        ticker.tick()
+        ticker.tick()
+        for junk in ("~$" + SFY, ".hidden.xlsx", SFY + ".part", "readme.txt", "Tape20Loans_99-99-2026.csv"):
+            (inbox / junk).write_bytes(b"junk")
+        result = ticker.tick()
+        assert not result.run_requests and "already run" in skip(result)
+
+
+def test_cursor_survives_restart(inbox):
+    with dg.instance_for_test() as instance:
+        ticker = Ticker(instance, inbox)
+        ticker.tick()
+        ticker.tick()
+        restarted = Ticker(instance, inbox)
+        restarted.cursor = json.loads(json.dumps(ticker.cursor))  # what the daemon stored
+        assert not restarted.tick().run_requests
+
+
+def test_reference_replaced_reruns_nothing_but_says_so(inbox):
+    with dg.instance_for_test() as instance:
+        ticker = Ticker(instance, inbox)
+        ticker.tick()
+        ticker.tick()
+        bump(inbox / "MASTER_SHEET.xlsx", (inbox / "MASTER_SHEET.xlsx").read_bytes() + b"\0")
+        ticker.tick()
+        result = ticker.tick()
+        assert not result.run_requests
+        assert "reference files replaced (MASTER_SHEET.xlsx): nothing re-runs on its own" in skip(result)
+
+
+def test_empty_inbox(tmp_path):
+    with dg.instance_for_test() as instance:
+        assert skip(Ticker(instance, tmp_path).tick()) == "no batch in the inbox"
+
+
+# ---------------------------------------------------------------- missing-batch alert
+
+@pytest.mark.parametrize(
+    ("now", "expected"),
+    [
+        (dt.datetime(2026, 2, 19, 14, 59), "2026-02-12"),  # Thursday before the alert time: last week's
+        (dt.datetime(2026, 2, 19, 15, 0), "2026-02-19"),
+        (dt.datetime(2026, 2, 23, 9, 0), "2026-02-19"),  # the next Monday still looks at last Thursday
+        (dt.datetime(2026, 2, 26, 10, 0), "2026-02-19"),
+        (dt.datetime(2026, 2, 26, 16, 0), "2026-02-26"),
+    ],
+)
+def test_due_batch(now, expected):
+    policy = AlertPolicy()
+    assert due_batch(now.replace(tzinfo=policy.zone), policy) == expected
+
+
+def test_alert_policy_from_env_names_bad_variable():
+    with pytest.raises(ValueError, match="LOAN_ENGINE_NOTICE_WEEKDAY"):
+        AlertPolicy.from_env({"LOAN_ENGINE_NOTICE_WEEKDAY": "funday"})
+    with pytest.raises(ValueError, match="LOAN_ENGINE_ALERT_TIME"):
+        AlertPolicy.from_env({"LOAN_ENGINE_ALERT_TIME": "25:99"})
+    assert AlertPolicy.from_env({"LOAN_ENGINE_NOTICE_WEEKDAY": "Monday", "LOAN_ENGINE_ALERT_TIME": "09:30"}).notice_weekday == 0
+
+
+class Hook:
+    """A local webhook receiver on 127.0.0.1."""
+
+    def __enter__(self):
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_missing_batch_alert_once_with_webhook(tmp_path, monkeypatch):
+    (tmp_path / "SFY_02-19-2026_ExhibitAtoFormofSaleNotice - Pre-Funding.xlsx").write_bytes(b"x")
+    now = dt.datetime.now(AlertPolicy().zone)
+    monkeypatch.setenv("LOAN_ENGINE_NOTICE_WEEKDAY", ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"][now.weekday()])
+    monkeypatch.setenv("LOAN_ENGINE_ALERT_TIME", "00:00")
+    expected = now.date().isoformat()
+    with Hook() as hook, dg.instance_for_test() as instance:
+        resources = {"inbox": InboxResource(path=str(tmp_path)), "rules": RulesResource(), "notifier": Notifier(webhook_url=hook.url)}
+        result = missing_batch_alert_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        assert result.skip_reason.skip_message.startswith(f"ALERT: Batch {expected} is not complete")
+        assert "SFY exhibit" in result.skip_reason.skip_message  # everything missing is named
+        [observation] = result.asset_events
+        assert observation.partition == expected and "PRIME exhibit" in observation.metadata["missing"].value
+        assert [m["batch"] for m in hook.received] == [expected]
+        assert "missing" in hook.received[0]["text"]
+        again = missing_batch_alert_sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor, resources=resources))
+        assert again.skip_reason.skip_message == "no alert due" and len(hook.received) == 1
