@@ -218,7 +218,7 @@ def write_existing(inbox: Path, rng, n: int, batch: dt.date) -> pd.DataFrame:
 
 def _exhibit_frame(rng, n: int, platform: str, batch: dt.date, start: int, stress: bool) -> pd.DataFrame:
     a = _loan_attributes(rng, n, platform)
-    rate = 0.12 if stress else 0.012  # per failure kind
+    rate = 0.19 if stress else 0.012  # per failure kind
     u = rng.random((n, 6))
     program = a["program"].astype(object).copy()
     program[u[:, 0] < rate / 2] = UNKNOWN_PROGRAM

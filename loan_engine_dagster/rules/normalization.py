@@ -12,6 +12,12 @@ from .config import Rules
 from .parsing import text_key
 
 
+def is_listed(numbers: pd.Series, pool: pd.Series) -> pd.Series:
+    """Membership by hash table: loan numbers against a tape of hundreds of
+    thousands (the Arrow string `isin` walks the pool in Python)."""
+    return numbers.astype(object).isin(pool.astype(object)).astype(bool)
+
+
 def loan_kind(application_type: pd.Series) -> pd.Series:
     """Loans whose Application Type is HD NOTE are bought as notes."""
     return pd.Series(
@@ -50,7 +56,7 @@ def normalize_buy_loans(
     loans["borrowing_base_eligible"] = True
     loans["purchase_date"] = pd.Timestamp(pdate)
     loans["irr_support_target"] = rules.normalization.irr_target
-    loans["on_tape"] = loans["seller_loan_number"].isin(tape["seller_loan_number"])
+    loans["on_tape"] = is_listed(loans["seller_loan_number"], tape["seller_loan_number"])
     return loans
 
 
@@ -59,5 +65,5 @@ def mark_repurchases(existing: pd.DataFrame, tape: pd.DataFrame) -> pd.DataFrame
     portfolio base, whatever the asset file says."""
     repurchased = tape.loc[tape["repurchased"], "seller_loan_number"]
     out = existing.copy()
-    out["repurchase"] = out["repurchase"] | out["seller_loan_number"].isin(repurchased)
+    out["repurchase"] = out["repurchase"] | is_listed(out["seller_loan_number"], repurchased)
     return out

@@ -115,12 +115,18 @@ def header_key(value: object) -> str:
 
 def text_key(series: pd.Series) -> pd.Series:
     """How program and type names are matched: trimmed, inner runs of spaces
-    folded to one, case-insensitive. Sellers type program names by hand."""
-    return series.astype("string").str.strip().str.replace(r"\s+", " ", regex=True).str.casefold()
+    folded to one, case-insensitive. Sellers type program names by hand.
+    Computed once per distinct name: a column holds few of them."""
+    codes, uniques = pd.factorize(series.astype(object), use_na_sentinel=True)
+    keys = pd.Series(uniques, dtype=object).astype("string").str.strip().str.replace(r"\s+", " ", regex=True).str.casefold()
+    out = keys.to_numpy(dtype=object, na_value=None)[codes] if len(keys) else np.full(len(codes), None, dtype=object)
+    out[codes < 0] = None
+    return pd.Series(out, index=series.index, dtype="string")
 
 
 def is_blank(series: pd.Series) -> pd.Series:
-    return series.isna() | (series.astype("string").str.strip().fillna("") == "")
+    stripped = series.astype("string").str.strip()
+    return stripped.isna() | (stripped == "")
 
 
 def to_number(series: pd.Series) -> pd.Series:
@@ -139,7 +145,9 @@ def to_date(series: pd.Series) -> pd.Series:
 def to_text(series: pd.Series) -> pd.Series:
     """Trimmed text; a whole number typed into a text column loses its '.0'."""
     text = series.astype("string").str.strip().fillna("")
-    return text.str.replace(r"^(\d+)\.0$", r"\1", regex=True)
+    if series.dtype == object:  # only workbook cells can hold numbers
+        text = text.str.replace(r"^(\d+)\.0$", r"\1", regex=True)
+    return text
 
 
 def to_bool(series: pd.Series, default: bool = False) -> pd.Series:
