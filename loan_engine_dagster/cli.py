@@ -75,19 +75,6 @@ def _resolved_job():
     return defs.resolve_job_def("loan_engine_job")
 
 
-def _failure_text(result) -> tuple[str, str]:
-    """(phase, one-line cause) of a failed run, the user's words first."""
-    for event in result.all_events:
-        if event.event_type_value == "STEP_FAILURE":
-            error = event.event_specific_data.error
-            while error.cause is not None:
-                error = error.cause
-            message = error.message.strip().splitlines()[-1] if error.message else error.cls_name
-            prefix = f"{error.cls_name}: "
-            return event.step_key, message.removeprefix(prefix).removeprefix("loan_engine_dagster.rules.errors.StructuralError: ")
-    return "unknown", "the run failed before any phase started (see the run's event log)"
-
-
 def print_summary(summary: dict, folder: str) -> None:
     click.echo(f"Batch {summary['batch']} (purchase date {summary['pdate']}, rules {summary['rules_version']})")
     click.echo(f"  loans offered:  {summary['loans_offered']:>8,}  balance {summary['balance_offered']:>18,.2f}")
@@ -131,7 +118,9 @@ def run(batch_key: str, inbox, output_dir, database_url, pdate, irr_target, verb
     ensure_dagster_home()
     import dagster as dg
 
+    from loan_engine_dagster.adapters.incidents import classify, one_line
     from loan_engine_dagster.orchestration.partitions import batches
+    from loan_engine_dagster.orchestration.run_records import stop_point
     from loan_engine_dagster.orchestration.sensors import batch_tags
 
     run_config = {
@@ -151,17 +140,113 @@ def run(batch_key: str, inbox, output_dir, database_url, pdate, irr_target, verb
             dg.reconstructable(_resolved_job),
             instance=instance,
             run_config=run_config,
-            tags={"dagster/partition": batch_key, **batch_tags(batch_key, str(inbox_path))},
+            # The daemon cannot relaunch a run started from a terminal; whoever
+            # started it sees the failure and re-runs.
+            tags={"dagster/partition": batch_key, "dagster/max_retries": "0", **batch_tags(batch_key, str(inbox_path))},
         ) as result:
             run_id = result.run_id
             if not result.success:
-                phase, cause = _failure_text(result)
-                click.echo(f"Run {run_id} FAILED in phase {phase}: {cause}", err=True)
+                stop = stop_point(instance, run_id)
+                kind = classify(stop.phase, stop.error_type, stop.message)
+                cause = one_line(stop.message, stop.error_type)
+                click.echo(f"Run {run_id} FAILED in phase {stop.phase or 'run'} [{kind}]: {cause}", err=True)
                 sys.exit(1)
     folder = output_root / batch_key
     print_summary(json.loads((folder / "run_summary.json").read_text()), str(folder))
     click.echo(f"  run id:         {run_id}")
     click.echo("  open the UI:    dagster dev   (then http://127.0.0.1:3000/runs)")
+
+
+# ---------------------------------------------------------------- stuck runs
+
+
+@main.group()
+def runs() -> None:
+    """Find stuck or failed runs and close them (against the storage dagster.yaml configures)."""
+
+
+def _instance():
+    ensure_dagster_home()
+    import dagster as dg
+
+    return dg.DagsterInstance.get()
+
+
+def _duration(record) -> str:
+    import time
+
+    if not record.start_time:
+        return "-"
+    seconds = int((record.end_time or time.time()) - record.start_time)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+def _started(record) -> str:
+    if not record.start_time:
+        return "-"
+    return dt.datetime.fromtimestamp(record.start_time, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+@runs.command("list")
+@click.option("--status", type=click.Choice(["running", "failed", "canceled", "success", "queued"]), help="Only runs in this state.")
+@click.option("--older-than-minutes", type=click.FloatRange(min=0), help="Only runs started at least this long ago.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1), help="Newest runs to look at.")
+def list_runs(status, older_than_minutes, limit) -> None:
+    """Loan engine runs, newest first, with where each stopped and why."""
+    from loan_engine_dagster.orchestration import run_records as rr
+
+    with _instance() as instance:
+        records = rr.loan_engine_runs(instance, rr.STATUS_NAMES[status] if status else None, older_than_minutes, limit)
+        header = ("RUN ID", "BATCH", "STATUS", "STARTED", "DURATION", "LAST PHASE", "KIND", "INPUT FOLDER")
+        rows = [
+            (r.dagster_run.run_id, rr.batch_of(r.dagster_run), r.dagster_run.status.value, _started(r), _duration(r),
+             rr.last_phase(instance, r.dagster_run), r.dagster_run.tags.get(rr.KIND_TAG, "-"),
+             r.dagster_run.tags.get(rr.INBOX_TAG, "-"))
+            for r in records
+        ]
+    if not rows:
+        click.echo("No loan engine runs match.")
+        return
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+@runs.command("mark")
+@click.argument("run_id", required=False)
+@click.option("--as", "as_status", type=click.Choice(["failed", "canceled"]), required=True, help="The state to put the run in.")
+@click.option("--older-than-minutes", type=click.FloatRange(min=0), help="Every in-progress run started at least this long ago.")
+@click.option("--reason", default="closed by hand with loan-engine runs mark", show_default=True, help="Shown in the run's event log.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def mark(run_id, as_status, older_than_minutes, reason, yes) -> None:
+    """Mark RUN_ID, or every in-progress run older than N minutes, failed or canceled."""
+    from loan_engine_dagster.orchestration import run_records as rr
+
+    if (run_id is None) == (older_than_minutes is None):
+        raise click.UsageError("give either RUN_ID or --older-than-minutes N, not both and not neither")
+    with _instance() as instance:
+        if run_id is not None:
+            run = instance.get_run_by_id(run_id)
+            if run is None:
+                click.echo(f"No run with id {run_id} in this Dagster instance ({os.environ['DAGSTER_HOME']}).", err=True)
+                sys.exit(1)
+            if run.status not in rr.IN_PROGRESS:
+                click.echo(f"Run {run_id} is {run.status.value}, not in progress: nothing to mark.", err=True)
+                sys.exit(1)
+            targets = [run]
+        else:
+            targets = [r.dagster_run for r in rr.loan_engine_runs(instance, list(rr.IN_PROGRESS), older_than_minutes, 1000)]
+            if not targets:
+                click.echo(f"No in-progress loan engine run started more than {older_than_minutes:g} minutes ago.")
+                return
+            for run in targets:
+                click.echo(f"  {run.run_id}  batch {rr.batch_of(run)}  {run.status.value}  last phase {rr.last_phase(instance, run)}")
+            if not yes and not click.confirm(f"Mark these {len(targets)} run(s) {as_status}?", default=False):
+                click.echo("Nothing changed.")
+                sys.exit(1)
+        for run in targets:
+            rr.mark_run(instance, run, as_status, reason)
+            click.echo(f"Marked {run.run_id} {as_status}: {reason}")
 
 
 if __name__ == "__main__":

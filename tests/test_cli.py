@@ -65,7 +65,7 @@ def test_run_structural_error_is_readable_and_nonzero(sample_inbox, tmp_path, ho
     result = cli("run", BATCH, "--inbox", str(inbox), "--output-dir", str(tmp_path / "out"),
                  "--database-url", f"sqlite:///{tmp_path / 'r.db'}", env=home)
     assert result.returncode == 1
-    assert "FAILED in phase reference_data" in result.stderr
+    assert "FAILED in phase reference_data [data]" in result.stderr
     assert "file 'current_assets.csv', column 'Purchase_Date': required column missing" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert not (tmp_path / "out").exists()

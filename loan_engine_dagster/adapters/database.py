@@ -81,6 +81,19 @@ eligibility_results = Table(
     Column("excess_balance", Float),
 )
 
+incidents = Table(
+    "incidents", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(64), nullable=False, index=True),
+    Column("batch_key", String(32), nullable=False),
+    Column("phase", String(64), nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("error_type", String(128), nullable=False),
+    Column("cause", Text, nullable=False),
+    Column("run_url", String(500), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
 BATCH_TABLES = (loan_facts, loan_exceptions, eligibility_results)
 FACT_COLUMNS = [c.name for c in loan_facts.columns if c.name not in ("id", "batch_key", "run_id", "rules_version")]
 

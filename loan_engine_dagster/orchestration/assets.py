@@ -8,6 +8,7 @@ import time
 
 import dagster as dg
 import pandas as pd
+import sqlalchemy.exc
 
 from loan_engine_dagster.adapters import database
 from loan_engine_dagster.adapters.batch import write_batch_outputs
@@ -225,14 +226,18 @@ def results_database(
     duplicates and a failed write leaves the previous rows intact."""
     start = time.perf_counter()
     loaded = rules.load()
-    engine = results_db.engine()
     try:
-        counts = database.save_batch(
-            engine, batch_key=context.partition_key, run_id=context.run_id, rules_version=loaded.version,
-            loans=eligibility.loans, exceptions=eligibility.exceptions, checks=eligibility.checks,
-        )
-    finally:
-        engine.dispose()
+        engine = results_db.engine()
+        try:
+            counts = database.save_batch(
+                engine, batch_key=context.partition_key, run_id=context.run_id, rules_version=loaded.version,
+                loans=eligibility.loans, exceptions=eligibility.exceptions, checks=eligibility.checks,
+            )
+        finally:
+            engine.dispose()
+    except sqlalchemy.exc.OperationalError as exc:
+        # A database that is down or restarting is worth another try; the write is transactional.
+        raise dg.RetryRequested(max_retries=results_db.connect_retries, seconds_to_wait=results_db.retry_wait_seconds) from exc
     return dg.MaterializeResult(
         metadata={
             **{f"rows_{k}": v for k, v in counts.items()},

@@ -53,6 +53,8 @@ class ResultsDatabase(dg.ConfigurableResource):
     """SQLAlchemy URL of the results database (SQLite file or PostgreSQL)."""
 
     url: str | None = None
+    connect_retries: int = 3  # step retries when the database cannot be reached
+    retry_wait_seconds: float = 10.0
 
     @property
     def resolved_url(self) -> str:

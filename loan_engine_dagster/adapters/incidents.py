@@ -1,0 +1,77 @@
+"""Failed runs, told apart the way the on-call person needs: was it the
+seller's data, our code, or the machine? (Dagster-free; the failure sensor
+feeds it what the run's event log says.)"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass
+
+from sqlalchemy import delete
+from sqlalchemy.engine import Engine
+
+from .database import incidents
+
+# Phases that read files: whatever breaks there is a problem with the files.
+DATA_PHASES = {"reference_data", "batch_inputs"}
+INFRA_ERROR_TYPES = {
+    "OperationalError", "InterfaceError", "DisconnectionError", "TimeoutError", "ConnectionError",
+    "ConnectionRefusedError", "ConnectionResetError", "BrokenPipeError", "MemoryError",
+    "DagsterExecutionInterruptedError", "DeadWorker",
+}
+INFRA_MARKERS = (
+    "run worker", "worker disappeared", "maximum runtime", "max_runtime", "timed out", "timeout expired",
+    "could not connect", "connection refused", "server closed the connection", "out of memory", "sigkill",
+)
+DEAD_WORKER_MARKER = "worker disappeared"
+
+
+@dataclass(frozen=True)
+class Incident:
+    run_id: str
+    batch_key: str
+    phase: str
+    kind: str  # data | code | infra
+    error_type: str
+    cause: str  # one line
+    run_url: str
+
+    def text(self) -> str:
+        return (
+            f"loan_engine_job FAILED for batch {self.batch_key} in phase {self.phase} [{self.kind}]: "
+            f"{self.error_type}: {self.cause} {self.run_url}"
+        )
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def classify(phase: str | None, error_type: str | None, message: str | None) -> str:
+    """data, code or infra, following the old troubleshooting table."""
+    text = (message or "").casefold()
+    if error_type == "StructuralError":
+        return "data"
+    if error_type in INFRA_ERROR_TYPES or any(marker in text for marker in INFRA_MARKERS):
+        return "infra"
+    if phase in DATA_PHASES:
+        return "data"
+    if not phase or error_type is None:
+        return "infra"  # the run died outside any step: launcher or worker trouble
+    return "code"
+
+
+def one_line(message: str | None, error_type: str | None = None) -> str:
+    lines = [line.strip() for line in (message or "").strip().splitlines() if line.strip()]
+    line = lines[0] if lines else ""
+    if error_type and line.startswith(f"{error_type}: "):
+        line = line[len(error_type) + 2 :]
+    for prefix in ("loan_engine_dagster.rules.errors.StructuralError: ",):
+        line = line.removeprefix(prefix)
+    return line[:500]
+
+
+def record_incident(engine: Engine, incident: Incident) -> None:
+    """One row per failed run; processing the same failure again replaces it."""
+    with engine.begin() as conn:
+        conn.execute(delete(incidents).where(incidents.c.run_id == incident.run_id))
+        conn.execute(incidents.insert(), [{**incident.as_dict(), "created_at": dt.datetime.now(dt.timezone.utc)}])

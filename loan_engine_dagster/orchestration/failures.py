@@ -1,0 +1,105 @@
+"""No run left stuck: the run-failure sensor that explains every failure, and
+the dead-worker sensor that fails runs whose worker process is gone (the
+default run launcher cannot tell, so such runs would stay STARTED)."""
+
+import json
+import os
+import time
+
+import dagster as dg
+
+from loan_engine_dagster.adapters import incidents
+from loan_engine_dagster.adapters.workers import process_alive
+
+from .jobs import loan_engine_job
+from .resources import Notifier, ResultsDatabase
+from .run_records import JOB_NAME, KIND_TAG, PHASE_TAG, batch_of, stop_point, worker_pid
+
+DEAD_WORKER_POLL_SECONDS = 30
+DEFAULT_DEAD_WORKER_SECONDS = 60
+
+
+def _run_database(run: dg.DagsterRun, results_db: ResultsDatabase) -> ResultsDatabase:
+    """The results database the run itself wrote to (the CLI may override it)."""
+    url = run.run_config.get("resources", {}).get("results_db", {}).get("config", {}).get("url")
+    return ResultsDatabase(url=url) if url else results_db
+
+
+@dg.run_failure_sensor(
+    monitored_jobs=[loan_engine_job],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Explains each failed loan engine run: batch, phase, data/code/infra; tags it, records it, notifies.",
+)
+def loan_engine_failure_sensor(
+    context: dg.RunFailureSensorContext, results_db: ResultsDatabase, notifier: Notifier
+) -> None:
+    run = context.dagster_run
+    stop = stop_point(context.instance, run.run_id)
+    message = stop.message or context.failure_event.message or "run failed"
+    incident = incidents.Incident(
+        run_id=run.run_id,
+        batch_key=batch_of(run),
+        phase=stop.phase or "run",
+        kind=incidents.classify(stop.phase, stop.error_type, message),
+        error_type=stop.error_type or "RunFailure",
+        cause=incidents.one_line(message, stop.error_type),
+        run_url=f"{notifier.ui_base}/runs/{run.run_id}",
+    )
+    context.instance.add_run_tags(run.run_id, {PHASE_TAG: incident.phase, KIND_TAG: incident.kind})
+    context.log.info(incident.text())
+    engine = _run_database(run, results_db).engine()
+    try:
+        incidents.record_incident(engine, incident)
+    finally:
+        engine.dispose()
+    try:
+        notifier.send(incident.text(), **incident.as_dict())
+    except Exception as exc:  # the tags and the incident row already tell the story
+        context.log.error(f"webhook notification failed: {exc}")
+
+
+def dead_worker_seconds() -> float:
+    value = os.environ.get("LOAN_ENGINE_DEAD_WORKER_SECONDS", str(DEFAULT_DEAD_WORKER_SECONDS))
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"LOAN_ENGINE_DEAD_WORKER_SECONDS must be a number of seconds, not {value!r}") from None
+
+
+@dg.sensor(
+    minimum_interval_seconds=DEAD_WORKER_POLL_SECONDS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Marks STARTED loan engine runs FAILED once their worker process has been gone for a while.",
+)
+def dead_worker_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    grace = dead_worker_seconds()
+    first_seen_dead: dict[str, float] = json.loads(context.cursor) if context.cursor else {}
+    now = time.time()
+    still_dead, marked = {}, []
+    filters = dg.RunsFilter(job_name=JOB_NAME, statuses=[dg.DagsterRunStatus.STARTED])
+    for record in context.instance.get_run_records(filters=filters):
+        run = record.dagster_run
+        pid = worker_pid(context.instance, run.run_id)
+        if pid is None or process_alive(pid, record.start_time):
+            continue
+        seen = first_seen_dead.get(run.run_id, now)
+        if now - seen < grace:
+            still_dead[run.run_id] = seen
+            continue
+        current = context.instance.get_run_by_id(run.run_id)
+        if current is None or current.status != dg.DagsterRunStatus.STARTED:
+            continue  # it finished while we looked
+        phase = stop_point(context.instance, run.run_id).phase or "before any phase"
+        reason = (
+            f"Run worker disappeared: process {pid} of run {run.run_id} (batch {batch_of(run)}) is gone "
+            f"since at least {int(now - seen)}s, last phase {phase}. Marked FAILED by dead_worker_sensor."
+        )
+        context.instance.report_engine_event(reason, current)
+        context.instance.report_run_failed(current, message=reason)
+        context.log.warning(reason)
+        marked.append(run.run_id)
+    cursor = json.dumps(still_dead, sort_keys=True)
+    if marked:
+        return dg.SensorResult(skip_reason=f"marked FAILED: {', '.join(marked)}", cursor=cursor)
+    waiting = f"; {len(still_dead)} worker(s) gone, waiting {grace:g}s before failing" if still_dead else ""
+    return dg.SensorResult(skip_reason=f"no dead workers{waiting}", cursor=cursor)

@@ -1,0 +1,108 @@
+"""What Dagster's run storage says about loan engine runs: where a run
+stopped, why, and which process ran it. Shared by the failure sensors and the
+`loan-engine runs` command, against whatever storage dagster.yaml configures."""
+
+import datetime as dt
+from dataclasses import dataclass
+
+import dagster as dg
+
+JOB_NAME = "loan_engine_job"
+PHASE_TAG = "loan_engine/failed_phase"
+KIND_TAG = "loan_engine/failure_kind"
+BATCH_TAG = "loan_engine/batch"
+INBOX_TAG = "loan_engine/inbox"
+PARTITION_TAG = "dagster/partition"
+IN_PROGRESS = (
+    dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING,
+)
+STATUS_NAMES = {
+    "running": [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING],
+    "queued": [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED],
+    "failed": [dg.DagsterRunStatus.FAILURE],
+    "canceled": [dg.DagsterRunStatus.CANCELED],
+    "success": [dg.DagsterRunStatus.SUCCESS],
+}
+
+
+@dataclass(frozen=True)
+class StopPoint:
+    """Where a run stopped and the innermost error, as the event log tells it."""
+
+    phase: str | None
+    error_type: str | None
+    message: str | None
+
+
+def _innermost(error):
+    while error is not None and error.cause is not None:
+        error = error.cause
+    return error
+
+
+def stop_point(instance: dg.DagsterInstance, run_id: str) -> StopPoint:
+    """The failed step and its error; else the step that was running; else
+    the run-level failure message."""
+    step_events = {dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE,
+                   dg.DagsterEventType.RUN_FAILURE}
+    running: list[str] = []
+    run_failure = None
+    for entry in instance.all_logs(run_id, of_type=step_events):
+        event = entry.dagster_event
+        if event.event_type == dg.DagsterEventType.STEP_FAILURE:
+            error = _innermost(event.step_failure_data.error)
+            return StopPoint(event.step_key, error.cls_name if error else None, error.message if error else None)
+        if event.event_type == dg.DagsterEventType.STEP_START:
+            running.append(event.step_key)
+        elif event.event_type == dg.DagsterEventType.STEP_SUCCESS and event.step_key in running:
+            running.remove(event.step_key)
+        elif event.event_type == dg.DagsterEventType.RUN_FAILURE:
+            run_failure = entry
+    message = run_failure.dagster_event.message if run_failure and run_failure.dagster_event.message else None
+    if run_failure is not None and run_failure.dagster_event.event_specific_data is not None:
+        error = _innermost(getattr(run_failure.dagster_event.event_specific_data, "error", None))
+        if error is not None:
+            return StopPoint(running[-1] if running else None, error.cls_name, error.message)
+    return StopPoint(running[-1] if running else None, None, message)
+
+
+def last_phase(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
+    """The failed phase tag when the failure sensor set one, else the event log's view."""
+    return run.tags.get(PHASE_TAG) or stop_point(instance, run.run_id).phase or "-"
+
+
+def worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
+    """The pid of the process that executes the run: the one that reported RUN_START."""
+    connection = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.RUN_START, limit=1)
+    for record in connection.records:
+        return record.event_log_entry.dagster_event.pid
+    return None
+
+
+def batch_of(run: dg.DagsterRun) -> str:
+    return run.tags.get(PARTITION_TAG) or run.tags.get(BATCH_TAG) or "-"
+
+
+def loan_engine_runs(
+    instance: dg.DagsterInstance, statuses: list[dg.DagsterRunStatus] | None = None,
+    older_than_minutes: float | None = None, limit: int = 200,
+) -> list[dg.RunRecord]:
+    """Newest first. `older_than_minutes` keeps runs that started (or, not yet
+    started, were created) that long ago or earlier."""
+    filters = dg.RunsFilter(job_name=JOB_NAME, statuses=statuses or [])
+    records = instance.get_run_records(filters=filters, limit=limit)
+    if older_than_minutes is None:
+        return list(records)
+    cutoff = dt.datetime.now(dt.timezone.utc).timestamp() - older_than_minutes * 60
+    return [r for r in records if (r.start_time or r.create_timestamp.timestamp()) <= cutoff]
+
+
+def mark_run(instance: dg.DagsterInstance, run: dg.DagsterRun, as_status: str, reason: str) -> None:
+    """Close an in-progress run by hand; the reason lands in its event log."""
+    message = f"Marked {as_status} by hand: {reason}"
+    instance.report_engine_event(message, run)
+    if as_status == "failed":
+        instance.report_run_failed(run, message=message)
+    else:
+        instance.report_run_canceled(run, message=message)
