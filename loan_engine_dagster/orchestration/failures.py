@@ -11,7 +11,6 @@ import dagster as dg
 from loan_engine_dagster.adapters import incidents
 from loan_engine_dagster.adapters.workers import process_alive
 
-from .jobs import loan_engine_job
 from .resources import Notifier, ResultsDatabase
 from .run_records import JOB_NAME, KIND_TAG, PHASE_TAG, batch_of, stop_point, worker_pid
 
@@ -25,8 +24,11 @@ def _run_database(run: dg.DagsterRun, results_db: ResultsDatabase) -> ResultsDat
     return ResultsDatabase(url=url) if url else results_db
 
 
+# Runs started from a terminal (`loan-engine run`, `dagster job execute`) carry
+# no code-location origin, and a sensor limited to `monitored_jobs` would never
+# see them: watch every run and keep the loan engine's.
 @dg.run_failure_sensor(
-    monitored_jobs=[loan_engine_job],
+    monitor_all_code_locations=True,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Explains each failed loan engine run: batch, phase, data/code/infra; tags it, records it, notifies.",
 )
@@ -34,6 +36,8 @@ def loan_engine_failure_sensor(
     context: dg.RunFailureSensorContext, results_db: ResultsDatabase, notifier: Notifier
 ) -> None:
     run = context.dagster_run
+    if run.job_name != JOB_NAME:
+        return
     stop = stop_point(context.instance, run.run_id)
     message = stop.message or context.failure_event.message or "run failed"
     incident = incidents.Incident(

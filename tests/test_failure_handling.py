@@ -1,0 +1,341 @@
+"""Failure handling against real parts: real runs, a real SIGKILL, a real
+dagster-daemon, SQLite and PostgreSQL instances, a local webhook receiver."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+from sqlalchemy import select
+
+from conftest import PG_ADMIN_URL  # noqa: F401  (the postgres_url fixture lives there)
+from loan_engine_dagster.adapters import database
+from loan_engine_dagster.orchestration import assets
+from loan_engine_dagster.orchestration.failures import dead_worker_sensor, loan_engine_failure_sensor
+from loan_engine_dagster.orchestration.resources import (
+    InboxResource, Notifier, OutputsResource, ResultsDatabase, RulesResource,
+)
+from loan_engine_dagster.orchestration.run_records import KIND_TAG, PHASE_TAG
+from test_sensors import Hook
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+BATCH = "2026-02-19"
+DEAD_WORKER_BOUND_SECONDS = 120
+
+
+# ---------------------------------------------------------------- instances
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request, tmp_path):
+    """(environment for subprocesses, results database URL) of a Dagster
+    instance on SQLite (the project's dagster.yaml) or PostgreSQL (the
+    production deploy/dagster-postgres.yaml)."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOAN_ENGINE_", "DAGSTER_"))}
+    env["DAGSTER_HOME"] = str(home)
+    if request.param == "sqlite":
+        shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+        results_url = f"sqlite:///{tmp_path / 'results.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+        shutil.copy(ROOT / "deploy" / "dagster-postgres.yaml", home / "dagster.yaml")
+        env["DAGSTER_PG_URL"] = url  # postgresql+psycopg2://: SQLAlchemy 2.1 defaults to psycopg 3
+        results_url = url
+    return env, results_url
+
+
+def instance_of(env):
+    """The same instance the subprocesses use, opened in this process."""
+    saved = {k: os.environ.get(k) for k in ("DAGSTER_HOME", "DAGSTER_PG_URL")}
+    os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
+    if "DAGSTER_PG_URL" in env:
+        os.environ["DAGSTER_PG_URL"] = env["DAGSTER_PG_URL"]
+    try:
+        return dg.DagsterInstance.get()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def big_inbox(tmp_path_factory):
+    """Large enough that loading takes a second or two: time to kill a worker mid-phase."""
+    from loan_engine_dagster.adapters.sample import generate_inbox
+
+    folder = tmp_path_factory.mktemp("big_inbox")
+    generate_inbox(folder, loans=20_000, existing=200_000, seed=5)
+    return folder
+
+
+def start_and_kill(env, inbox, out, results_url, phase="batch_inputs"):
+    """Start `loan-engine run`, SIGKILL its process once `phase` has started.
+    Returns the run id of the run left behind in STARTED."""
+    process = start_run(env, inbox, out, results_url)
+    return kill_in_phase(process, env, phase)
+
+
+def start_run(env, inbox, out, results_url):
+    return subprocess.Popen(
+        [str(BIN / "loan-engine"), "run", BATCH, "--inbox", str(inbox), "--output-dir", str(out),
+         "--database-url", results_url],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+def kill_in_phase(process, env, phase, kill=True):
+    """SIGKILL `process` once its run has started `phase` (or, with
+    kill=False, just wait for that). Returns the run id."""
+    instance = instance_of(env)
+    earlier = {r.run_id for r in instance.get_runs()}
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert process.poll() is None, process.stdout.read().decode()
+            runs = [r for r in instance.get_runs() if r.run_id not in earlier]
+            if runs:
+                starts = instance.all_logs(runs[0].run_id, of_type=dg.DagsterEventType.STEP_START)
+                if any(e.dagster_event.step_key == phase for e in starts):
+                    if not kill:
+                        return runs[0].run_id
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait(timeout=10)
+                    run = instance.get_run_by_id(runs[0].run_id)
+                    assert run.status == dg.DagsterRunStatus.STARTED  # stuck, as in the old system
+                    return run.run_id
+            time.sleep(0.05)
+        pytest.fail(f"phase {phase} never started")
+    finally:
+        if kill and process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        instance.dispose()
+
+
+def cli(env, *args, input=None):
+    return subprocess.run([str(BIN / "loan-engine"), *args], env=env, capture_output=True, text=True, input=input, timeout=600)
+
+
+def incident_rows(results_url):
+    engine = database.engine_for(results_url)
+    with engine.connect() as conn:
+        rows = [dict(r) for r in conn.execute(select(database.incidents)).mappings()]
+    engine.dispose()
+    return rows
+
+
+# ---------------------------------------------------------------- the SIGKILL test
+
+
+@pytest.mark.slow
+@pytest.mark.webserver
+def test_killed_worker_is_failed_reported_and_rerun(big_inbox, tmp_path, backend):
+    env, results_url = backend
+    out = tmp_path / "out"
+    run_id = start_and_kill(env, big_inbox, out, results_url)
+    killed_at = time.monotonic()
+
+    listed = cli(env, "runs", "list", "--status", "running")
+    assert listed.returncode == 0, listed.stderr
+    assert run_id in listed.stdout and "batch_inputs" in listed.stdout and str(big_inbox) in listed.stdout
+
+    with Hook() as hook:
+        daemon_env = dict(env, LOAN_ENGINE_DEAD_WORKER_SECONDS="5", LOAN_ENGINE_WEBHOOK_URL=hook.url,
+                          LOAN_ENGINE_INBOX=str(tmp_path / "empty_inbox"))
+        log = open(tmp_path / "daemon.log", "w")
+        daemon = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
+                                  cwd=tmp_path, env=daemon_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        instance = instance_of(env)
+        try:
+            failed_after = None
+            while time.monotonic() - killed_at < DEAD_WORKER_BOUND_SECONDS:
+                if instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE:
+                    failed_after = time.monotonic() - killed_at
+                    break
+                time.sleep(1)
+            assert failed_after is not None, f"run not FAILED within {DEAD_WORKER_BOUND_SECONDS}s; see {tmp_path / 'daemon.log'}"
+            messages = [e.message for e in instance.all_logs(run_id) if e.message]
+            assert any("Run worker disappeared" in m and "last phase batch_inputs" in m for m in messages)
+
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and KIND_TAG not in instance.get_run_by_id(run_id).tags:
+                time.sleep(1)
+            tags = instance.get_run_by_id(run_id).tags
+            assert tags.get(PHASE_TAG) == "batch_inputs" and tags.get(KIND_TAG) == "infra"
+            while time.monotonic() < deadline and not [m for m in hook.received if m.get("run_id")]:
+                time.sleep(0.5)
+        finally:
+            os.killpg(daemon.pid, signal.SIGTERM)
+            try:
+                daemon.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(daemon.pid, signal.SIGKILL)
+            log.close()
+            instance.dispose()
+        [note] = [m for m in hook.received if m.get("run_id") == run_id]
+        assert note["kind"] == "infra" and note["phase"] == "batch_inputs" and note["batch_key"] == BATCH
+        assert f"/runs/{run_id}" in note["text"] and "Run worker disappeared" in note["text"]
+
+    [incident] = [r for r in incident_rows(results_url) if r["run_id"] == run_id]
+    assert (incident["kind"], incident["phase"], incident["batch_key"]) == ("infra", "batch_inputs", BATCH)
+    # Nothing half-written: no batch folder, no rows.
+    assert not out.exists() or list(out.iterdir()) == []  # not even a hidden staging folder
+    engine = database.engine_for(results_url)
+    assert database.batch_row_counts(engine, BATCH) == {"loan_facts": 0, "loan_exceptions": 0, "eligibility_results": 0}
+
+    rerun = cli(env, "run", BATCH, "--inbox", str(big_inbox), "--output-dir", str(out), "--database-url", results_url)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert database.batch_row_counts(engine, BATCH)["loan_facts"] == 20_000
+    engine.dispose()
+    listed = cli(env, "runs", "list", "--status", "failed")
+    assert run_id in listed.stdout and "infra" in listed.stdout
+
+
+# ---------------------------------------------------------------- runs mark
+
+
+@pytest.mark.slow
+def test_runs_mark_paths(big_inbox, tmp_path, backend):
+    env, results_url = backend
+    first = start_and_kill(env, big_inbox, tmp_path / "out", results_url, phase="reference_data")
+    reason = "worker host rebooted (ticket OPS-12)"
+    marked = cli(env, "runs", "mark", first, "--as", "canceled", "--reason", reason)
+    assert marked.returncode == 0, marked.stderr
+    instance = instance_of(env)
+    try:
+        assert instance.get_run_by_id(first).status == dg.DagsterRunStatus.CANCELED
+        assert any(reason in (e.message or "") for e in instance.all_logs(first))
+    finally:
+        instance.dispose()
+
+    again = cli(env, "runs", "mark", first, "--as", "failed")
+    assert again.returncode == 1 and f"Run {first} is CANCELED, not in progress: nothing to mark." in again.stderr
+    unknown = cli(env, "runs", "mark", "00000000-0000-0000-0000-000000000000", "--as", "failed")
+    assert unknown.returncode == 1 and "No run with id 00000000-0000-0000-0000-000000000000" in unknown.stderr
+    both = cli(env, "runs", "mark", first, "--older-than-minutes", "5", "--as", "failed")
+    assert both.returncode == 2 and "either RUN_ID or --older-than-minutes" in both.stderr
+    bad_status = cli(env, "runs", "mark", first, "--as", "deleted")
+    assert bad_status.returncode == 2 and "'deleted' is not one of 'failed', 'canceled'" in bad_status.stderr
+
+    second = start_and_kill(env, big_inbox, tmp_path / "out", results_url, phase="reference_data")
+    declined = cli(env, "runs", "mark", "--older-than-minutes", "0", "--as", "failed", input="n\n")
+    assert declined.returncode == 1 and second in declined.stdout and "Nothing changed." in declined.stdout
+    accepted = cli(env, "runs", "mark", "--older-than-minutes", "0", "--as", "failed", "--yes")
+    assert accepted.returncode == 0 and f"Marked {second} failed" in accepted.stdout
+    none_left = cli(env, "runs", "list", "--status", "running")
+    assert none_left.stdout.strip() == "No loan engine runs match."
+    instance = instance_of(env)
+    try:
+        assert instance.get_run_by_id(second).status == dg.DagsterRunStatus.FAILURE
+    finally:
+        instance.dispose()
+
+
+# ---------------------------------------------------------------- the failure sensor on real failed runs
+
+
+def _materialize(instance, inbox, tmp_path, results_db):
+    instance.add_dynamic_partitions("batches", [BATCH])
+    resources = {"inbox": InboxResource(path=str(inbox)), "outputs": OutputsResource(root=str(tmp_path / "out")),
+                 "results_db": results_db, "rules": RulesResource(), "notifier": Notifier()}
+    return dg.materialize(dg.load_assets_from_modules([assets]), instance=instance, partition_key=BATCH,
+                          resources=resources, raise_on_error=False)
+
+
+def _run_failure_sensor(instance, run_id, results_url, hook_url):
+    run = instance.get_run_by_id(run_id)
+    [failure] = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+    context = dg.build_run_status_sensor_context(
+        sensor_name="loan_engine_failure_sensor", dagster_event=failure.dagster_event, dagster_instance=instance,
+        dagster_run=run, resources={"results_db": ResultsDatabase(url=results_url),
+                                    "notifier": Notifier(webhook_url=hook_url, webserver_url="http://ui.local:3000")},
+    ).for_run_failure()
+    loan_engine_failure_sensor(context)
+    return instance.get_run_by_id(run_id).tags
+
+
+@pytest.mark.slow
+def test_data_failure_is_tagged_recorded_and_notified(sample_inbox, tmp_path, backend):
+    env, results_url = backend
+    inbox = tmp_path / "inbox"
+    shutil.copytree(sample_inbox, inbox)
+    sfy = next(inbox.glob("SFY_*.xlsx"))
+    sfy.write_text("not a workbook")
+    instance = instance_of(env)
+    try:
+        result = _materialize(instance, inbox, tmp_path, ResultsDatabase(url=results_url))
+        assert not result.success
+        with Hook() as hook:
+            tags = _run_failure_sensor(instance, result.run_id, results_url, hook.url)
+        assert tags[PHASE_TAG] == "batch_inputs" and tags[KIND_TAG] == "data"
+        [note] = hook.received
+        assert note["text"].startswith(f"loan_engine_job FAILED for batch {BATCH} in phase batch_inputs [data]: StructuralError: ")
+        assert sfy.name in note["text"] and note["text"].endswith(f"http://ui.local:3000/runs/{result.run_id}")
+        [row] = incident_rows(results_url)
+        assert (row["run_id"], row["kind"], row["error_type"]) == (result.run_id, "data", "StructuralError")
+        assert "not a readable workbook" in row["cause"]
+        # Filtering the run list on the tag works in the instance's storage.
+        tagged = instance.get_runs(filters=dg.RunsFilter(tags={KIND_TAG: "data"}))
+        assert [r.run_id for r in tagged] == [result.run_id]
+    finally:
+        instance.dispose()
+
+
+@pytest.mark.slow
+def test_database_outage_is_retried_then_infra(sample_inbox, tmp_path):
+    unreachable = "postgresql+psycopg2://postgres@127.0.0.1:9/nowhere"  # nothing listens on port 9
+    with dg.instance_for_test() as instance:
+        result = _materialize(instance, sample_inbox, tmp_path,
+                              ResultsDatabase(url=unreachable, connect_retries=2, retry_wait_seconds=0))
+        assert not result.success
+        retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+        assert [e.step_key for e in retries] == ["results_database", "results_database"]
+        with Hook() as hook:
+            tags = _run_failure_sensor(instance, result.run_id, f"sqlite:///{tmp_path / 'incidents.db'}", hook.url)
+        assert tags[PHASE_TAG] == "results_database" and tags[KIND_TAG] == "infra"
+        assert hook.received[0]["error_type"] == "OperationalError"
+        assert (tmp_path / "out" / BATCH / "loan_decisions.csv").is_file()  # reports are in; only the save failed
+
+
+@pytest.mark.slow
+def test_dead_worker_sensor_spares_live_workers_and_fails_dead_ones(big_inbox, tmp_path, monkeypatch):
+    env, results_url = {**{k: v for k, v in os.environ.items() if not k.startswith(("LOAN_ENGINE_", "DAGSTER_"))},
+                        "DAGSTER_HOME": str(tmp_path)}, f"sqlite:///{tmp_path / 'r.db'}"
+    shutil.copy(ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    monkeypatch.setenv("LOAN_ENGINE_DEAD_WORKER_SECONDS", "0")
+    process = start_run(env, big_inbox, tmp_path / "out", results_url)
+    run_id = kill_in_phase(process, env, "reference_data", kill=False)
+    instance = instance_of(env)
+    try:
+        result = dead_worker_sensor(dg.build_sensor_context(instance=instance))
+        assert result.skip_reason.skip_message == "no dead workers"  # alive: left alone
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+        result = dead_worker_sensor(dg.build_sensor_context(instance=instance))
+        assert result.skip_reason.skip_message == f"marked FAILED: {run_id}"
+        run = instance.get_run_by_id(run_id)
+        assert run.status == dg.DagsterRunStatus.FAILURE
+        [failure] = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+        assert f"process {process.pid} of run {run_id}" in failure.message
+        # Finished runs are never touched again.
+        assert dead_worker_sensor(dg.build_sensor_context(instance=instance)).skip_reason.skip_message == "no dead workers"
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        instance.dispose()
+
+
+def test_dead_worker_setting_is_validated(monkeypatch):
+    monkeypatch.setenv("LOAN_ENGINE_DEAD_WORKER_SECONDS", "two minutes")
+    with dg.instance_for_test() as instance, pytest.raises(Exception, match="LOAN_ENGINE_DEAD_WORKER_SECONDS must be a number"):
+        dead_worker_sensor(dg.build_sensor_context(instance=instance))

@@ -1,0 +1,36 @@
+import pytest
+
+from loan_engine_dagster.adapters.incidents import classify, one_line
+
+
+@pytest.mark.parametrize(
+    ("phase", "error_type", "message", "kind"),
+    [
+        # Loading reference data or batch inputs, and every structural error, point to data.
+        ("reference_data", "StructuralError", "Data problem in file 'current_assets.csv' ...", "data"),
+        ("batch_inputs", "StructuralError", "Data problem in file 'SFY_....xlsx' ...", "data"),
+        ("batch_inputs", "PermissionError", "[Errno 13] Permission denied: 'Tape20Loans_02-18-2026.csv'", "data"),
+        ("reference_data", "ValueError", "could not convert string to float", "data"),
+        ("eligibility", "StructuralError", "Data problem ...", "data"),
+        # An unexpected exception in a rules phase points to code.
+        ("normalized_loans", "KeyError", "'loan_program'", "code"),
+        ("underwriting", "TypeError", "unsupported operand", "code"),
+        ("comap", "IndexError", "index 3 is out of bounds", "code"),
+        ("eligibility", "ZeroDivisionError", "division by zero", "code"),
+        ("exports", "AttributeError", "'NoneType' object has no attribute 'columns'", "code"),
+        # A dead worker, a timeout or a database connection failure points to infra.
+        ("underwriting", None, "Run worker disappeared: process 4242 of run r (batch b) is gone", "infra"),
+        (None, None, "Run timed out after exceeding maximum runtime of 7200 seconds", "infra"),
+        ("results_database", "OperationalError", "could not connect to server: Connection refused", "infra"),
+        ("exports", "MemoryError", "", "infra"),
+        ("exports", "OSError", "[Errno 28] No space left on device", "code"),
+        (None, None, "Run failed to start", "infra"),
+    ],
+)
+def test_classification(phase, error_type, message, kind):
+    assert classify(phase, error_type, message) == kind
+
+
+def test_one_line_drops_type_prefix_and_keeps_first_line():
+    assert one_line("StructuralError: Data problem in file 'x'\n\nStack trace", "StructuralError") == "Data problem in file 'x'"
+    assert one_line("", None) == ""
