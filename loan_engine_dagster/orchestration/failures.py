@@ -76,6 +76,9 @@ def dead_worker_seconds() -> float:
     description="Marks STARTED loan engine runs FAILED once their worker process has been gone for a while.",
 )
 def dead_worker_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    if not isinstance(context.instance.run_launcher, dg.DefaultRunLauncher):
+        # Launchers that run workers elsewhere report worker health to run monitoring themselves.
+        return dg.SensorResult(skip_reason="run launcher is not the default one: worker health is left to run monitoring")
     grace = dead_worker_seconds()
     first_seen_dead: dict[str, float] = json.loads(context.cursor) if context.cursor else {}
     now = time.time()
