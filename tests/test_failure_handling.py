@@ -17,6 +17,7 @@ from sqlalchemy import select
 from conftest import PG_ADMIN_URL  # noqa: F401  (the postgres_url fixture lives there)
 from loan_engine_dagster.adapters import database
 from loan_engine_dagster.orchestration import assets
+from loan_engine_dagster.orchestration.jobs import loan_engine_job
 from loan_engine_dagster.orchestration.failures import dead_worker_sensor, loan_engine_failure_sensor
 from loan_engine_dagster.orchestration.resources import (
     InboxResource, Notifier, OutputsResource, ResultsDatabase, RulesResource,
@@ -245,11 +246,13 @@ def test_runs_mark_paths(big_inbox, tmp_path, backend):
 
 
 def _materialize(instance, inbox, tmp_path, results_db):
+    """A real loan_engine_job run, with resources pointed at test folders."""
     instance.add_dynamic_partitions("batches", [BATCH])
     resources = {"inbox": InboxResource(path=str(inbox)), "outputs": OutputsResource(root=str(tmp_path / "out")),
                  "results_db": results_db, "rules": RulesResource(), "notifier": Notifier()}
-    return dg.materialize(dg.load_assets_from_modules([assets]), instance=instance, partition_key=BATCH,
-                          resources=resources, raise_on_error=False)
+    defs = dg.Definitions(assets=dg.load_assets_from_modules([assets]), jobs=[loan_engine_job], resources=resources)
+    return defs.resolve_job_def("loan_engine_job").execute_in_process(
+        instance=instance, partition_key=BATCH, raise_on_error=False)
 
 
 def _run_failure_sensor(instance, run_id, results_url, hook_url):
@@ -299,6 +302,7 @@ def test_database_outage_is_retried_then_infra(sample_inbox, tmp_path):
                               ResultsDatabase(url=unreachable, connect_retries=2, retry_wait_seconds=0))
         assert not result.success
         retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+        assert result.dagster_run.job_name == "loan_engine_job"
         assert [e.step_key for e in retries] == ["results_database", "results_database"]
         with Hook() as hook:
             tags = _run_failure_sensor(instance, result.run_id, f"sqlite:///{tmp_path / 'incidents.db'}", hook.url)
@@ -339,3 +343,15 @@ def test_dead_worker_setting_is_validated(monkeypatch):
     monkeypatch.setenv("LOAN_ENGINE_DEAD_WORKER_SECONDS", "two minutes")
     with dg.instance_for_test() as instance, pytest.raises(Exception, match="LOAN_ENGINE_DEAD_WORKER_SECONDS must be a number"):
         dead_worker_sensor(dg.build_sensor_context(instance=instance))
+
+
+def test_failure_sensor_ignores_other_jobs(tmp_path):
+    @dg.asset
+    def broken():
+        raise RuntimeError("not ours")
+
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([broken], instance=instance, raise_on_error=False)
+        with Hook() as hook:
+            tags = _run_failure_sensor(instance, result.run_id, f"sqlite:///{tmp_path / 'i.db'}", hook.url)
+        assert PHASE_TAG not in tags and hook.received == []

@@ -124,6 +124,9 @@ def test_existing_assets_errors_and_defaults():
     with pytest.raises(StructuralError) as err:
         parsing.parse_existing(pd.DataFrame([base, {**base, "Orig. Balance": "abc"}]), file="current_assets.csv")
     assert err.value.columns == ["Orig. Balance"] and err.value.rows == [3]
+    with pytest.raises(StructuralError, match="type must be one of") as err:
+        parsing.parse_existing(pd.DataFrame([base, {**base, "type": "balloon"}]), file="current_assets.csv")
+    assert err.value.columns == ["type"] and err.value.rows == [3]
     with pytest.raises(StructuralError, match="'Repurchase'"):
         parsing.parse_existing(pd.DataFrame([base]).drop(columns="Repurchase"), file="current_assets.csv")
 

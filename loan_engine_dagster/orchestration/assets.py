@@ -230,7 +230,7 @@ def results_database(
         engine = results_db.engine()
         try:
             counts = database.save_batch(
-                engine, batch_key=context.partition_key, run_id=context.run_id, rules_version=loaded.version,
+                engine, batch_key=context.partition_key, run_id=context.run.run_id, rules_version=loaded.version,
                 loans=eligibility.loans, exceptions=eligibility.exceptions, checks=eligibility.checks,
             )
         finally:

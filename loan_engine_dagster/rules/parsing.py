@@ -344,40 +344,54 @@ def flag_duplicate_loan_numbers(buy: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------- reference files
 
 
+def _with_csv_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.copy()
+    frame["source_row"] = np.arange(len(frame)) + 2  # row 1 is the CSV header
+    return frame
+
+
+def _reference_table(frame: pd.DataFrame, fields, *, file: str, sheet: str | None) -> tuple[pd.DataFrame, dict]:
+    """Typed columns of a buyer's reference file; any bad cell is structural."""
+    mapping = resolve_columns(frame, fields, file=file, sheet=sheet)
+    out, invalid = typed_frame(frame, fields, mapping)
+    out["source_row"] = frame["source_row"].to_numpy()
+    _raise_on_invalid(invalid, out, fields, mapping, file=file, sheet=sheet)
+    return out, mapping
+
+
+def _reject_rows(mask: pd.Series, problem: str, out: pd.DataFrame, column: str, *, file: str, sheet: str | None) -> None:
+    if mask.any():
+        raise StructuralError(problem, file=file, sheet=sheet, columns=[column], rows=out.loc[mask, "source_row"])
+
+
+def _platform_and_type(out: pd.DataFrame, mapping: dict, *, file: str, sheet: str | None) -> None:
+    out["platform"] = out["platform"].str.casefold()
+    _reject_rows(~out["platform"].isin(["sfy", "prime"]), "platform must be SFY or PRIME", out, mapping["platform"],
+                 file=file, sheet=sheet)
+    out["type"] = text_key(out["type"])
+    _reject_rows(~out["type"].isin(UNDERWRITING_TYPES), f"type must be one of {', '.join(UNDERWRITING_TYPES)}", out,
+                 mapping["type"], file=file, sheet=sheet)
+
+
 def parse_master(raw: pd.DataFrame, *, file: str, sheet: str, max_rows: int) -> pd.DataFrame:
     """Loan programs with their underwriting type and new-program flag."""
     frame = frame_below_header(raw, find_header_row(raw, marker="loan program", max_rows=max_rows, file=file, sheet=sheet))
-    mapping = resolve_columns(frame, MASTER_FIELDS, file=file, sheet=sheet)
-    out, invalid = typed_frame(frame, MASTER_FIELDS, mapping)
-    out["source_row"] = frame["source_row"]
-    _raise_on_invalid(invalid, out, MASTER_FIELDS, mapping, file=file, sheet=sheet)
-    out["platform"] = out["platform"].str.casefold()
-    out["type"] = text_key(out["type"])
-    bad_platform = ~out["platform"].isin(["sfy", "prime"])
-    if bad_platform.any():
-        raise StructuralError("platform must be SFY or PRIME", file=file, sheet=sheet,
-                              columns=[mapping["platform"]], rows=out.loc[bad_platform, "source_row"])
-    bad_type = ~out["type"].isin(UNDERWRITING_TYPES)
-    if bad_type.any():
-        raise StructuralError(f"type must be one of {', '.join(UNDERWRITING_TYPES)}", file=file, sheet=sheet,
-                              columns=[mapping["type"]], rows=out.loc[bad_type, "source_row"])
+    out, mapping = _reference_table(frame, MASTER_FIELDS, file=file, sheet=sheet)
+    _platform_and_type(out, mapping, file=file, sheet=sheet)
     out["program_key"] = text_key(out["loan_program"])
-    dupes = out.duplicated(["program_key", "platform"], keep=False)
-    if dupes.any():
-        raise StructuralError("a program is listed twice for the same platform", file=file, sheet=sheet,
-                              columns=[mapping["loan_program"]], rows=out.loc[dupes, "source_row"])
+    _reject_rows(out.duplicated(["program_key", "platform"], keep=False), "a program is listed twice for the same platform",
+                 out, mapping["loan_program"], file=file, sheet=sheet)
     return out[["loan_program", "platform", "type", "new_programs", "program_key"]].reset_index(drop=True)
 
 
 def parse_tape(frame: pd.DataFrame, *, file: str) -> pd.DataFrame:
     """The servicer tape: loan number, SFY/PRIME tagging and repurchase flag."""
-    frame = frame.copy()
-    frame["source_row"] = np.arange(len(frame)) + 2  # row 1 is the CSV header
+    frame = _with_csv_rows(frame)
     mapping = resolve_columns(frame, TAPE_FIELDS, file=file, sheet=None)
     out, invalid = typed_frame(frame, TAPE_FIELDS, mapping)
     out["source_row"] = frame["source_row"].to_numpy()
-    invalid["loan_group"] = pd.Series(False, index=out.index)
-    invalid["status_codes"] = pd.Series(False, index=out.index)
+    invalid["loan_group"] = pd.Series(False, index=out.index)  # may be empty: the loan is then PRIME
+    invalid["status_codes"] = pd.Series(False, index=out.index)  # may be empty: no status
     number = out["account_number"]
     invalid["account_number"] = invalid["account_number"] | (number.notna() & (number != np.floor(number)))
     _raise_on_invalid(invalid, out, TAPE_FIELDS, mapping, file=file, sheet=None)
@@ -395,28 +409,16 @@ def parse_tape(frame: pd.DataFrame, *, file: str) -> pd.DataFrame:
 
 def parse_existing(frame: pd.DataFrame, *, file: str) -> pd.DataFrame:
     """Loans bought in earlier batches, as the eligibility population needs them."""
-    frame = frame.copy()
-    frame["source_row"] = np.arange(len(frame)) + 2
-    mapping = resolve_columns(frame, EXISTING_FIELDS, file=file, sheet=None)
-    out, invalid = typed_frame(frame, EXISTING_FIELDS, mapping)
-    out["source_row"] = frame["source_row"].to_numpy()
-    _raise_on_invalid(invalid, out, EXISTING_FIELDS, mapping, file=file, sheet=None)
-    out["platform"] = out["platform"].str.casefold()
-    bad_platform = ~out["platform"].isin(["sfy", "prime"])
-    if bad_platform.any():
-        raise StructuralError("platform must be SFY or PRIME", file=file, sheet=None,
-                              columns=[mapping["platform"]], rows=out.loc[bad_platform, "source_row"])
-    out["type"] = text_key(out["type"])
+    frame = _with_csv_rows(frame)
+    out, mapping = _reference_table(frame, EXISTING_FIELDS, file=file, sheet=None)
+    _platform_and_type(out, mapping, file=file, sheet=None)
     out["loan_program"] = out["loan_program"].str.strip()
     return out
 
 
 def parse_underwriting_grid(raw: pd.DataFrame, *, file: str, sheet: str, max_rows: int) -> pd.DataFrame:
     frame = frame_below_header(raw, find_header_row(raw, marker="finance_type_name_nls", max_rows=max_rows, file=file, sheet=sheet))
-    mapping = resolve_columns(frame, GRID_FIELDS, file=file, sheet=sheet)
-    out, invalid = typed_frame(frame, GRID_FIELDS, mapping)
-    out["source_row"] = frame["source_row"]
-    _raise_on_invalid(invalid, out, GRID_FIELDS, mapping, file=file, sheet=sheet)
+    out, _ = _reference_table(frame, GRID_FIELDS, file=file, sheet=sheet)
     out["program_key"] = text_key(out["program"])
     out["sheet"] = sheet
     return out.drop(columns="source_row")
@@ -428,10 +430,7 @@ def parse_comap_sheet(raw: pd.DataFrame, *, file: str, sheet: str, max_rows: int
     frame = frame_below_header(raw, find_header_row(raw, marker=None, max_rows=max_rows, file=file, sheet=sheet))
     keys = {header_key(c) for c in frame.columns}
     if {"loan program", "min fico"} <= keys:
-        mapping = resolve_columns(frame, COMAP_LIST_FIELDS, file=file, sheet=sheet)
-        out, invalid = typed_frame(frame, COMAP_LIST_FIELDS, mapping)
-        out["source_row"] = frame["source_row"]
-        _raise_on_invalid(invalid, out, COMAP_LIST_FIELDS, mapping, file=file, sheet=sheet)
+        out, _ = _reference_table(frame, COMAP_LIST_FIELDS, file=file, sheet=sheet)
         table = pd.DataFrame({"program_key": text_key(out["program"]), "min_fico": out["min_fico"]})
     else:
         bands = {c: int(str(c).strip()[:3]) for c in frame.columns[1:] if str(c).strip()[:3].isdigit()}
