@@ -355,3 +355,66 @@ def test_failure_sensor_ignores_other_jobs(tmp_path):
         with Hook() as hook:
             tags = _run_failure_sensor(instance, result.run_id, f"sqlite:///{tmp_path / 'i.db'}", hook.url)
         assert PHASE_TAG not in tags and hook.received == []
+
+
+@pytest.mark.slow
+@pytest.mark.webserver
+def test_daemon_retries_a_run_whose_worker_died(big_inbox, tmp_path):
+    """A sensor-launched run loses its worker; the run is failed as infra and
+    the daemon retries it, and the retry succeeds."""
+    from loan_engine_dagster.orchestration.run_records import worker_pid
+
+    home, inbox, out = tmp_path / "home", tmp_path / "inbox", tmp_path / "out"
+    home.mkdir()
+    inbox.mkdir()
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    results_url = f"sqlite:///{tmp_path / 'results.db'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOAN_ENGINE_", "DAGSTER_"))}
+    env.update(DAGSTER_HOME=str(home), LOAN_ENGINE_INBOX=str(inbox), LOAN_ENGINE_OUTPUT_DIR=str(out),
+               LOAN_ENGINE_DATABASE_URL=results_url, LOAN_ENGINE_DEAD_WORKER_SECONDS="5")
+    log = open(tmp_path / "daemon.log", "w")
+    daemon = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
+                              cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    instance = instance_of(env)
+    try:
+        for path in big_inbox.iterdir():
+            shutil.copy(path, inbox / path.name)
+        deadline = time.monotonic() + 240
+        first = None
+        while time.monotonic() < deadline and first is None:
+            for run in instance.get_runs():
+                starts = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START)
+                if any(e.dagster_event.step_key == "batch_inputs" for e in starts):
+                    first = run
+            time.sleep(0.05)
+        assert first is not None, f"the sensor launched no run; see {tmp_path / 'daemon.log'}"
+        os.kill(worker_pid(instance, first.run_id), signal.SIGKILL)
+
+        retry = None
+        while time.monotonic() < deadline + 240:
+            retries = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/parent_run_id": first.run_id}))
+            if retries and retries[0].status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE):
+                retry = retries[0]
+                break
+            time.sleep(1)
+        assert retry is not None, f"no finished retry; see {tmp_path / 'daemon.log'}"
+        assert retry.status == dg.DagsterRunStatus.SUCCESS
+        assert retry.tags["dagster/retry_number"] == "1"
+        original = instance.get_run_by_id(first.run_id)
+        assert original.status == dg.DagsterRunStatus.FAILURE
+        while time.monotonic() < deadline + 360 and KIND_TAG not in instance.get_run_by_id(first.run_id).tags:
+            time.sleep(1)
+        tags = instance.get_run_by_id(first.run_id).tags
+        assert tags[KIND_TAG] == "infra" and tags[PHASE_TAG] == "batch_inputs"
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        try:
+            daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)
+        log.close()
+        instance.dispose()
+    assert (out / BATCH / "loan_decisions.csv").is_file()
+    engine = database.engine_for(results_url)
+    assert database.batch_row_counts(engine, BATCH)["loan_facts"] == 20_000
+    engine.dispose()

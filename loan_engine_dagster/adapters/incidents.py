@@ -51,12 +51,12 @@ def classify(phase: str | None, error_type: str | None, message: str | None) -> 
     text = (message or "").casefold()
     if error_type == "StructuralError":
         return "data"
+    if error_type is None:
+        return "infra"  # no step raised: the run died around its steps (worker killed, timeout, launcher)
     if error_type in INFRA_ERROR_TYPES or any(marker in text for marker in INFRA_MARKERS):
         return "infra"
     if phase in DATA_PHASES:
         return "data"
-    if not phase or error_type is None:
-        return "infra"  # the run died outside any step: launcher or worker trouble
     return "code"
 
 

@@ -26,6 +26,12 @@ STATUS_NAMES = {
 }
 
 
+# Engine events that tell how a run's worker ended (Dagster's code server and
+# our dead-worker sensor write them).
+WORKER_END_PHRASES = ("was terminated by signal", "unexpectedly exited", "Run worker disappeared", "Marked failed by hand",
+                      "Marked canceled by hand", "exceeded maximum runtime")
+
+
 @dataclass(frozen=True)
 class StopPoint:
     """Where a run stopped and the innermost error, as the event log tells it."""
@@ -45,11 +51,17 @@ def stop_point(instance: dg.DagsterInstance, run_id: str) -> StopPoint:
     """The failed step and its error; else the step that was running; else
     the run-level failure message."""
     step_events = {dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE,
-                   dg.DagsterEventType.RUN_FAILURE}
+                   dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.ENGINE_EVENT}
     running: list[str] = []
     run_failure = None
+    worker_news = None  # what the code server or our sensor said about the worker's end
     for entry in instance.all_logs(run_id, of_type=step_events):
         event = entry.dagster_event
+        if event.event_type == dg.DagsterEventType.ENGINE_EVENT:
+            text = event.message or ""
+            if any(phrase.casefold() in text.casefold() for phrase in WORKER_END_PHRASES):
+                worker_news = text
+            continue
         if event.event_type == dg.DagsterEventType.STEP_FAILURE:
             error = _innermost(event.step_failure_data.error)
             return StopPoint(event.step_key, error.cls_name if error else None, error.message if error else None)
@@ -59,7 +71,7 @@ def stop_point(instance: dg.DagsterInstance, run_id: str) -> StopPoint:
             running.remove(event.step_key)
         elif event.event_type == dg.DagsterEventType.RUN_FAILURE:
             run_failure = entry
-    message = run_failure.dagster_event.message if run_failure and run_failure.dagster_event.message else None
+    message = worker_news or (run_failure.dagster_event.message if run_failure and run_failure.dagster_event.message else None)
     if run_failure is not None and run_failure.dagster_event.event_specific_data is not None:
         error = _innermost(getattr(run_failure.dagster_event.event_specific_data, "error", None))
         if error is not None:
