@@ -48,11 +48,32 @@ def _date(ctx, param, value: str | None) -> dt.date | None:
 
 
 @click.group()
-def main() -> None:
+def cli() -> None:
     """Weekly pre-funding review of a seller's loan files."""
 
 
-@main.command("sample-inbox")
+def main() -> None:
+    """Entry point: a person gets one readable line, never a traceback
+    (set LOAN_ENGINE_DEBUG=1 to see it)."""
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except StructuralError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    except Exception as exc:
+        if os.environ.get("LOAN_ENGINE_DEBUG"):
+            raise
+        click.echo(f"loan-engine: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(1)
+
+
+@cli.command("sample-inbox")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--batch", callback=_date, help="Sale-notice date of the batch, YYYY-MM-DD (default 2026-02-19).")
 @click.option("--loans", default=2000, show_default=True, type=click.IntRange(min=2), help="Offered loans, both platforms.")
@@ -90,7 +111,7 @@ def print_summary(summary: dict, folder: str) -> None:
     click.echo(f"  outputs:        {folder}")
 
 
-@main.command("run")
+@cli.command("run")
 @click.argument("batch_key")
 @click.option("--inbox", help="Inbox folder [env LOAN_ENGINE_INBOX, default data/inbox].")
 @click.option("--output-dir", help="Output root [env LOAN_ENGINE_OUTPUT_DIR, default data/outputs].")
@@ -160,7 +181,7 @@ def run(batch_key: str, inbox, output_dir, database_url, pdate, irr_target, verb
 # ---------------------------------------------------------------- stuck runs
 
 
-@main.group()
+@cli.group()
 def runs() -> None:
     """Find stuck or failed runs and close them (against the storage dagster.yaml configures)."""
 

@@ -16,6 +16,14 @@ def test_asset_keys():
                     "results_database", "underwriting"]
 
 
+def test_groups_are_business_stages():
+    graph = defs.resolve_asset_graph()
+    groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
+    assert groups == {"reference_data": "intake", "batch_inputs": "intake", "normalized_loans": "review",
+                      "underwriting": "review", "comap": "review", "eligibility": "review",
+                      "exports": "delivery", "results_database": "delivery"}
+
+
 def test_asset_checks_one_per_limit_plus_data_quality(rules):
     names = sorted(k.name for k in defs.resolve_asset_graph().asset_check_keys)
     limits = [f"{p}_{c.id}" for p, cs in (("prime", rules.eligibility.prime), ("sfy", rules.eligibility.sfy))

@@ -21,7 +21,7 @@ from .metadata import balance_total, files_markdown, reasons_markdown
 from .partitions import batches
 from .resources import InboxResource, OutputsResource, ResultsDatabase, RulesResource
 
-INPUTS, RULES, DELIVERY = "batch_inputs", "review_rules", "delivery"
+INTAKE, REVIEW, DELIVERY = "intake", "review", "delivery"  # business stages
 
 
 class BatchRunConfig(dg.Config):
@@ -41,7 +41,7 @@ def _with_irr(rules: Rules, irr_target: float | None) -> Rules:
     return rules.model_copy(update={"normalization": rules.normalization.model_copy(update={"irr_target": irr_target})})
 
 
-@dg.asset(partitions_def=batches, group_name=INPUTS, kinds={"pandas"})
+@dg.asset(partitions_def=batches, group_name=INTAKE, kinds={"pandas"})
 def reference_data(context: dg.AssetExecutionContext, inbox: InboxResource, rules: RulesResource) -> dg.Output:
     """Master sheets, underwriting and CoMAP grids, and the current portfolio.
 
@@ -66,7 +66,7 @@ def reference_data(context: dg.AssetExecutionContext, inbox: InboxResource, rule
     )
 
 
-@dg.asset(partitions_def=batches, group_name=INPUTS, kinds={"pandas"})
+@dg.asset(partitions_def=batches, group_name=INTAKE, kinds={"pandas"})
 def batch_inputs(context: dg.AssetExecutionContext, inbox: InboxResource, rules: RulesResource) -> dg.Output:
     """The seller's SFY and PRIME exhibits and the servicer tape of this batch."""
     start = time.perf_counter()
@@ -89,7 +89,7 @@ def batch_inputs(context: dg.AssetExecutionContext, inbox: InboxResource, rules:
     )
 
 
-@dg.asset(partitions_def=batches, group_name=RULES, kinds={"pandas"}, check_specs=DATA_QUALITY_CHECKS["normalized_loans"])
+@dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"}, check_specs=DATA_QUALITY_CHECKS["normalized_loans"])
 def normalized_loans(
     config: BatchRunConfig, reference_data: pipeline.ReferenceData, batch_inputs: pipeline.BatchInputs, rules: RulesResource
 ):
@@ -120,7 +120,7 @@ def normalized_loans(
     yield from data_quality_results("normalized_loans", loans)
 
 
-@dg.asset(partitions_def=batches, group_name=RULES, kinds={"pandas"})
+@dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"})
 def underwriting(
     reference_data: pipeline.ReferenceData, normalized_loans: pipeline.NormalizedBatch, rules: RulesResource
 ) -> dg.Output:
@@ -140,7 +140,7 @@ def underwriting(
     )
 
 
-@dg.asset(partitions_def=batches, group_name=RULES, kinds={"pandas"}, check_specs=DATA_QUALITY_CHECKS["comap"])
+@dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"}, check_specs=DATA_QUALITY_CHECKS["comap"])
 def comap(reference_data: pipeline.ReferenceData, underwriting: pd.DataFrame, rules: RulesResource):
     """CoMAP: whether each price-checked loan's program may be bought at its FICO."""
     start = time.perf_counter()
@@ -154,7 +154,7 @@ def comap(reference_data: pipeline.ReferenceData, underwriting: pd.DataFrame, ru
     yield from data_quality_results("comap", loans)
 
 
-@dg.asset(partitions_def=batches, group_name=RULES, kinds={"pandas"}, check_specs=LIMIT_CHECK_SPECS)
+@dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"}, check_specs=LIMIT_CHECK_SPECS)
 def eligibility(comap: pd.DataFrame, normalized_loans: pipeline.NormalizedBatch, rules: RulesResource):
     """Each loan's disposition, then the portfolio concentration limits.
 
