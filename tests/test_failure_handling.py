@@ -418,3 +418,53 @@ def test_daemon_retries_a_run_whose_worker_died(big_inbox, tmp_path):
     engine = database.engine_for(results_url)
     assert database.batch_row_counts(engine, BATCH)["loan_facts"] == 20_000
     engine.dispose()
+
+
+@pytest.mark.slow
+@pytest.mark.webserver
+def test_hung_run_is_stopped_by_max_runtime(big_inbox, tmp_path):
+    """Run monitoring stops a run that outlives its maximum run time; here 2 s
+    instead of 2 hours, so the batch of a big inbox counts as hung."""
+    import yaml
+
+    home, inbox = tmp_path / "home", tmp_path / "inbox"
+    home.mkdir()
+    inbox.mkdir()
+    config = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    config["run_monitoring"].update(max_runtime_seconds=2, poll_interval_seconds=1)
+    config["run_retries"]["max_retries"] = 0
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOAN_ENGINE_", "DAGSTER_"))}
+    env.update(DAGSTER_HOME=str(home), LOAN_ENGINE_INBOX=str(inbox), LOAN_ENGINE_OUTPUT_DIR=str(tmp_path / "out"),
+               LOAN_ENGINE_DATABASE_URL=f"sqlite:///{tmp_path / 'results.db'}")
+    log = open(tmp_path / "daemon.log", "w")
+    daemon = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
+                              cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    instance = instance_of(env)
+    try:
+        for path in big_inbox.iterdir():
+            shutil.copy(path, inbox / path.name)
+        deadline = time.monotonic() + 240
+        run = None
+        while time.monotonic() < deadline:
+            runs = instance.get_runs()
+            if runs and runs[0].status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED,
+                                           dg.DagsterRunStatus.SUCCESS):
+                run = runs[0]
+                break
+            time.sleep(1)
+        assert run is not None, f"no finished run; see {tmp_path / 'daemon.log'}"
+        assert run.status == dg.DagsterRunStatus.FAILURE
+        messages = " ".join(e.message or "" for e in instance.all_logs(run.run_id))
+        assert "maximum runtime of 2 seconds" in messages
+        while time.monotonic() < deadline and KIND_TAG not in instance.get_run_by_id(run.run_id).tags:
+            time.sleep(1)
+        assert instance.get_run_by_id(run.run_id).tags[KIND_TAG] == "infra"
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        try:
+            daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)
+        log.close()
+        instance.dispose()
