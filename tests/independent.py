@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import math
-import re
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 

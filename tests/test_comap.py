@@ -1,6 +1,5 @@
 import datetime as dt
 
-import pandas as pd
 import pytest
 
 from conftest import band_sheet, by_number, comap_frame, loan, run_rules, sheet_raw

@@ -1,10 +1,9 @@
-import numpy as np
 import pandas as pd
 import pytest
 
 from conftest import existing_frame, loan, run_rules
-from loan_engine_dagster.rules.config import parse_rules, default_rules
-from loan_engine_dagster.rules.eligibility import build_population, evaluate_checks
+from loan_engine_dagster.rules.config import default_rules
+from loan_engine_dagster.rules.eligibility import evaluate_checks
 
 
 def _checks(decisions):

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import pandas as pd
 import pytest
 from sqlalchemy import select
 

@@ -3,7 +3,6 @@ eligibility results per batch, replaced whole in one transaction."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 
 import numpy as np

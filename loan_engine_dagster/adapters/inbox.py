@@ -89,6 +89,12 @@ class BatchFiles:
         return roles
 
 
+def reference_files(inbox: str | Path) -> dict[str, Path]:
+    """The buyer's reference files present in the inbox, by role."""
+    root = resolve_inbox(inbox)
+    return {role: root / name for role, name in REFERENCE_FILES.items() if (root / name).is_file()}
+
+
 def scan_inbox(inbox: str | Path, lookback_days: int) -> dict[str, BatchFiles]:
     """Every batch with at least one exhibit in the inbox, keyed by batch key.
     Files that match no pattern are ignored."""
@@ -97,7 +103,7 @@ def scan_inbox(inbox: str | Path, lookback_days: int) -> dict[str, BatchFiles]:
     if not root.is_dir():
         return {}
     names = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith((".", "~$")))
-    reference = {role: root / name for role, name in REFERENCE_FILES.items() if (root / name).is_file()}
+    reference = reference_files(root)
     batches: dict[str, BatchFiles] = {}
     tapes: dict[dt.date, Path] = {}
     servicing: list[tuple[dt.date, Path]] = []
@@ -127,9 +133,7 @@ def find_batch(inbox: str | Path, key: str, lookback_days: int) -> BatchFiles:
     notice_date, _ = parse_batch_key(key)
     found = scan_inbox(inbox, lookback_days).get(key)
     if found is None:
-        root = resolve_inbox(inbox)
-        reference = {role: root / name for role, name in REFERENCE_FILES.items() if (root / name).is_file()}
-        found = BatchFiles(key=key, notice_date=notice_date, reference=reference, lookback_days=lookback_days)
+        found = BatchFiles(key=key, notice_date=notice_date, reference=reference_files(inbox), lookback_days=lookback_days)
     return found
 
 

@@ -10,7 +10,7 @@ import dagster as dg
 from sqlalchemy.engine import Engine
 
 from loan_engine_dagster.adapters import database
-from loan_engine_dagster.adapters.inbox import BatchFiles, find_batch, resolve_inbox, scan_inbox
+from loan_engine_dagster.adapters.inbox import BatchFiles, find_batch, reference_files, resolve_inbox, scan_inbox
 from loan_engine_dagster.adapters.notifications import post_webhook
 from loan_engine_dagster.rules.config import Rules, default_rules, load_rules
 
@@ -37,6 +37,9 @@ class InboxResource(dg.ConfigurableResource):
 
     def batches(self, rules: Rules) -> dict[str, BatchFiles]:
         return scan_inbox(self.root, rules.inbox.tape_lookback_days)
+
+    def reference(self) -> dict[str, Path]:
+        return reference_files(self.root)
 
 
 class OutputsResource(dg.ConfigurableResource):

@@ -32,13 +32,7 @@ def batch_tags(key: str, inbox_root: str, fingerprint: str | None = None) -> dic
 )
 def inbox_sensor(context: dg.SensorEvaluationContext, inbox: InboxResource, rules: RulesResource) -> dg.SensorResult:
     loaded = rules.load()
-    found = inbox.batches(loaded)
-    reference = {}
-    if found:
-        reference = next(iter(found.values())).reference
-    else:
-        reference = inbox.batch("1970-01-01", loaded).reference
-    result = watch.evaluate(found, reference, watch.WatchState.from_cursor(context.cursor))
+    result = watch.evaluate(inbox.batches(loaded), inbox.reference(), watch.WatchState.from_cursor(context.cursor))
     if result.reference_changed:
         context.log.warning(result.skip_message())
     requests = [
