@@ -1,6 +1,7 @@
 """Failure handling against real parts: real runs, a real SIGKILL, a real
 dagster-daemon, SQLite and PostgreSQL instances, a local webhook receiver."""
 
+import contextlib
 import os
 import shutil
 import signal
@@ -122,6 +123,23 @@ def kill_in_phase(process, env, phase, kill=True):
         instance.dispose()
 
 
+@contextlib.contextmanager
+def running_daemon(env, tmp_path):
+    """A real dagster-daemon on this workspace, stopped even when the test fails."""
+    log = open(tmp_path / "daemon.log", "w")
+    daemon = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
+                              cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield tmp_path / "daemon.log"
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        try:
+            daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)
+        log.close()
+
+
 def cli(env, *args, input=None):
     return subprocess.run([str(BIN / "loan-engine"), *args], env=env, capture_output=True, text=True, input=input, timeout=600)
 
@@ -152,11 +170,7 @@ def test_killed_worker_is_failed_reported_and_rerun(big_inbox, tmp_path, backend
     with Hook() as hook:
         daemon_env = dict(env, LOAN_ENGINE_DEAD_WORKER_SECONDS="5", LOAN_ENGINE_WEBHOOK_URL=hook.url,
                           LOAN_ENGINE_INBOX=str(tmp_path / "empty_inbox"))
-        log = open(tmp_path / "daemon.log", "w")
-        daemon = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
-                                  cwd=tmp_path, env=daemon_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        instance = instance_of(env)
-        try:
+        with running_daemon(daemon_env, tmp_path), instance_of(env) as instance:
             failed_after = None
             while time.monotonic() - killed_at < DEAD_WORKER_BOUND_SECONDS:
                 if instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE:
@@ -174,14 +188,6 @@ def test_killed_worker_is_failed_reported_and_rerun(big_inbox, tmp_path, backend
             assert tags.get(PHASE_TAG) == "batch_inputs" and tags.get(KIND_TAG) == "infra"
             while time.monotonic() < deadline and not [m for m in hook.received if m.get("run_id")]:
                 time.sleep(0.5)
-        finally:
-            os.killpg(daemon.pid, signal.SIGTERM)
-            try:
-                daemon.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(daemon.pid, signal.SIGKILL)
-            log.close()
-            instance.dispose()
         [note] = [m for m in hook.received if m.get("run_id") == run_id]
         assert note["kind"] == "infra" and note["phase"] == "batch_inputs" and note["batch_key"] == BATCH
         assert f"/runs/{run_id}" in note["text"] and "Run worker disappeared" in note["text"]
@@ -371,11 +377,7 @@ def test_daemon_retries_a_run_whose_worker_died(big_inbox, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LOAN_ENGINE_", "DAGSTER_"))}
     env.update(DAGSTER_HOME=str(home), LOAN_ENGINE_INBOX=str(inbox), LOAN_ENGINE_OUTPUT_DIR=str(out),
                LOAN_ENGINE_DATABASE_URL=results_url, LOAN_ENGINE_DEAD_WORKER_SECONDS="5")
-    log = open(tmp_path / "daemon.log", "w")
-    daemon = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
-                              cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    instance = instance_of(env)
-    try:
+    with running_daemon(env, tmp_path), instance_of(env) as instance:
         for path in big_inbox.iterdir():
             shutil.copy(path, inbox / path.name)
         deadline = time.monotonic() + 240
@@ -405,14 +407,7 @@ def test_daemon_retries_a_run_whose_worker_died(big_inbox, tmp_path):
             time.sleep(1)
         tags = instance.get_run_by_id(first.run_id).tags
         assert tags[KIND_TAG] == "infra" and tags[PHASE_TAG] == "batch_inputs"
-    finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
-        log.close()
-        instance.dispose()
+
     assert (out / BATCH / "loan_decisions.csv").is_file()
     engine = database.engine_for(results_url)
     assert database.batch_row_counts(engine, BATCH)["loan_facts"] == 20_000
@@ -436,11 +431,7 @@ def test_hung_run_is_stopped_by_max_runtime(big_inbox, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LOAN_ENGINE_", "DAGSTER_"))}
     env.update(DAGSTER_HOME=str(home), LOAN_ENGINE_INBOX=str(inbox), LOAN_ENGINE_OUTPUT_DIR=str(tmp_path / "out"),
                LOAN_ENGINE_DATABASE_URL=f"sqlite:///{tmp_path / 'results.db'}")
-    log = open(tmp_path / "daemon.log", "w")
-    daemon = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
-                              cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    instance = instance_of(env)
-    try:
+    with running_daemon(env, tmp_path), instance_of(env) as instance:
         for path in big_inbox.iterdir():
             shutil.copy(path, inbox / path.name)
         deadline = time.monotonic() + 240
@@ -459,11 +450,4 @@ def test_hung_run_is_stopped_by_max_runtime(big_inbox, tmp_path):
         while time.monotonic() < deadline and KIND_TAG not in instance.get_run_by_id(run.run_id).tags:
             time.sleep(1)
         assert instance.get_run_by_id(run.run_id).tags[KIND_TAG] == "infra"
-    finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
-        log.close()
-        instance.dispose()
+
