@@ -444,10 +444,46 @@ def test_hung_run_is_stopped_by_max_runtime(big_inbox, tmp_path):
                 break
             time.sleep(1)
         assert run is not None, f"no finished run; see {tmp_path / 'daemon.log'}"
-        assert run.status == dg.DagsterRunStatus.FAILURE
+        # Monitoring cancels, then fails the run; if the worker acknowledges the
+        # cancel first the run ends CANCELED. Either way it is stopped and reported.
+        assert run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
         messages = " ".join(e.message or "" for e in instance.all_logs(run.run_id))
         assert "maximum runtime of 2 seconds" in messages
         while time.monotonic() < deadline and KIND_TAG not in instance.get_run_by_id(run.run_id).tags:
             time.sleep(1)
         assert instance.get_run_by_id(run.run_id).tags[KIND_TAG] == "infra"
 
+
+
+@pytest.mark.slow
+def test_timeout_sensor_reports_runs_canceled_for_runtime_but_not_by_hand(big_inbox, tmp_path):
+    from loan_engine_dagster.orchestration.failures import loan_engine_timeout_sensor
+
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOAN_ENGINE_", "DAGSTER_"))}
+    env["DAGSTER_HOME"] = str(home)
+    results_url = f"sqlite:///{tmp_path / 'results.db'}"
+    timed_out = start_and_kill(env, big_inbox, tmp_path / "out", results_url, phase="reference_data")
+    by_hand = start_and_kill(env, big_inbox, tmp_path / "out", results_url, phase="reference_data")
+    with instance_of(env) as instance, Hook() as hook:
+        # What run monitoring writes when a run outlives its maximum runtime.
+        run = instance.get_run_by_id(timed_out)
+        instance.report_run_canceling(run, message="Canceling due to exceeding maximum runtime of 7200 seconds.")
+        instance.report_run_canceled(instance.get_run_by_id(timed_out))
+        instance.report_run_canceling(instance.get_run_by_id(by_hand), message="Canceled from the UI.")
+        instance.report_run_canceled(instance.get_run_by_id(by_hand))
+        for run_id in (timed_out, by_hand):
+            [event] = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_CANCELED)
+            context = dg.build_run_status_sensor_context(
+                sensor_name="loan_engine_timeout_sensor", dagster_event=event.dagster_event, dagster_instance=instance,
+                dagster_run=instance.get_run_by_id(run_id),
+                resources={"results_db": ResultsDatabase(url=results_url), "notifier": Notifier(webhook_url=hook.url)},
+            )
+            loan_engine_timeout_sensor(context)
+        tags = instance.get_run_by_id(timed_out).tags
+        assert tags[KIND_TAG] == "infra" and tags[PHASE_TAG] == "reference_data"
+        assert KIND_TAG not in instance.get_run_by_id(by_hand).tags
+        assert [m["run_id"] for m in hook.received] == [timed_out]
+        assert "maximum runtime of 7200 seconds" in hook.received[0]["cause"]

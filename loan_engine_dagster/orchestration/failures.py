@@ -24,22 +24,11 @@ def _run_database(run: dg.DagsterRun, results_db: ResultsDatabase) -> ResultsDat
     return ResultsDatabase(url=url) if url else results_db
 
 
-# Runs started from a terminal (`loan-engine run`, `dagster job execute`) carry
-# no code-location origin, and a sensor limited to `monitored_jobs` would never
-# see them: watch every run and keep the loan engine's.
-@dg.run_failure_sensor(
-    monitor_all_code_locations=True,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Explains each failed loan engine run: batch, phase, data/code/infra; tags it, records it, notifies.",
-)
-def loan_engine_failure_sensor(
-    context: dg.RunFailureSensorContext, results_db: ResultsDatabase, notifier: Notifier
-) -> None:
-    run = context.dagster_run
-    if run.job_name != JOB_NAME:
-        return
+def report_incident(context, run: dg.DagsterRun, results_db: ResultsDatabase, notifier: Notifier,
+                    fallback_message: str) -> None:
+    """Tag the run with where it stopped and why, record it, tell on-call."""
     stop = stop_point(context.instance, run.run_id)
-    message = stop.message or context.failure_event.message or "run failed"
+    message = stop.message or fallback_message
     incident = incidents.Incident(
         run_id=run.run_id,
         batch_key=batch_of(run),
@@ -60,6 +49,41 @@ def loan_engine_failure_sensor(
         notifier.send(incident.text(), **incident.as_dict())
     except Exception as exc:  # the tags and the incident row already tell the story
         context.log.error(f"webhook notification failed: {exc}")
+
+
+# Runs started from a terminal (`loan-engine run`, `dagster job execute`) carry
+# no code-location origin, and a sensor limited to `monitored_jobs` would never
+# see them: watch every run and keep the loan engine's.
+@dg.run_failure_sensor(
+    monitor_all_code_locations=True,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Explains each failed loan engine run: batch, phase, data/code/infra; tags it, records it, notifies.",
+)
+def loan_engine_failure_sensor(
+    context: dg.RunFailureSensorContext, results_db: ResultsDatabase, notifier: Notifier
+) -> None:
+    run = context.dagster_run
+    if run.job_name == JOB_NAME:
+        report_incident(context, run, results_db, notifier, context.failure_event.message or "run failed")
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.CANCELED,
+    monitor_all_code_locations=True,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Reports loan engine runs that run monitoring stopped for exceeding their maximum run time.",
+)
+def loan_engine_timeout_sensor(
+    context: dg.RunStatusSensorContext, results_db: ResultsDatabase, notifier: Notifier
+) -> None:
+    # Run monitoring cancels a hung run and then marks it failed; when the worker
+    # acknowledges the cancel first, the run ends CANCELED and only this sensor sees it.
+    # Runs a person canceled are not incidents.
+    run = context.dagster_run
+    if run.job_name != JOB_NAME or KIND_TAG in run.tags:
+        return
+    if "maximum runtime" in (stop_point(context.instance, run.run_id).message or "").casefold():
+        report_incident(context, run, results_db, notifier, "run exceeded its maximum runtime")
 
 
 def dead_worker_seconds() -> float:

@@ -29,7 +29,7 @@ STATUS_NAMES = {
 # Engine events that tell how a run's worker ended (Dagster's code server and
 # our dead-worker sensor write them).
 WORKER_END_PHRASES = ("was terminated by signal", "unexpectedly exited", "Run worker disappeared", "Marked failed by hand",
-                      "Marked canceled by hand", "exceeded maximum runtime")
+                      "Marked canceled by hand", "maximum runtime")
 
 
 @dataclass(frozen=True)
@@ -51,13 +51,13 @@ def stop_point(instance: dg.DagsterInstance, run_id: str) -> StopPoint:
     """The failed step and its error; else the step that was running; else
     the run-level failure message."""
     step_events = {dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE,
-                   dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.ENGINE_EVENT}
+                   dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.ENGINE_EVENT, dg.DagsterEventType.RUN_CANCELING}
     running: list[str] = []
     run_failure = None
     worker_news = None  # what the code server or our sensor said about the worker's end
     for entry in instance.all_logs(run_id, of_type=step_events):
         event = entry.dagster_event
-        if event.event_type == dg.DagsterEventType.ENGINE_EVENT:
+        if event.event_type in (dg.DagsterEventType.ENGINE_EVENT, dg.DagsterEventType.RUN_CANCELING):
             text = event.message or ""
             if any(phrase.casefold() in text.casefold() for phrase in WORKER_END_PHRASES):
                 worker_news = text
