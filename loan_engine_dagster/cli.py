@@ -141,7 +141,7 @@ def run(batch_key: str, inbox, output_dir, database_url, pdate, irr_target, verb
 
     from loan_engine_dagster.adapters.incidents import classify, one_line
     from loan_engine_dagster.orchestration.partitions import batches
-    from loan_engine_dagster.orchestration.run_records import stop_point
+    from loan_engine_dagster.orchestration.run_records import IN_PROGRESS, PARTITION_TAG, stop_point
     from loan_engine_dagster.orchestration.sensors import batch_tags
 
     run_config = {
@@ -155,6 +155,16 @@ def run(batch_key: str, inbox, output_dir, database_url, pdate, irr_target, verb
         "ops": {"normalized_loans": {"config": {"pdate": pdate.isoformat() if pdate else None, "irr_target": irr_target}}},
     }
     with dg.DagsterInstance.get() as instance:
+        # This run executes here, outside the daemon's queue: keep the queue's
+        # promise that two runs of one batch never overlap.
+        busy = instance.get_runs(filters=dg.RunsFilter(statuses=list(IN_PROGRESS), tags={PARTITION_TAG: batch_key}))
+        if busy:
+            click.echo(
+                f"Batch {batch_key} already has run {busy[0].run_id} in progress ({busy[0].status.value}). "
+                "Wait for it, or if it is stuck: loan-engine runs mark RUN_ID --as failed",
+                err=True,
+            )
+            sys.exit(2)
         instance.add_dynamic_partitions(batches.name, [batch_key])
         click.echo(f"Running loan_engine_job for batch {batch_key} (Dagster home {os.environ['DAGSTER_HOME']})")
         with dg.execute_job(

@@ -234,6 +234,10 @@ def test_runs_mark_paths(big_inbox, tmp_path, backend):
     assert bad_status.returncode == 2 and "'deleted' is not one of 'failed', 'canceled'" in bad_status.stderr
 
     second = start_and_kill(env, big_inbox, tmp_path / "out", results_url, phase="reference_data")
+    # While a run of the batch is in progress (even a stuck one), no second one starts.
+    refused = cli(env, "run", BATCH, "--inbox", str(big_inbox), "--output-dir", str(tmp_path / "out"),
+                  "--database-url", results_url)
+    assert refused.returncode == 2 and f"already has run {second} in progress (STARTED)" in refused.stderr
     declined = cli(env, "runs", "mark", "--older-than-minutes", "0", "--as", "failed", input="n\n")
     assert declined.returncode == 1 and second in declined.stdout and "Nothing changed." in declined.stdout
     accepted = cli(env, "runs", "mark", "--older-than-minutes", "0", "--as", "failed", "--yes")
