@@ -470,12 +470,13 @@ def test_timeout_sensor_reports_runs_canceled_for_runtime_but_not_by_hand(big_in
     env["DAGSTER_HOME"] = str(home)
     results_url = f"sqlite:///{tmp_path / 'results.db'}"
     timed_out = start_and_kill(env, big_inbox, tmp_path / "out", results_url, phase="reference_data")
+    with instance_of(env) as instance:
+        # What run monitoring writes when a run outlives its maximum runtime.
+        instance.report_run_canceling(instance.get_run_by_id(timed_out),
+                                      message="Canceling due to exceeding maximum runtime of 7200 seconds.")
+        instance.report_run_canceled(instance.get_run_by_id(timed_out))
     by_hand = start_and_kill(env, big_inbox, tmp_path / "out", results_url, phase="reference_data")
     with instance_of(env) as instance, Hook() as hook:
-        # What run monitoring writes when a run outlives its maximum runtime.
-        run = instance.get_run_by_id(timed_out)
-        instance.report_run_canceling(run, message="Canceling due to exceeding maximum runtime of 7200 seconds.")
-        instance.report_run_canceled(instance.get_run_by_id(timed_out))
         instance.report_run_canceling(instance.get_run_by_id(by_hand), message="Canceled from the UI.")
         instance.report_run_canceled(instance.get_run_by_id(by_hand))
         for run_id in (timed_out, by_hand):
