@@ -10,19 +10,9 @@ from pathlib import Path
 
 import click
 
+from loan_engine_dagster.adapters.settings import setting
 from loan_engine_dagster.rules.config import RulesFileError, load_rules
 from loan_engine_dagster.rules.errors import StructuralError
-
-DEFAULTS = {
-    "LOAN_ENGINE_INBOX": "data/inbox",
-    "LOAN_ENGINE_OUTPUT_DIR": "data/outputs",
-    "LOAN_ENGINE_DATABASE_URL": "sqlite:///data/results.db",
-}
-
-
-def _setting(value: str | None, variable: str) -> str:
-    return value or os.environ.get(variable) or DEFAULTS[variable]
-
 
 def ensure_dagster_home() -> Path:
     """DAGSTER_HOME, or `.dagster_home/` in the current folder using the
@@ -125,12 +115,12 @@ def run(batch_key: str, inbox, output_dir, database_url, pdate, irr_target, verb
 
     try:
         parse_batch_key(batch_key)
-        rules = load_rules(os.environ.get("LOAN_ENGINE_RULES_FILE") or None)
+        rules = load_rules(setting(None, "LOAN_ENGINE_RULES_FILE"))
     except (ValueError, RulesFileError) as exc:
         raise click.UsageError(str(exc)) from None
-    inbox_path = Path(_setting(inbox, "LOAN_ENGINE_INBOX")).resolve()
-    output_root = Path(_setting(output_dir, "LOAN_ENGINE_OUTPUT_DIR")).resolve()
-    db_url = _setting(database_url, "LOAN_ENGINE_DATABASE_URL")
+    inbox_path = Path(setting(inbox, "LOAN_ENGINE_INBOX")).resolve()
+    output_root = Path(setting(output_dir, "LOAN_ENGINE_OUTPUT_DIR")).resolve()
+    db_url = setting(database_url, "LOAN_ENGINE_DATABASE_URL")
     files = find_batch(inbox_path, batch_key, rules.inbox.tape_lookback_days)
     if not files.complete:
         click.echo(f"Batch {batch_key} is not complete in {inbox_path}: missing {', '.join(files.missing)}", err=True)

@@ -27,6 +27,12 @@ def home(tmp_path):
     return env
 
 
+def locate(env, inbox, tmp_path):
+    """Point the run at an inbox and at test folders through the environment."""
+    env.update(LOAN_ENGINE_INBOX=str(inbox), LOAN_ENGINE_OUTPUT_DIR=str(tmp_path / "out"),
+               LOAN_ENGINE_DATABASE_URL=f"sqlite:///{tmp_path / 'results.db'}")
+
+
 def test_sample_inbox_command(tmp_path):
     result = cli("sample-inbox", str(tmp_path / "in"), "--loans", "40", "--existing", "50", "--batch", "2026-03-05")
     assert result.returncode == 0, result.stderr
@@ -38,9 +44,7 @@ def test_sample_inbox_command(tmp_path):
 
 @pytest.mark.slow
 def test_run_records_a_dagster_run_and_prints_summary(sample_inbox, tmp_path, home):
-    home["LOAN_ENGINE_INBOX"] = str(sample_inbox)
-    home["LOAN_ENGINE_OUTPUT_DIR"] = str(tmp_path / "out")
-    home["LOAN_ENGINE_DATABASE_URL"] = f"sqlite:///{tmp_path / 'results.db'}"
+    locate(home, sample_inbox, tmp_path)
     result = cli("run", BATCH, "--pdate", "2026-02-24", env=home)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "loans offered:" in result.stdout and "600" in result.stdout
@@ -81,9 +85,7 @@ def test_run_incomplete_batch_and_bad_key(tmp_path, home):
 
 @pytest.mark.slow
 def test_dagster_job_execute_once_batch_registered(sample_inbox, tmp_path, home):
-    home["LOAN_ENGINE_INBOX"] = str(sample_inbox)
-    home["LOAN_ENGINE_OUTPUT_DIR"] = str(tmp_path / "out")
-    home["LOAN_ENGINE_DATABASE_URL"] = f"sqlite:///{tmp_path / 'results.db'}"
+    locate(home, sample_inbox, tmp_path)
     os.environ["DAGSTER_HOME"] = home["DAGSTER_HOME"]
     try:
         with dg.DagsterInstance.get() as instance:

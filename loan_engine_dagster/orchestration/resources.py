@@ -3,7 +3,6 @@ the run starts, to its environment variable and then to a local default, so
 definitions load on any machine and nothing is read at import time."""
 
 
-import os
 from pathlib import Path
 
 import dagster as dg
@@ -12,16 +11,8 @@ from sqlalchemy.engine import Engine
 from loan_engine_dagster.adapters import database
 from loan_engine_dagster.adapters.inbox import BatchFiles, find_batch, reference_files, resolve_inbox, scan_inbox
 from loan_engine_dagster.adapters.notifications import post_webhook
+from loan_engine_dagster.adapters.settings import setting
 from loan_engine_dagster.rules.config import Rules, default_rules, load_rules
-
-DEFAULT_INBOX = "data/inbox"
-DEFAULT_OUTPUT_DIR = "data/outputs"
-DEFAULT_DATABASE_URL = "sqlite:///data/results.db"
-
-
-def _setting(value: str | None, variable: str, default: str | None) -> str | None:
-    return value or os.environ.get(variable) or default
-
 
 class InboxResource(dg.ConfigurableResource):
     """The folder where the seller's and the buyer's files land."""
@@ -30,7 +21,7 @@ class InboxResource(dg.ConfigurableResource):
 
     @property
     def root(self) -> Path:
-        return resolve_inbox(Path(_setting(self.path, "LOAN_ENGINE_INBOX", DEFAULT_INBOX)))
+        return resolve_inbox(Path(setting(self.path, "LOAN_ENGINE_INBOX")))
 
     def batch(self, key: str, rules: Rules) -> BatchFiles:
         return find_batch(self.root, key, rules.inbox.tape_lookback_days)
@@ -49,7 +40,7 @@ class OutputsResource(dg.ConfigurableResource):
 
     @property
     def path(self) -> Path:
-        return Path(_setting(self.root, "LOAN_ENGINE_OUTPUT_DIR", DEFAULT_OUTPUT_DIR))
+        return Path(setting(self.root, "LOAN_ENGINE_OUTPUT_DIR"))
 
 
 class ResultsDatabase(dg.ConfigurableResource):
@@ -61,7 +52,7 @@ class ResultsDatabase(dg.ConfigurableResource):
 
     @property
     def resolved_url(self) -> str:
-        url = _setting(self.url, "LOAN_ENGINE_DATABASE_URL", DEFAULT_DATABASE_URL)
+        url = setting(self.url, "LOAN_ENGINE_DATABASE_URL")
         if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         return url
@@ -76,7 +67,7 @@ class RulesResource(dg.ConfigurableResource):
     path: str | None = None
 
     def load(self) -> Rules:
-        path = _setting(self.path, "LOAN_ENGINE_RULES_FILE", None)
+        path = setting(self.path, "LOAN_ENGINE_RULES_FILE")
         return load_rules(path) if path else default_rules()
 
 
@@ -88,11 +79,11 @@ class Notifier(dg.ConfigurableResource):
 
     @property
     def url(self) -> str | None:
-        return _setting(self.webhook_url, "LOAN_ENGINE_WEBHOOK_URL", None)
+        return setting(self.webhook_url, "LOAN_ENGINE_WEBHOOK_URL")
 
     @property
     def ui_base(self) -> str:
-        return _setting(self.webserver_url, "LOAN_ENGINE_UI_URL", "http://127.0.0.1:3000").rstrip("/")
+        return setting(self.webserver_url, "LOAN_ENGINE_UI_URL").rstrip("/")
 
     def send(self, text: str, **fields) -> bool:
         """True when a webhook took the message; False when none is set."""
