@@ -12,7 +12,7 @@ from loan_engine_dagster.rules.config import default_rules
 
 BATCH = dt.date(2026, 2, 19)
 EXHIBIT_HEADER = [
-    "SELLER Loan #", "Loan Program", "Application Type", "Property State", "Orig. Balance", "Income (annual)",
+    "SELLER Loan #", "Loan Program", "Application Type", "Property State", "Orig. Balance", "Income",
     "FICO Borrower", "DTI", "PTI", "Term", "APR", "Lender Price(%)", "modeled_purchase_price", "Dealer Fee",
     "Submit Date", "Stamp fee", "promo_term",
 ]
@@ -27,7 +27,7 @@ def loan(number: str, **overrides) -> dict:
     """A loan that passes every rule against the default reference data."""
     row = {
         "SELLER Loan #": number, "Loan Program": "Std 120", "Application Type": "Individual",
-        "Property State": "CA", "Orig. Balance": 10000.0, "Income (annual)": 60000.0, "FICO Borrower": 720,
+        "Property State": "CA", "Orig. Balance": 10000.0, "Income": 60000.0, "FICO Borrower": 720,
         "DTI": 0.30, "PTI": 0.05, "Term": 120, "APR": 9.99, "Lender Price(%)": 98.75,
         "modeled_purchase_price": 0.9875, "Dealer Fee": 4.5, "Submit Date": dt.datetime(2026, 2, 1),
         "Stamp fee": 0, "promo_term": 0,

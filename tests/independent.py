@@ -82,7 +82,7 @@ def tuesday_after(day: dt.date, holidays: set[dt.date]) -> dt.date:
     return day
 
 
-EXHIBIT_NUMBERS = ["orig. balance", "income (annual)", "fico borrower", "dti", "pti", "term", "apr", "lender price(%)",
+EXHIBIT_NUMBERS = ["orig. balance", "income", "fico borrower", "dti", "pti", "term", "apr", "lender price(%)",
                    "modeled_purchase_price", "dealer fee"]
 EXHIBIT_TEXT = ["seller loan #", "loan program", "application type", "property state"]
 
@@ -225,7 +225,7 @@ def decide(inbox: Path, exhibits: dict[str, Path], tape: Path, rules: dict) -> t
             sheet = rules["uw_sheets"][(l["platform"], l["kind"])]
             rows = [r for r in grids[sheet] if r["program"] == key(l["loan program"])]
             balance = dec(l["orig. balance"]) - dec(l["stamp fee"])
-            income = dec(l["income (annual)"]) / 12
+            income = dec(l["income"]) / 12
             fico, dti, pti = dec(l["fico borrower"]), dec(l["dti"]) * 100, dec(l["pti"])
             base = [r for r in rows if r["fico_min"] <= fico and balance <= r["approval_high"] and dti <= r["dti_max"]]
             if any(r["monthly_income_min"] <= income for r in base):

@@ -43,7 +43,7 @@ def test_repurchased_and_excess_assets_leave_the_base():
         {"SELLER Loan #": "SFC_101", "Orig. Balance": "900000", "Excess_Asset": "TRUE"},
         {"SELLER Loan #": "SFC_102", "Orig. Balance": "900000", "Repurchase": "TRUE"},
     ])
-    decisions = run_rules([loan("SFC_1", **{"Orig. Balance": 50000, "FICO Borrower": 720, "Income (annual)": 100000})],
+    decisions = run_rules([loan("SFC_1", **{"Orig. Balance": 50000, "FICO Borrower": 720, "Income": 100000})],
                           existing=existing)
     checks = _checks(decisions)
     assert checks.loc[("sfy", "check_g2"), "value"] == pytest.approx(50000)  # mean over 2 base rows

@@ -137,3 +137,10 @@ def test_grid_missing_column_names_sheet():
                                         file="Underwriting_Grids_COMAP.xlsx", sheet="SFY - Notes", max_rows=20)
     assert err.value.sheet == "SFY - Notes"
     assert err.value.columns == ["monthly_income_min", "approval_high", "dti_max", "pti_ratio"]
+
+
+def test_income_header_as_sellers_write_it(rules):
+    """Regression: real exhibits head the annual income column plain `Income`."""
+    raw = exhibit_raw([loan("SFC_1", Income=84000)])
+    assert "Income" in list(raw.iloc[3])
+    assert _parse(raw, rules).loc[0, "income"] == 84000

@@ -240,7 +240,7 @@ def _exhibit_frame(rng, n: int, platform: str, batch: dt.date, start: int, stres
             "Property State": a["state"],
             "Orig. Balance": a["balance"],
             "Stamp fee": np.where(rng.random(n) < 0.1, 25.0, 0.0),
-            "Income (annual)": a["income"],
+            "Income": a["income"],
             "FICO Borrower": fico,
             "DTI": dti,
             "PTI": a["pti"],

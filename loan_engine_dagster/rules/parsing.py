@@ -37,7 +37,7 @@ EXHIBIT_FIELDS = (
     Field("Application Type", "application_type", "text"),
     Field("Property State", "property_state", "text"),
     Field("Orig. Balance", "orig_balance", "number"),
-    Field("Income (annual)", "income", "number"),
+    Field("Income", "income", "number"),
     Field("FICO Borrower", "fico", "number"),
     Field("DTI", "dti", "number"),
     Field("PTI", "pti", "number"),

@@ -26,7 +26,7 @@ _LOAN_REPORT = [
     ("rejection_reasons", "rejection_reasons"), ("underwriting_status", "underwriting_status"),
     ("underwriting_sheet", "underwriting_grid"), ("comap_status", "comap_status"), ("comap_sheet", "comap_sheet"),
     ("comap_min_fico", "comap_min_fico"), ("fico", "FICO Borrower"), ("orig_balance", "Orig. Balance"),
-    ("stamp_fee", "Stamp fee"), ("income", "Income (annual)"), ("dti", "DTI"), ("pti", "PTI"), ("term", "Term"),
+    ("stamp_fee", "Stamp fee"), ("income", "Income"), ("dti", "DTI"), ("pti", "PTI"), ("term", "Term"),
     ("apr", "APR"), ("lender_price", "Lender Price(%)"), ("modeled_purchase_price", "modeled_purchase_price"),
     ("dealer_fee", "Dealer Fee (fraction)"), ("submit_date", "Submit Date"), ("promo_term", "promo_term"),
     ("tu144", "TU144"), ("property_state", "Property State"), ("new_programs", "new_programs"),
