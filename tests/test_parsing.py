@@ -34,6 +34,9 @@ def test_missing_required_columns_are_all_named(rules):
     assert err.value.columns == ["FICO Borrower", "Submit Date"]
     assert str(err.value) == (
         "Data problem in file 'SFY_x.xlsx', sheet 'Exhibit A', columns 'FICO Borrower', 'Submit Date': required column missing"
+        "; headers found: 'SELLER Loan #', 'Loan Program', 'Application Type', 'Property State', 'Orig. Balance', "
+        "'Income', 'DTI', 'PTI', 'Term', 'APR', 'Lender Price(%)', 'modeled_purchase_price', 'Dealer Fee', "
+        "'Stamp fee', 'promo_term'; another spelling can be mapped to a column in the rules file under columns: exhibit"
     )
     assert err.value.kind == "data"
 

@@ -25,20 +25,22 @@ def load_reference(reference: dict[str, Path], rules: Rules) -> ReferenceData:
     for role in ("master", "notes_master"):
         path = reference[role]
         sheet, raw = read_sheet(open_workbook(path), path)
-        masters[role] = parsing.parse_master(raw, file=path.name, sheet=sheet, max_rows=rows)
+        masters[role] = parsing.parse_master(raw, file=path.name, sheet=sheet, max_rows=rows, aliases=rules.column_aliases("master"))
     existing_path = reference["existing"]
-    existing = parsing.parse_existing(read_csv(existing_path), file=existing_path.name)
+    existing = parsing.parse_existing(read_csv(existing_path), file=existing_path.name, aliases=rules.column_aliases("existing"))
 
     grids_path = reference["grids"]
     workbook = open_workbook(grids_path)
     underwriting = []
     for name in rules.sheets.underwriting.model_dump().values():
         sheet, raw = read_sheet(workbook, grids_path, name)
-        underwriting.append(parsing.parse_underwriting_grid(raw, file=grids_path.name, sheet=sheet, max_rows=rows).assign(sheet=name))
+        grid = parsing.parse_underwriting_grid(raw, file=grids_path.name, sheet=sheet, max_rows=rows, aliases=rules.column_aliases("grid"))
+        underwriting.append(grid.assign(sheet=name))
     comap = []
     for name in rules.comap_sheets():
         sheet, raw = read_sheet(workbook, grids_path, name)
-        comap.append(parsing.parse_comap_sheet(raw, file=grids_path.name, sheet=sheet, max_rows=rows).assign(sheet=name))
+        table = parsing.parse_comap_sheet(raw, file=grids_path.name, sheet=sheet, max_rows=rows, aliases=rules.column_aliases("comap"))
+        comap.append(table.assign(sheet=name))
     return ReferenceData(
         master=masters["master"],
         notes_master=masters["notes_master"],
@@ -59,7 +61,7 @@ def load_batch_inputs(batch: BatchFiles, rules: Rules) -> BatchInputs:
         path = batch.exhibits[platform]
         sheet, raw = read_sheet(open_workbook(path), path)
         exhibits.append(parsing.parse_exhibit(raw, platform=platform, file=path.name, sheet=sheet, rules=rules))
-    tape = parsing.parse_tape(read_csv(batch.tape), file=batch.tape.name)
+    tape = parsing.parse_tape(read_csv(batch.tape), file=batch.tape.name, aliases=rules.column_aliases("tape"))
     files = [describe_file(role, path) for role, path in batch.files.items() if role not in REFERENCE_FILES]
     return BatchInputs(
         batch_key=batch.key,

@@ -105,6 +105,9 @@ class Eligibility(_Strict):
     sfy: list[Check]
 
 
+FileKind = Literal["exhibit", "tape", "master", "existing", "grid", "comap"]
+
+
 class Rules(_Strict):
     version: str
     inbox: InboxRules
@@ -112,6 +115,21 @@ class Rules(_Strict):
     sheets: Sheets
     comap_eras: ComapEras
     eligibility: Eligibility
+    # Other spellings of column headers, per file kind: {kind: {header: [spelling, ...]}}.
+    columns: dict[FileKind, dict[str, list[str]]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _column_spellings_are_unambiguous(self) -> "Rules":
+        from .parsing import alias_problems  # parsing reads Rules: import here, not at the top
+
+        problems = alias_problems(self.columns)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def column_aliases(self, kind: FileKind) -> dict[str, list[str]]:
+        """The other spellings the rules file gives for the headers of one file kind."""
+        return self.columns.get(kind, {})
 
     def underwriting_sheet(self, platform: str, kind: str) -> str:
         return getattr(self.sheets.underwriting, f"{platform}_{kind}")

@@ -9,7 +9,8 @@ problems of buy loans are collected in a `row_problems` column and become
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import difflib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,6 +105,21 @@ COMAP_LIST_FIELDS = (
     Field("Min FICO", "min_fico", "number"),
 )
 
+# The file kinds whose headers the rules file may give other spellings for
+# (`columns:` in rules.yaml), with the columns each one knows.
+FIELDS_BY_KIND = {
+    "exhibit": EXHIBIT_FIELDS + (TU144,),
+    "tape": TAPE_FIELDS,
+    "master": MASTER_FIELDS,
+    "existing": EXISTING_FIELDS,
+    "grid": GRID_FIELDS,
+    "comap": COMAP_LIST_FIELDS,
+}
+# Headers sellers write in several ways (`TU144`, `TU 144`, `tu_144`): they
+# also match once spaces and underscores are removed.
+LOOSE_HEADERS = {"tu144"}
+Aliases = Mapping[str, Sequence[str]]
+
 
 # ---------------------------------------------------------------- helpers
 
@@ -111,6 +127,51 @@ COMAP_LIST_FIELDS = (
 def header_key(value: object) -> str:
     """How column names are matched: trimmed, case-insensitive."""
     return str(value).strip().casefold()
+
+
+def _loose_key(value: object) -> str:
+    return header_key(value).replace(" ", "").replace("_", "")
+
+
+def _header_keys(field: Field, aliases: Aliases) -> set[str]:
+    """Every key that names `field`: its own header and the rules file's other spellings."""
+    spellings = [field.header, *next((v for k, v in aliases.items() if header_key(k) == header_key(field.header)), ())]
+    return {header_key(s) for s in spellings}
+
+
+def _names_field(column: object, field: Field, keys: set[str]) -> bool:
+    if header_key(column) in keys:
+        return True
+    return _loose_key(field.header) in LOOSE_HEADERS and _loose_key(column) in {_loose_key(k) for k in keys}
+
+
+def alias_problems(columns: Mapping[str, Aliases]) -> list[str]:
+    """What is wrong with the rules file's `columns:` map: a header that is not
+    a column of its file kind, or a spelling that would name two columns."""
+    problems = []
+    for kind, by_header in columns.items():
+        fields = FIELDS_BY_KIND[kind]
+        own = {header_key(f.header): f.header for f in fields}
+        named_by = dict(own)  # spelling key -> the column it names
+        for header, spellings in by_header.items():
+            target = own.get(header_key(header))
+            if target is None:
+                problems.append(
+                    f"columns.{kind}: {header!r} is not a column of the {kind} file "
+                    f"(its columns: {', '.join(repr(f.header) for f in fields)})"
+                )
+                continue
+            for spelling in spellings:
+                owner = named_by.get(header_key(spelling))
+                if owner is None and _loose_key(spelling) in LOOSE_HEADERS:
+                    owner = next(h for h in own.values() if _loose_key(h) == _loose_key(spelling))
+                if owner is not None and owner != target:
+                    problems.append(
+                        f"columns.{kind}: {spelling!r} cannot mean {target!r}: it already names {owner!r}"
+                    )
+                else:
+                    named_by[header_key(spelling)] = target
+    return problems
 
 
 def text_key(series: pd.Series) -> pd.Series:
@@ -165,9 +226,12 @@ def bool_invalid(series: pd.Series) -> pd.Series:
     return ~key.isin(["true", "1", "1.0", "yes", "y", "t", "false", "0", "0.0", "no", "n", "f", ""])
 
 
-def find_header_row(raw: pd.DataFrame, *, marker: str | None, max_rows: int, file: str, sheet: str | None) -> int:
-    """Index of the header row: the first row holding `marker` (or, with no
-    marker, the first row with any content) within the first `max_rows`."""
+def find_header_row(
+    raw: pd.DataFrame, *, marker: str | None, max_rows: int, file: str, sheet: str | None, aliases: Aliases | None = None
+) -> int:
+    """Index of the header row: the first row holding `marker` or one of its
+    other spellings (or, with no marker, the first row with any content)
+    within the first `max_rows`."""
     top = raw.iloc[:max_rows]
     if top.empty:
         raise StructuralError("the sheet is empty", file=file, sheet=sheet)
@@ -175,9 +239,12 @@ def find_header_row(raw: pd.DataFrame, *, marker: str | None, max_rows: int, fil
     if marker is None:
         hits = (cells.fillna("") != "").any(axis=1)
     else:
-        hits = (cells == marker.casefold()).any(axis=1)
+        keys = _header_keys(Field(marker, "", "text"), aliases or {})
+        hits = cells.isin(keys).any(axis=1)
     if not hits.any():
-        what = f"no header row with a cell reading '{marker}'" if marker else "no header row"
+        others = sorted(_header_keys(Field(marker, "", "text"), aliases or {}) - {header_key(marker)}) if marker else []
+        spelled = "".join(f" or '{o}'" for o in others)
+        what = f"no header row with a cell reading '{marker}'{spelled}" if marker else "no header row"
         raise StructuralError(f"{what} in the first {max_rows} rows", file=file, sheet=sheet)
     return int(np.flatnonzero(hits.to_numpy())[0])
 
@@ -199,21 +266,54 @@ def frame_below_header(raw: pd.DataFrame, header_row: int) -> pd.DataFrame:
 
 
 def resolve_columns(
-    frame: pd.DataFrame, fields: Iterable[Field], *, file: str, sheet: str | None
+    frame: pd.DataFrame, fields: Iterable[Field], *, file: str, sheet: str | None,
+    aliases: Aliases | None = None, kind: str | None = None,
 ) -> dict[str, str]:
-    """Map each field to the frame column that names it; raise naming every
-    missing required column at once."""
-    by_key = {header_key(c): c for c in frame.columns}
+    """Map each field to the frame column that names it, by its header or one
+    of the rules file's other spellings. Raise naming every missing required
+    column at once, with the headers that are there and the closest one; a
+    field named by two columns is ambiguous and refused."""
+    fields = list(fields)
     found, missing = {}, []
     for field in fields:
-        column = by_key.get(header_key(field.header))
-        if column is not None:
-            found[field.name] = column
+        keys = _header_keys(field, aliases or {})
+        columns = [c for c in frame.columns if c != "source_row" and _names_field(c, field, keys)]
+        if len(columns) > 1:
+            raise StructuralError(
+                f"{len(columns)} columns name {field.header!r} (its header or another spelling the rules file "
+                "maps to it): keep one column, or change the rules file's columns map",
+                file=file, sheet=sheet, columns=columns,
+            )
+        if columns:
+            found[field.name] = columns[0]
         elif field.required:
             missing.append(field.header)
     if missing:
-        raise StructuralError("required column missing", file=file, sheet=sheet, columns=missing)
+        raise StructuralError(_missing_problem(frame, missing, set(found.values()), kind), file=file, sheet=sheet, columns=missing)
     return found
+
+
+def _missing_problem(frame: pd.DataFrame, missing: list[str], used: set, kind: str | None) -> str:
+    """The message for missing columns: what is there, and the likeliest typo."""
+    present = [str(c) for c in frame.columns if c != "source_row"]
+    unused = {header_key(c): c for c in present if c not in used}
+    guesses = []
+    for header in missing:
+        key = header_key(header)
+        # A header with a note added (`Income (annual)`) is the likeliest; then plain typos.
+        close = sorted((k for k in unused if k.startswith(key)), key=len)[:1]
+        close = close or difflib.get_close_matches(key, list(unused), n=1, cutoff=0.6)
+        if close:
+            guesses.append((header, unused[close[0]]))
+    problem = "required column missing"
+    if len(guesses) == 1 and len(missing) == 1:
+        problem += f" (did you mean '{guesses[0][1]}'?)"
+    elif guesses:
+        problem += " (did you mean " + ", ".join(f"'{g}' for '{h}'" for h, g in guesses) + "?)"
+    problem += "; headers found: " + (", ".join(f"'{c}'" for c in present) or "none")
+    if kind:
+        problem += f"; another spelling can be mapped to a column in the rules file under columns: {kind}"
+    return problem
 
 
 def typed_frame(
@@ -271,17 +371,13 @@ def _raise_on_invalid(invalid: dict[str, pd.Series], frame: pd.DataFrame, fields
 def parse_exhibit(raw: pd.DataFrame, *, platform: str, file: str, sheet: str, rules: Rules) -> pd.DataFrame:
     """The offered loans of one exhibit, one row per loan, with `row_problems`
     naming every row-level problem (empty string when the row is valid)."""
+    aliases = rules.column_aliases("exhibit")
     header_row = find_header_row(
-        raw, marker="SELLER Loan #", max_rows=rules.inbox.header_search_rows, file=file, sheet=sheet
+        raw, marker="SELLER Loan #", max_rows=rules.inbox.header_search_rows, file=file, sheet=sheet, aliases=aliases
     )
     frame = frame_below_header(raw, header_row)
-    mapping = resolve_columns(frame, EXHIBIT_FIELDS, file=file, sheet=sheet)
-    tu144_column = next(
-        (c for c in frame.columns if str(c).replace(" ", "").replace("_", "").casefold() == "tu144"), None
-    )
-    if tu144_column is not None:
-        mapping["tu144"] = tu144_column
-    fields = EXHIBIT_FIELDS + (TU144,)
+    fields = FIELDS_BY_KIND["exhibit"]
+    mapping = resolve_columns(frame, fields, file=file, sheet=sheet, aliases=aliases, kind="exhibit")
     out, invalid = typed_frame(frame, fields, mapping)
     extras = _extra_columns(frame, mapping)
     for column in extras:
@@ -350,9 +446,11 @@ def _with_csv_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _reference_table(frame: pd.DataFrame, fields, *, file: str, sheet: str | None) -> tuple[pd.DataFrame, dict]:
+def _reference_table(
+    frame: pd.DataFrame, fields, *, file: str, sheet: str | None, aliases: Aliases | None = None, kind: str | None = None
+) -> tuple[pd.DataFrame, dict]:
     """Typed columns of a buyer's reference file; any bad cell is structural."""
-    mapping = resolve_columns(frame, fields, file=file, sheet=sheet)
+    mapping = resolve_columns(frame, fields, file=file, sheet=sheet, aliases=aliases, kind=kind)
     out, invalid = typed_frame(frame, fields, mapping)
     out["source_row"] = frame["source_row"].to_numpy()
     _raise_on_invalid(invalid, out, fields, mapping, file=file, sheet=sheet)
@@ -373,10 +471,11 @@ def _platform_and_type(out: pd.DataFrame, mapping: dict, *, file: str, sheet: st
                  mapping["type"], file=file, sheet=sheet)
 
 
-def parse_master(raw: pd.DataFrame, *, file: str, sheet: str, max_rows: int) -> pd.DataFrame:
+def parse_master(raw: pd.DataFrame, *, file: str, sheet: str, max_rows: int, aliases: Aliases | None = None) -> pd.DataFrame:
     """Loan programs with their underwriting type and new-program flag."""
-    frame = frame_below_header(raw, find_header_row(raw, marker="loan program", max_rows=max_rows, file=file, sheet=sheet))
-    out, mapping = _reference_table(frame, MASTER_FIELDS, file=file, sheet=sheet)
+    header_row = find_header_row(raw, marker="loan program", max_rows=max_rows, file=file, sheet=sheet, aliases=aliases)
+    frame = frame_below_header(raw, header_row)
+    out, mapping = _reference_table(frame, MASTER_FIELDS, file=file, sheet=sheet, aliases=aliases, kind="master")
     _platform_and_type(out, mapping, file=file, sheet=sheet)
     out["program_key"] = text_key(out["loan_program"])
     _reject_rows(out.duplicated(["program_key", "platform"], keep=False), "a program is listed twice for the same platform",
@@ -384,10 +483,10 @@ def parse_master(raw: pd.DataFrame, *, file: str, sheet: str, max_rows: int) -> 
     return out[["loan_program", "platform", "type", "new_programs", "program_key"]].reset_index(drop=True)
 
 
-def parse_tape(frame: pd.DataFrame, *, file: str) -> pd.DataFrame:
+def parse_tape(frame: pd.DataFrame, *, file: str, aliases: Aliases | None = None) -> pd.DataFrame:
     """The servicer tape: loan number, SFY/PRIME tagging and repurchase flag."""
     frame = _with_csv_rows(frame)
-    mapping = resolve_columns(frame, TAPE_FIELDS, file=file, sheet=None)
+    mapping = resolve_columns(frame, TAPE_FIELDS, file=file, sheet=None, aliases=aliases, kind="tape")
     out, invalid = typed_frame(frame, TAPE_FIELDS, mapping)
     out["source_row"] = frame["source_row"].to_numpy()
     invalid["loan_group"] = pd.Series(False, index=out.index)  # may be empty: the loan is then PRIME
@@ -407,30 +506,35 @@ def parse_tape(frame: pd.DataFrame, *, file: str) -> pd.DataFrame:
     )
 
 
-def parse_existing(frame: pd.DataFrame, *, file: str) -> pd.DataFrame:
+def parse_existing(frame: pd.DataFrame, *, file: str, aliases: Aliases | None = None) -> pd.DataFrame:
     """Loans bought in earlier batches, as the eligibility population needs them."""
     frame = _with_csv_rows(frame)
-    out, mapping = _reference_table(frame, EXISTING_FIELDS, file=file, sheet=None)
+    out, mapping = _reference_table(frame, EXISTING_FIELDS, file=file, sheet=None, aliases=aliases, kind="existing")
     _platform_and_type(out, mapping, file=file, sheet=None)
     out["loan_program"] = out["loan_program"].str.strip()
     return out
 
 
-def parse_underwriting_grid(raw: pd.DataFrame, *, file: str, sheet: str, max_rows: int) -> pd.DataFrame:
-    frame = frame_below_header(raw, find_header_row(raw, marker="finance_type_name_nls", max_rows=max_rows, file=file, sheet=sheet))
-    out, _ = _reference_table(frame, GRID_FIELDS, file=file, sheet=sheet)
+def parse_underwriting_grid(
+    raw: pd.DataFrame, *, file: str, sheet: str, max_rows: int, aliases: Aliases | None = None
+) -> pd.DataFrame:
+    header_row = find_header_row(raw, marker="finance_type_name_nls", max_rows=max_rows, file=file, sheet=sheet, aliases=aliases)
+    frame = frame_below_header(raw, header_row)
+    out, _ = _reference_table(frame, GRID_FIELDS, file=file, sheet=sheet, aliases=aliases, kind="grid")
     out["program_key"] = text_key(out["program"])
     out["sheet"] = sheet
     return out.drop(columns="source_row")
 
 
-def parse_comap_sheet(raw: pd.DataFrame, *, file: str, sheet: str, max_rows: int) -> pd.DataFrame:
+def parse_comap_sheet(
+    raw: pd.DataFrame, *, file: str, sheet: str, max_rows: int, aliases: Aliases | None = None
+) -> pd.DataFrame:
     """Minimum FICO per purchasable program in one CoMAP sheet, from either
     layout. Band layout: a program's minimum is the lowest band it appears in."""
     frame = frame_below_header(raw, find_header_row(raw, marker=None, max_rows=max_rows, file=file, sheet=sheet))
     keys = {header_key(c) for c in frame.columns}
-    if {"loan program", "min fico"} <= keys:
-        out, _ = _reference_table(frame, COMAP_LIST_FIELDS, file=file, sheet=sheet)
+    if all(keys & _header_keys(f, aliases or {}) for f in COMAP_LIST_FIELDS):
+        out, _ = _reference_table(frame, COMAP_LIST_FIELDS, file=file, sheet=sheet, aliases=aliases, kind="comap")
         table = pd.DataFrame({"program_key": text_key(out["program"]), "min_fico": out["min_fico"]})
     else:
         bands = {c: int(str(c).strip()[:3]) for c in frame.columns[1:] if str(c).strip()[:3].isdigit()}
