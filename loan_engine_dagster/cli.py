@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from loan_engine_dagster.adapters.settings import setting
-from loan_engine_dagster.rules.config import RulesFileError, load_rules
+from loan_engine_dagster.rules.config import RulesFileError
 from loan_engine_dagster.rules.errors import StructuralError
 
 def ensure_dagster_home() -> Path:
@@ -112,10 +112,11 @@ def print_summary(summary: dict, folder: str) -> None:
 def run(batch_key: str, inbox, output_dir, database_url, pdate, irr_target, verbose) -> None:
     """Check BATCH_KEY's files, register the batch and run loan_engine_job as a Dagster run."""
     from loan_engine_dagster.adapters.inbox import find_batch, parse_batch_key
+    from loan_engine_dagster.orchestration.resources import RulesResource
 
     try:
         parse_batch_key(batch_key)
-        rules = load_rules(setting(None, "LOAN_ENGINE_RULES_FILE"))
+        rules = RulesResource().load()  # the run reads it again; refuse a bad file before starting one
     except (ValueError, RulesFileError) as exc:
         raise click.UsageError(str(exc)) from None
     inbox_path = Path(setting(inbox, "LOAN_ENGINE_INBOX")).resolve()

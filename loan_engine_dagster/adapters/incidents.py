@@ -10,8 +10,13 @@ from dataclasses import asdict, dataclass
 from sqlalchemy import delete
 from sqlalchemy.engine import Engine
 
+from loan_engine_dagster.rules.config import RulesFileError
+from loan_engine_dagster.rules.errors import StructuralError
+
 from .database import incidents
 
+# Errors that always mean the inputs are wrong (files, rules file, run options), wherever raised.
+DATA_ERROR_TYPES = {StructuralError.__name__, RulesFileError.__name__}
 # Phases that read files: whatever breaks there is a problem with the files.
 DATA_PHASES = {"reference_data", "batch_inputs"}
 INFRA_ERROR_TYPES = {
@@ -49,7 +54,7 @@ class Incident:
 def classify(phase: str | None, error_type: str | None, message: str | None) -> str:
     """data, code or infra, following the old troubleshooting table."""
     text = (message or "").casefold()
-    if error_type == "StructuralError":
+    if error_type in DATA_ERROR_TYPES:
         return "data"
     if error_type is None:
         return "infra"  # no step raised: the run died around its steps (worker killed, timeout, launcher)

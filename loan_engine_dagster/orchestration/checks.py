@@ -7,7 +7,7 @@ import math
 import dagster as dg
 import pandas as pd
 
-from loan_engine_dagster.rules.config import default_rules
+from loan_engine_dagster.rules.config import default_rules, limit_check_name
 
 TOP_CONTRIBUTORS = 10
 
@@ -21,7 +21,7 @@ def _limit_specs() -> list[dg.AssetCheckSpec]:
                 continue  # informational metrics have nothing to breach
             specs.append(
                 dg.AssetCheckSpec(
-                    name=f"{platform}_{check.id}",
+                    name=limit_check_name(platform, check.id),
                     asset="eligibility",
                     description=f"{platform.upper()} {check.id}: {check.description} ({check.metric} {check.op} {check.limit:g})",
                     blocking=False,
@@ -31,7 +31,11 @@ def _limit_specs() -> list[dg.AssetCheckSpec]:
 
 
 LIMIT_CHECK_SPECS = _limit_specs()
-_LIMIT_NAMES = {spec.name for spec in LIMIT_CHECK_SPECS}
+
+
+def declared_limit_ids() -> frozenset[str]:
+    """The limit checks this code location shows; a run's rules file must have exactly these."""
+    return frozenset(spec.name for spec in LIMIT_CHECK_SPECS)
 
 
 def _number(value):
@@ -43,9 +47,9 @@ def _number(value):
 def limit_check_results(checks: pd.DataFrame):
     """Yield one warning-severity result per limit the rules file defines."""
     for row in checks.to_dict("records"):
-        name = f"{row['platform']}_{row['check_id']}"
-        if name not in _LIMIT_NAMES:
-            continue
+        if _number(row["limit"]) is None:
+            continue  # informational metrics have nothing to breach
+        name = limit_check_name(row["platform"], row["check_id"])
         top = row["contributors"][:TOP_CONTRIBUTORS]
         table = "\n".join(
             ["| SELLER Loan # | Orig. Balance |", "|---|---:|"]

@@ -6,13 +6,17 @@ definitions load on any machine and nothing is read at import time."""
 from pathlib import Path
 
 import dagster as dg
+from pydantic import PrivateAttr
 from sqlalchemy.engine import Engine
 
 from loan_engine_dagster.adapters import database
 from loan_engine_dagster.adapters.inbox import BatchFiles, find_batch, reference_files, resolve_inbox, scan_inbox
 from loan_engine_dagster.adapters.notifications import post_webhook
 from loan_engine_dagster.adapters.settings import setting
-from loan_engine_dagster.rules.config import Rules, default_rules, load_rules
+from loan_engine_dagster.rules.config import Rules, RulesFileError, default_rules, load_rules, refuse_other_limits
+
+from .checks import declared_limit_ids
+from .run_records import RULES_TAG
 
 class InboxResource(dg.ConfigurableResource):
     """The folder where the seller's and the buyer's files land."""
@@ -62,13 +66,48 @@ class ResultsDatabase(dg.ConfigurableResource):
 
 
 class RulesResource(dg.ConfigurableResource):
-    """The rules file; the one packaged with this release unless a path is given."""
+    """The rules file; the one packaged with this release unless a path is given.
+
+    Read and validated once when a run starts, so every phase of the run uses
+    the same rules even if the file is edited meanwhile. A re-execution (from
+    a failed step, or a retry) must find the rules its original run used:
+    mixing phases computed under two rule sets would give a batch no rules
+    file explains."""
 
     path: str | None = None
+    _rules: Rules | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        rules = self._read()
+        run = context.run
+        if run is not None and context.instance is not None:
+            _pin_rules(context.instance, run, rules)
+        self._rules = rules
 
     def load(self) -> Rules:
+        """The run's rules (outside a run, e.g. in a sensor tick: the file as it is now)."""
+        return self._rules if self._rules is not None else self._read()
+
+    def _read(self) -> Rules:
         path = setting(self.path, "LOAN_ENGINE_RULES_FILE")
-        return load_rules(path) if path else default_rules()
+        rules = load_rules(path) if path else default_rules()
+        refuse_other_limits(rules, declared_limit_ids(), source=f"'{path}'" if path else "rules.yaml (packaged)")
+        return rules
+
+
+def _pin_rules(instance: dg.DagsterInstance, run: dg.DagsterRun, rules: Rules) -> None:
+    """Tag the run with its rules; refuse a re-execution whose rules differ from the original run's."""
+    fingerprint = rules.fingerprint()
+    if run.root_run_id:
+        root = instance.get_run_by_id(run.root_run_id)
+        pinned = root.tags.get(RULES_TAG) if root else None
+        if pinned and pinned != fingerprint:
+            raise RulesFileError(
+                f"the rules file changed since run {run.root_run_id} of this batch (now version {rules.version}); "
+                "re-executing part of that run would mix two sets of rules: launch a new run of the whole batch"
+            )
+    if RULES_TAG not in run.tags:  # the first read of the run is the one it used
+        instance.add_run_tags(run.run_id, {RULES_TAG: fingerprint})
 
 
 class Notifier(dg.ConfigurableResource):

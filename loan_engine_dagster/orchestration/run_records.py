@@ -13,6 +13,7 @@ KIND_TAG = "loan_engine/failure_kind"
 BATCH_TAG = "loan_engine/batch"
 INBOX_TAG = "loan_engine/inbox"
 PARTITION_TAG = "dagster/partition"
+RULES_TAG = "loan_engine/rules_fingerprint"  # the rules a run used; its re-executions must use the same
 IN_PROGRESS = (
     dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
     dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+from collections.abc import Collection
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -127,6 +129,19 @@ class Rules(_Strict):
             raise ValueError("; ".join(problems))
         return self
 
+    def fingerprint(self) -> str:
+        """SHA-256 of the validated content: equal for two files that mean the same rules."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+    def limit_ids(self) -> set[str]:
+        """Ids of the checks that have a limit to breach, as `<platform>_<check id>`."""
+        return {
+            limit_check_name(platform, check.id)
+            for platform, checks in (("prime", self.eligibility.prime), ("sfy", self.eligibility.sfy))
+            for check in checks
+            if check.limit is not None
+        }
+
     def column_aliases(self, kind: FileKind) -> dict[str, list[str]]:
         """The other spellings the rules file gives for the headers of one file kind."""
         return self.columns.get(kind, {})
@@ -140,6 +155,31 @@ class Rules(_Strict):
             for era in eras:
                 names.extend(era.sheets)
         return list(dict.fromkeys(names))
+
+
+def limit_check_name(platform: str, check_id: str) -> str:
+    return f"{platform}_{check_id}"
+
+
+def refuse_other_limits(rules: Rules, declared: Collection[str], *, source: str) -> None:
+    """A rules file must have exactly the limits the reviewer's screen shows:
+    a limit only the file has would be computed but never shown, and a
+    declared one the file drops (or makes informational) would stay blank."""
+    present = rules.limit_ids()
+    added = sorted(present - set(declared))
+    removed = sorted(set(declared) - present)
+    if not added and not removed:
+        return
+    parts = []
+    if added:
+        parts.append("limits the file adds: " + ", ".join(added))
+    if removed:
+        parts.append("declared limits the file removes or leaves without a limit: " + ", ".join(removed))
+    raise RulesFileError(
+        f"rules file {source} does not have the limits the code location declares (from its packaged rules.yaml): "
+        + "; ".join(parts)
+        + ". Limit values may differ; adding or removing a limit needs a new packaged rules.yaml."
+    )
 
 
 def parse_rules(data: dict) -> Rules:
