@@ -13,6 +13,7 @@ import click
 from loan_engine_dagster.adapters.settings import setting
 from loan_engine_dagster.rules.config import RulesFileError
 from loan_engine_dagster.rules.errors import StructuralError
+from loan_engine_dagster.rules.run_options import RunOptionError, check_irr_target, parse_pdate
 
 def ensure_dagster_home() -> Path:
     """DAGSTER_HOME, or `.dagster_home/` in the current folder using the
@@ -29,12 +30,17 @@ def ensure_dagster_home() -> Path:
 
 
 def _date(ctx, param, value: str | None) -> dt.date | None:
-    if value is None:
-        return None
     try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a date in YYYY-MM-DD form") from None
+        return parse_pdate(value)
+    except RunOptionError:
+        raise click.BadParameter(f"{value!r} is not a real date in YYYY-MM-DD form") from None
+
+
+def _irr_target(ctx, param, value: float | None) -> float | None:
+    try:
+        return check_irr_target(value)
+    except RunOptionError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.group()
@@ -96,6 +102,8 @@ def print_summary(summary: dict, folder: str) -> None:
         click.echo(f"    {reason:<28} {row['loans']:>7,}  balance {row['balance']:>16,.2f}")
     for warning, count in sorted(summary.get("warnings", {}).items()):
         click.echo(f"  warning {warning:<24} {count:>7,}")
+    for name in summary.get("empty_exhibits", []):
+        click.echo(f"  warning: exhibit with no loan rows: {name}")
     failed = summary["eligibility"]["failed"]
     click.echo(f"  limits failed:  {len(failed)}" + (f"  ({', '.join(failed)})" if failed else ""))
     click.echo(f"  outputs:        {folder}")
@@ -107,7 +115,7 @@ def print_summary(summary: dict, folder: str) -> None:
 @click.option("--output-dir", help="Output root [env LOAN_ENGINE_OUTPUT_DIR, default data/outputs].")
 @click.option("--database-url", help="Results database URL [env LOAN_ENGINE_DATABASE_URL, default sqlite:///data/results.db].")
 @click.option("--pdate", callback=_date, help="Purchase date override, YYYY-MM-DD.")
-@click.option("--irr-target", type=float, help="IRR Support Target override.")
+@click.option("--irr-target", type=float, callback=_irr_target, help="IRR Support Target override, a percentage (e.g. 8.05).")
 @click.option("--verbose", is_flag=True, help="Print Dagster's event log while the run goes.")
 def run(batch_key: str, inbox, output_dir, database_url, pdate, irr_target, verbose) -> None:
     """Check BATCH_KEY's files, register the batch and run loan_engine_job as a Dagster run."""

@@ -43,14 +43,28 @@ def batch_key(notice_date: dt.date, offcycle: bool) -> str:
     return notice_date.isoformat() + (OFFCYCLE if offcycle else "")
 
 
+class BatchKeyError(ValueError):
+    """A batch key that names no possible batch (a typo, not missing files)."""
+
+    kind = "data"
+
+
+_BATCH_KEY = re.compile(r"(?P<date>\d{4}-\d{2}-\d{2})(?P<off>" + OFFCYCLE + ")?")
+
+
 def parse_batch_key(key: str) -> tuple[dt.date, bool]:
-    """'2026-02-19' or '2026-02-19-offcycle' -> (date, offcycle); ValueError otherwise."""
-    offcycle = key.endswith(OFFCYCLE)
-    core = key[: -len(OFFCYCLE)] if offcycle else key
+    """'2026-02-19' or '2026-02-19-offcycle' -> (date, offcycle); BatchKeyError
+    otherwise. The one check of batch keys, for the CLI, the sensors and the
+    assets alike: Python's own date parser also takes '20260219' and '2026-W08-4'."""
+    match = _BATCH_KEY.fullmatch(key or "")
     try:
-        return dt.date.fromisoformat(core), offcycle
+        if match is None:
+            raise ValueError
+        return dt.date.fromisoformat(match["date"]), bool(match["off"])
     except ValueError:
-        raise ValueError(f"batch key {key!r} is not YYYY-MM-DD or YYYY-MM-DD-offcycle") from None
+        raise BatchKeyError(
+            f"batch key {key!r} is not YYYY-MM-DD or YYYY-MM-DD-offcycle with a real date (e.g. 2026-02-19)"
+        ) from None
 
 
 @dataclass

@@ -12,11 +12,13 @@ from sqlalchemy.engine import Engine
 
 from loan_engine_dagster.rules.config import RulesFileError
 from loan_engine_dagster.rules.errors import StructuralError
+from loan_engine_dagster.rules.run_options import RunOptionError
 
 from .database import incidents
+from .inbox import BatchKeyError
 
 # Errors that always mean the inputs are wrong (files, rules file, run options), wherever raised.
-DATA_ERROR_TYPES = {StructuralError.__name__, RulesFileError.__name__}
+DATA_ERROR_TYPES = {StructuralError.__name__, RulesFileError.__name__, RunOptionError.__name__, BatchKeyError.__name__}
 # Phases that read files: whatever breaks there is a problem with the files.
 DATA_PHASES = {"reference_data", "batch_inputs"}
 INFRA_ERROR_TYPES = {

@@ -9,14 +9,20 @@ import time
 import dagster as dg
 import pandas as pd
 import sqlalchemy.exc
+from pydantic import field_validator
 
 from loan_engine_dagster.adapters import database
 from loan_engine_dagster.adapters.batch import write_batch_outputs
 from loan_engine_dagster.adapters.loading import load_batch_inputs, load_reference
 from loan_engine_dagster.rules import pipeline
+from loan_engine_dagster.rules.reports import empty_exhibits
 from loan_engine_dagster.rules.config import Rules
+from loan_engine_dagster.rules.run_options import check_irr_target, parse_pdate
 
-from .checks import DATA_QUALITY_CHECKS, LIMIT_CHECK_SPECS, data_quality_results, limit_check_results
+from .checks import (
+    DATA_QUALITY_CHECKS, EMPTY_EXHIBITS_CHECK, LIMIT_CHECK_SPECS, data_quality_results, empty_exhibits_result,
+    limit_check_results,
+)
 from .metadata import balance_total, files_markdown, reasons_markdown
 from .partitions import batches
 from .resources import InboxResource, OutputsResource, ResultsDatabase, RulesResource
@@ -29,6 +35,19 @@ class BatchRunConfig(dg.Config):
 
     pdate: str | None = None  # purchase date YYYY-MM-DD; default: first Tuesday after the notice, business-day adjusted
     irr_target: float | None = None  # IRR Support Target written on the buy loans; default from the rules file
+
+    # A bad value raises RunOptionError (a data problem naming the option) as
+    # soon as the config is built, before it can reach the rules.
+    @field_validator("pdate")
+    @classmethod
+    def _pdate_is_a_real_date(cls, value: str | None) -> str | None:
+        parse_pdate(value)
+        return value
+
+    @field_validator("irr_target")
+    @classmethod
+    def _irr_target_is_a_percentage(cls, value: float | None) -> float | None:
+        return check_irr_target(value)
 
 
 def _elapsed(start: float) -> dict:
@@ -66,14 +85,15 @@ def reference_data(context: dg.AssetExecutionContext, inbox: InboxResource, rule
     )
 
 
-@dg.asset(partitions_def=batches, group_name=INTAKE, kinds={"pandas"})
-def batch_inputs(context: dg.AssetExecutionContext, inbox: InboxResource, rules: RulesResource) -> dg.Output:
+@dg.asset(partitions_def=batches, group_name=INTAKE, kinds={"pandas"}, check_specs=[EMPTY_EXHIBITS_CHECK])
+def batch_inputs(context: dg.AssetExecutionContext, inbox: InboxResource, rules: RulesResource):
     """The seller's SFY and PRIME exhibits and the servicer tape of this batch."""
     start = time.perf_counter()
     loaded = rules.load()
     data = load_batch_inputs(inbox.batch(context.partition_key, loaded), loaded)
     invalid = int((data.exhibits["row_problems"] != "").sum())
-    return dg.Output(
+    empty = empty_exhibits(data.exhibits, data.files)
+    yield dg.Output(
         data,
         metadata={
             "loans_offered": len(data.exhibits),
@@ -82,11 +102,13 @@ def batch_inputs(context: dg.AssetExecutionContext, inbox: InboxResource, rules:
             "rows_with_problems": invalid,
             "tape_loans": len(data.tape),
             "tape_repurchases": int(data.tape["repurchased"].sum()),
+            "empty_exhibits": ", ".join(empty) or "none",
             "input_files": dg.MetadataValue.md(files_markdown(data.files)),
             "rules_version": loaded.version,
             **_elapsed(start),
         },
     )
+    yield empty_exhibits_result(empty)
 
 
 @dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"}, check_specs=DATA_QUALITY_CHECKS["normalized_loans"])
@@ -99,7 +121,7 @@ def normalized_loans(
     assets the tape reports repurchased leave the portfolio base."""
     start = time.perf_counter()
     loaded = _with_irr(rules.load(), config.irr_target)
-    pdate = pipeline.resolve_pdate(batch_inputs.notice_date, dt.date.fromisoformat(config.pdate) if config.pdate else None)
+    pdate = pipeline.resolve_pdate(batch_inputs.notice_date, parse_pdate(config.pdate))
     data = pipeline.normalize(reference_data, batch_inputs, loaded, pdate)
     loans = data.loans
     yield dg.Output(

@@ -129,3 +129,22 @@ def data_quality_results(asset: str, loans: pd.DataFrame):
             severity=dg.AssetCheckSeverity.WARN,
             metadata={"loans": int(mask.sum()), "examples": dg.MetadataValue.md(sample if len(flagged) else "none")},
         )
+
+
+# An exhibit with a header and no loan rows is legal but almost always a
+# seller's mistake (the wrong tab, an export that failed): say so loudly.
+EMPTY_EXHIBITS_CHECK = dg.AssetCheckSpec(
+    name="exhibits_have_loans", asset="batch_inputs", blocking=False,
+    description="Each exhibit of the batch lists at least one loan.",
+)
+
+
+def empty_exhibits_result(empty_files: list[str]) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        asset_key="batch_inputs",
+        check_name=EMPTY_EXHIBITS_CHECK.name,
+        passed=not empty_files,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"empty_exhibits": ", ".join(empty_files) or "none"},
+        description="exhibit with no loan rows: " + ", ".join(empty_files) if empty_files else None,
+    )

@@ -8,6 +8,7 @@ import dagster as dg
 
 from loan_engine_dagster.adapters import watch
 from loan_engine_dagster.adapters.alerts import AlertPolicy, due_batch
+from loan_engine_dagster.adapters.inbox import BatchKeyError, parse_batch_key
 
 from .jobs import loan_engine_job
 from .partitions import batches
@@ -32,7 +33,14 @@ def batch_tags(key: str, inbox_root: str, fingerprint: str | None = None) -> dic
 )
 def inbox_sensor(context: dg.SensorEvaluationContext, inbox: InboxResource, rules: RulesResource) -> dg.SensorResult:
     loaded = rules.load()
-    result = watch.evaluate(inbox.batches(loaded), inbox.reference(), watch.WatchState.from_cursor(context.cursor))
+    found, refused = {}, []
+    for key, files in inbox.batches(loaded).items():
+        try:
+            parse_batch_key(key)  # the CLI's check too: a batch key is a real date, nothing else
+            found[key] = files
+        except BatchKeyError as exc:
+            refused.append(str(exc))
+    result = watch.evaluate(found, inbox.reference(), watch.WatchState.from_cursor(context.cursor))
     if result.reference_changed:
         context.log.warning(result.skip_message())
     requests = [
@@ -46,7 +54,7 @@ def inbox_sensor(context: dg.SensorEvaluationContext, inbox: InboxResource, rule
     new_partitions = [r.key for r in result.ready if not context.instance.has_dynamic_partition(batches.name, r.key)]
     return dg.SensorResult(
         run_requests=requests,
-        skip_reason=None if requests else result.skip_message(),
+        skip_reason=None if requests else "; ".join([*refused, result.skip_message()]),
         cursor=result.state.to_cursor(),
         dynamic_partitions_requests=[batches.build_add_request(new_partitions)] if new_partitions else None,
     )

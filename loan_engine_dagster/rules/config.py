@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .run_options import RunOptionError, check_irr_target
 
 Metric = Literal["balance_share", "count_share", "max", "mean", "wavg", "distribution", "batch_balance_share"]
 Op = Literal["<", "<=", ">", ">=", "==", "!=", "in"]
@@ -37,6 +39,14 @@ class InboxRules(_Strict):
 
 class NormalizationRules(_Strict):
     irr_target: float
+
+    @field_validator("irr_target")
+    @classmethod
+    def _irr_is_a_percentage(cls, value: float) -> float:
+        try:
+            return check_irr_target(value)
+        except RunOptionError as exc:
+            raise ValueError(str(exc).removeprefix("run option irr_target: ")) from None
     facility_period_start: dt.date
     fico_min: int
     fico_max: int

@@ -125,6 +125,12 @@ def _totals(frame: pd.DataFrame, by: str) -> dict:
     return {str(k): {"loans": int(r["size"]), "balance": round(float(r["sum"]), 2)} for k, r in grouped.iterrows() if k != ""}
 
 
+def empty_exhibits(loans: pd.DataFrame, input_files: list[dict]) -> list[str]:
+    """Exhibit files of the batch that list no loan at all (header only)."""
+    offered = set(loans["platform"])
+    return [f["name"] for f in input_files if f["role"].endswith("_exhibit") and f["role"].removesuffix("_exhibit") not in offered]
+
+
 def run_summary(
     loans: pd.DataFrame, exceptions: pd.DataFrame, checks: pd.DataFrame, *, batch: str, pdate: dt.date,
     rules_version: str, input_files: list[dict],
@@ -143,6 +149,7 @@ def run_summary(
         "by_rejection_criteria": _totals(loans.assign(orig_balance=balance), "rejection_criteria"),
         "reasons": {str(r): int(n) for (s, r), n in reason_counts.items() if s == "error"},
         "warnings": {str(r): int(n) for (s, r), n in reason_counts.items() if s == "warning"},
+        "empty_exhibits": empty_exhibits(loans, input_files),
         "eligibility": {
             "failed": [f"{r.platform}:{r.check_id}" for r in checks[checks["status"] == "fail"].itertuples()],
             "no_data": [f"{r.platform}:{r.check_id}" for r in checks[checks["status"] == "no_data"].itertuples()],
