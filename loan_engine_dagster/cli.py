@@ -33,7 +33,7 @@ def _date(ctx, param, value: str | None) -> dt.date | None:
     try:
         return parse_pdate(value)
     except RunOptionError:
-        raise click.BadParameter(f"{value!r} is not a real date in YYYY-MM-DD form") from None
+        raise click.BadParameter(f"{value!r} is not a date in YYYY-MM-DD form") from None
 
 
 def _irr_target(ctx, param, value: float | None) -> float | None:

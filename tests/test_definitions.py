@@ -30,7 +30,7 @@ def test_asset_checks_one_per_limit_plus_data_quality(rules):
               for c in cs if c.limit is not None]
     assert len(limits) == 44
     assert names == sorted(limits + ["invalid_rows", "unknown_programs", "buy_loans_missing_from_tape",
-                                     "duplicate_loan_numbers", "not_in_grid"])
+                                     "duplicate_loan_numbers", "not_in_grid", "exhibits_have_loans"])
 
 
 def test_job_and_sensors():
