@@ -1,6 +1,9 @@
 """One rules file per run, and limits that match what the UI declares."""
 
 import copy
+import os
+import subprocess
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -160,3 +163,15 @@ def test_reexecution_with_changed_rules_is_refused(sample_inbox, tmp_path):
         with dg.execute_job(dg.reconstructable(_job), instance=instance, run_config=run_config,
                             tags=tags, reexecution_options=again) as same_rules:
             assert same_rules.success
+
+
+def test_cli_refuses_other_limits_before_starting_a_run(sample_inbox, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOAN_ENGINE_", "DAGSTER_HOME"))}
+    env.update(LOAN_ENGINE_RULES_FILE=_write(tmp_path / "custom.yaml", _edited_limits()),
+               DAGSTER_HOME=str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    result = subprocess.run([str(Path(sys.executable).parent / "loan-engine"), "run", BATCH, "--inbox", str(sample_inbox)],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert result.returncode == 2
+    assert "limits the file adds: sfy_check_l2, sfy_check_z9" in result.stderr
+    assert not list((tmp_path / "home").iterdir())  # no run was recorded

@@ -1,4 +1,4 @@
-"""The results database (spec section 11): loan facts, exceptions and
+"""The results database (business_rules.md section 11): loan facts, exceptions and
 eligibility results per batch, replaced whole in one transaction."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Finding batches in the inbox (spec section 2)."""
+"""Finding batches in the inbox (business_rules.md section 2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CoMAP: which programs may be bought at which FICO (spec section 7)."""
+"""CoMAP: which programs may be bought at which FICO (business_rules.md section 7)."""
 
 from __future__ import annotations
 

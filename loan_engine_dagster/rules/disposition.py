@@ -1,4 +1,4 @@
-"""Reasons, disposition and the messages a person reads (spec section 8)."""
+"""Reasons, disposition and the messages a person reads (business_rules.md section 8)."""
 
 from __future__ import annotations
 

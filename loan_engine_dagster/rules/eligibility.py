@@ -1,4 +1,4 @@
-"""Portfolio concentration limits (spec section 9).
+"""Portfolio concentration limits (business_rules.md section 9).
 
 Each check runs on three populations of one platform: `value` (all valid buy
 loans plus existing assets; it decides the status), `before` (existing assets

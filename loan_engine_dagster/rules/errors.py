@@ -1,4 +1,4 @@
-"""The one error type for structural input problems (spec section 3)."""
+"""The one error type for structural input problems (business_rules.md section 3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The buy-loan table (spec section 4): one row per offered loan, typed and
+"""The buy-loan table (business_rules.md section 4): one row per offered loan, typed and
 joined to the master sheets and the tape."""
 
 from __future__ import annotations

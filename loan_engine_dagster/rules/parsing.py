@@ -1,4 +1,4 @@
-"""Turning raw sheets and CSV tables into typed frames (spec section 3).
+"""Turning raw sheets and CSV tables into typed frames (business_rules.md section 3).
 
 Raw workbook sheets arrive as object frames aligned to cell A1 (raw index 0 is
 spreadsheet row 1), so row numbers in messages are the ones a person sees.
@@ -25,7 +25,7 @@ EXCEL_EPOCH = pd.Timestamp("1899-12-30")
 
 @dataclass(frozen=True)
 class Field:
-    header: str  # as written in the spec
+    header: str  # as sellers write it (business_rules.md section 3)
     name: str  # engine column name
     kind: str  # text | number | date | bool
     required: bool = True

@@ -1,4 +1,4 @@
-"""Purchase-price check (spec section 5)."""
+"""Purchase-price check (business_rules.md section 5)."""
 
 from __future__ import annotations
 

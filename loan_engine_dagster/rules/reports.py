@@ -1,4 +1,4 @@
-"""The report tables and documents of a batch (spec section 10), as frames and
+"""The report tables and documents of a batch (business_rules.md section 10), as frames and
 dicts. Writing them to disk is the adapters' job."""
 
 from __future__ import annotations

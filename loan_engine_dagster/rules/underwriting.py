@@ -1,4 +1,4 @@
-"""Underwriting against the grids (spec section 6)."""
+"""Underwriting against the grids (business_rules.md section 6)."""
 
 from __future__ import annotations
 
