@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import delete
+from sqlalchemy import create_engine, delete, make_url
 from sqlalchemy.engine import Engine
 
 from .database import incidents
@@ -68,6 +68,25 @@ def one_line(message: str | None, error_type: str | None = None) -> str:
     for prefix in ("loan_engine_dagster.rules.errors.StructuralError: ",):
         line = line.removeprefix(prefix)
     return line[:500]
+
+
+# Reporting one failure must not wait minutes on a database that does not
+# answer: the other failed runs are waiting to be reported too.
+INCIDENT_CONNECT_SECONDS = 5
+
+
+def save_incident(url: str, incident: Incident) -> None:
+    """Write the incident row to the results database at `url`, giving up
+    after a few seconds when the database does not answer."""
+    backend = make_url(url).get_backend_name()
+    connect_args = {"postgresql": {"connect_timeout": INCIDENT_CONNECT_SECONDS},
+                    "sqlite": {"timeout": INCIDENT_CONNECT_SECONDS}}.get(backend, {})
+    engine = create_engine(url, connect_args=connect_args)
+    try:
+        incidents.create(engine, checkfirst=True)
+        record_incident(engine, incident)
+    finally:
+        engine.dispose()
 
 
 def record_incident(engine: Engine, incident: Incident) -> None:

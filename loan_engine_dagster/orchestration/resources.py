@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 
 from loan_engine_dagster.adapters import database
 from loan_engine_dagster.adapters.inbox import BatchFiles, find_batch, reference_files, resolve_inbox, scan_inbox
-from loan_engine_dagster.adapters.notifications import post_webhook
+from loan_engine_dagster.adapters.notifications import WEBHOOK_DEADLINE_SECONDS, post_webhook
 from loan_engine_dagster.adapters.settings import setting
 from loan_engine_dagster.rules.config import Rules, default_rules, load_rules
 
@@ -76,6 +76,7 @@ class Notifier(dg.ConfigurableResource):
 
     webhook_url: str | None = None
     webserver_url: str | None = None
+    deadline_seconds: float = WEBHOOK_DEADLINE_SECONDS  # the whole post, however slowly the webhook answers
 
     @property
     def url(self) -> str | None:
@@ -86,10 +87,11 @@ class Notifier(dg.ConfigurableResource):
         return setting(self.webserver_url, "LOAN_ENGINE_UI_URL").rstrip("/")
 
     def send(self, text: str, **fields) -> bool:
-        """True when a webhook took the message; False when none is set."""
+        """True when a webhook took the message; False when none is set.
+        Raises `WebhookError` when the webhook did not take it in time."""
         if not self.url:
             return False
-        post_webhook(self.url, {"text": text, **fields})
+        post_webhook(self.url, {"text": text, **fields}, self.deadline_seconds)
         return True
 
 

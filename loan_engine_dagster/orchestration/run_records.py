@@ -13,6 +13,9 @@ KIND_TAG = "loan_engine/failure_kind"
 BATCH_TAG = "loan_engine/batch"
 INBOX_TAG = "loan_engine/inbox"
 PARTITION_TAG = "dagster/partition"
+# Whether a failed run's `incidents` row is written (`written`) or still owed
+# (`pending`, the results database was unreachable when the failure was reported).
+INCIDENT_TAG = "loan_engine/incident"
 IN_PROGRESS = (
     dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
     dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING,
