@@ -5,19 +5,21 @@ feeds it what the run's event log says.)"""
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import create_engine, delete, make_url
+from sqlalchemy import delete
 from sqlalchemy.engine import Engine
 
 from .database import incidents
+from .preflight import quick_engine
 
 # Phases that read files: whatever breaks there is a problem with the files.
 DATA_PHASES = {"reference_data", "batch_inputs"}
 INFRA_ERROR_TYPES = {
     "OperationalError", "InterfaceError", "DisconnectionError", "TimeoutError", "ConnectionError",
     "ConnectionRefusedError", "ConnectionResetError", "BrokenPipeError", "MemoryError",
-    "DagsterExecutionInterruptedError", "DeadWorker",
+    "DagsterExecutionInterruptedError", "DeadWorker", "PreflightError",
 }
 INFRA_MARKERS = (
     "run worker", "worker disappeared", "maximum runtime", "max_runtime", "timed out", "timeout expired",
@@ -63,25 +65,18 @@ def classify(phase: str | None, error_type: str | None, message: str | None) -> 
 def one_line(message: str | None, error_type: str | None = None) -> str:
     lines = [line.strip() for line in (message or "").strip().splitlines() if line.strip()]
     line = lines[0] if lines else ""
-    if error_type and line.startswith(f"{error_type}: "):
-        line = line[len(error_type) + 2 :]
+    if error_type:  # "StructuralError: ..." or "loan_engine_dagster.adapters.preflight.PreflightError: ..."
+        line = re.sub(rf"^(?:[\w.]+\.)?{re.escape(error_type)}: ", "", line)
     for prefix in ("loan_engine_dagster.rules.errors.StructuralError: ",):
         line = line.removeprefix(prefix)
     return line[:500]
 
 
-# Reporting one failure must not wait minutes on a database that does not
-# answer: the other failed runs are waiting to be reported too.
-INCIDENT_CONNECT_SECONDS = 5
-
-
 def save_incident(url: str, incident: Incident) -> None:
     """Write the incident row to the results database at `url`, giving up
-    after a few seconds when the database does not answer."""
-    backend = make_url(url).get_backend_name()
-    connect_args = {"postgresql": {"connect_timeout": INCIDENT_CONNECT_SECONDS},
-                    "sqlite": {"timeout": INCIDENT_CONNECT_SECONDS}}.get(backend, {})
-    engine = create_engine(url, connect_args=connect_args)
+    after a few seconds when the database does not answer: the other failed
+    runs are waiting to be reported too."""
+    engine = quick_engine(url)
     try:
         incidents.create(engine, checkfirst=True)
         record_incident(engine, incident)

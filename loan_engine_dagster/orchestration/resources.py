@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 from sqlalchemy.engine import Engine
 
-from loan_engine_dagster.adapters import database
+from loan_engine_dagster.adapters import database, preflight
 from loan_engine_dagster.adapters.inbox import BatchFiles, find_batch, reference_files, resolve_inbox, scan_inbox
 from loan_engine_dagster.adapters.notifications import WEBHOOK_DEADLINE_SECONDS, post_webhook
 from loan_engine_dagster.adapters.settings import setting
@@ -42,6 +42,9 @@ class OutputsResource(dg.ConfigurableResource):
     def path(self) -> Path:
         return Path(setting(self.root, "LOAN_ENGINE_OUTPUT_DIR"))
 
+    def check_writable(self) -> None:
+        preflight.check_output_root(self.path)
+
 
 class ResultsDatabase(dg.ConfigurableResource):
     """SQLAlchemy URL of the results database (SQLite file or PostgreSQL)."""
@@ -59,6 +62,9 @@ class ResultsDatabase(dg.ConfigurableResource):
 
     def engine(self) -> Engine:
         return database.engine_for(self.resolved_url)
+
+    def check_reachable(self) -> None:
+        preflight.check_database(self.resolved_url)
 
 
 class RulesResource(dg.ConfigurableResource):

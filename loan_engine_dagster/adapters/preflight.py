@@ -1,0 +1,55 @@
+"""Checks made before a batch reads anything: can its results be delivered?
+A database that is down or an output folder that cannot be written would
+otherwise fail the run only after the whole batch was computed."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from sqlalchemy import create_engine, make_url, text
+from sqlalchemy.engine import Engine
+
+# Long enough for a database on another host, short enough that a run (or an
+# incident report) does not wait on one that does not answer.
+CONNECT_TIMEOUT_SECONDS = 5
+
+
+class PreflightError(Exception):
+    """Where the batch's results would go cannot be used. The machine's or the
+    deployment's problem, never the seller's files: kind `infra`."""
+
+    kind = "infra"
+
+
+def quick_engine(url: str) -> Engine:
+    """An engine whose connections give up after a few seconds."""
+    backend = make_url(url).get_backend_name()
+    connect_args = {"postgresql": {"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+                    "sqlite": {"timeout": CONNECT_TIMEOUT_SECONDS}}.get(backend, {})
+    return create_engine(url, connect_args=connect_args)
+
+
+def check_database(url: str) -> None:
+    """Raise `PreflightError` naming the database (password hidden) when it cannot be reached."""
+    engine = quick_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+    except Exception as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip()  # the driver's words, without SQLAlchemy's wrapping
+        reason = reason.splitlines()[0] if reason else type(exc).__name__
+        shown = make_url(url).render_as_string(hide_password=True)
+        raise PreflightError(f"results database {shown} cannot be reached ({type(exc).__name__}: {reason})") from None
+    finally:
+        engine.dispose()
+
+
+def check_output_root(root: Path) -> None:
+    """Raise `PreflightError` naming the folder when reports could not be written under it."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".loan-engine-write-check-"):
+            pass
+    except OSError as exc:
+        raise PreflightError(f"output folder {root.resolve()} is not writable ({exc.strerror or exc})") from None
