@@ -46,10 +46,22 @@ def check_database(url: str) -> None:
 
 
 def check_output_root(root: Path) -> None:
-    """Raise `PreflightError` naming the folder when reports could not be written under it."""
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=root, prefix=".loan-engine-write-check-"):
-            pass
-    except OSError as exc:
-        raise PreflightError(f"output folder {root.resolve()} is not writable ({exc.strerror or exc})") from None
+    """Raise `PreflightError` naming the folder when reports could not be
+    written under it. Leaves no trace: folders it had to create go again."""
+    for attempt in range(3):  # another run's check may remove a folder this one just made
+        created = [p for p in (root, *root.parents) if not p.exists()]
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=root, prefix=".loan-engine-write-check-"):
+                return
+        except FileNotFoundError:
+            if attempt == 2:
+                raise PreflightError(f"output folder {root.resolve()} keeps disappearing") from None
+        except OSError as exc:
+            raise PreflightError(f"output folder {root.resolve()} is not writable ({exc.strerror or exc})") from None
+        finally:
+            for folder in created:  # deepest first
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
