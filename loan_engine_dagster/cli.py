@@ -105,20 +105,12 @@ def _has_password(url: str) -> bool:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
+    from loan_engine_dagster.adapters.preflight import shown_url
+
     try:
         return make_url(url).password is not None
     except ArgumentError:
-        raise click.UsageError(f"the results database URL is not a SQLAlchemy URL: {hide_password(url)}") from None
-
-
-def hide_password(url: str) -> str:
-    """The URL as it may be shown: any password replaced by ***."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparseable URL>"
+        raise click.UsageError(f"the results database URL is not a SQLAlchemy URL: {shown_url(url)}") from None
 
 
 @cli.command("run")

@@ -30,17 +30,27 @@ def quick_engine(url: str) -> Engine:
     return create_engine(url, connect_args=connect_args)
 
 
+def shown_url(url: str) -> str:
+    """A database URL as it may be shown anywhere: any password replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<not a SQLAlchemy URL>"
+
+
 def check_database(url: str) -> None:
     """Raise `PreflightError` naming the database (password hidden) when it cannot be reached."""
-    engine = quick_engine(url)
+    try:
+        engine = quick_engine(url)
+    except Exception as exc:
+        raise PreflightError(f"results database URL {shown_url(url)} is not usable ({type(exc).__name__})") from None
     try:
         with engine.connect() as conn:
             conn.execute(text("select 1"))
     except Exception as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip()  # the driver's words, without SQLAlchemy's wrapping
         reason = reason.splitlines()[0] if reason else type(exc).__name__
-        shown = make_url(url).render_as_string(hide_password=True)
-        raise PreflightError(f"results database {shown} cannot be reached ({type(exc).__name__}: {reason})") from None
+        raise PreflightError(f"results database {shown_url(url)} cannot be reached ({type(exc).__name__}: {reason})") from None
     finally:
         engine.dispose()
 
