@@ -6,7 +6,6 @@ import http.client
 import json
 import socket
 import threading
-import time
 from urllib.parse import urlsplit
 
 # The whole call, connection to last byte. A webhook that answers slowly must
@@ -26,38 +25,40 @@ def post_webhook(url: str, payload: dict, deadline_seconds: float = WEBHOOK_DEAD
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise WebhookError("LOAN_ENGINE_WEBHOOK_URL must be an http(s) URL")
     connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    # The socket timeout bounds each wait, not the sum: a server that trickles
-    # one byte every few seconds would never trip it. Shutting the socket at the
-    # deadline wakes whatever read is blocked, so the whole call is bounded.
     connection = connection_class(parts.hostname, parts.port, timeout=deadline_seconds)
-    expired = threading.Event()
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    outcome: dict = {}
 
-    def stop() -> None:
-        expired.set()
+    def attempt() -> None:
+        try:
+            connection.request("POST", path, body=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            response.read()
+            outcome["status"] = (response.status, response.reason)
+        except Exception as exc:
+            outcome["error"] = exc
+
+    # A socket timeout bounds each wait, not their sum: a server that trickles
+    # one byte every few seconds never trips it, and name resolution ignores it.
+    # The call runs aside and is abandoned at the deadline; shutting its socket
+    # wakes whatever read it is blocked in, so it ends soon after.
+    worker = threading.Thread(target=attempt, name="webhook-post", daemon=True)
+    worker.start()
+    worker.join(deadline_seconds)
+    try:
+        if worker.is_alive():
+            raise WebhookError(f"no complete answer within {deadline_seconds:g}s")
+        if "error" in outcome:
+            exc = outcome["error"]
+            raise WebhookError(f"{type(exc).__name__}: {exc}")
+        status, reason = outcome["status"]
+        if status >= 400:
+            raise WebhookError(f"HTTP {status} {reason}")
+    finally:
         sock = connection.sock
-        if sock is not None:
+        if sock is not None and worker.is_alive():
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-
-    timer = threading.Timer(deadline_seconds, stop)
-    timer.daemon = True
-    started = time.monotonic()
-    timer.start()
-    try:
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        connection.request("POST", path, body=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
-        response = connection.getresponse()
-        response.read()
-        if expired.is_set():
-            raise WebhookError(f"no complete answer within {deadline_seconds:g}s")
-        if response.status >= 400:
-            raise WebhookError(f"HTTP {response.status} {response.reason}")
-    except (OSError, http.client.HTTPException) as exc:
-        if expired.is_set() or time.monotonic() - started >= deadline_seconds:
-            raise WebhookError(f"no complete answer within {deadline_seconds:g}s") from None
-        raise WebhookError(f"{type(exc).__name__}: {exc}") from None
-    finally:
-        timer.cancel()
         connection.close()

@@ -23,9 +23,11 @@ class PreflightError(Exception):
 
 
 def quick_engine(url: str) -> Engine:
-    """An engine whose connections give up after a few seconds."""
+    """An engine whose connections and statements give up after a few seconds."""
     backend = make_url(url).get_backend_name()
-    connect_args = {"postgresql": {"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+    limit_ms = CONNECT_TIMEOUT_SECONDS * 1000  # also for a statement stuck behind a lock
+    connect_args = {"postgresql": {"connect_timeout": CONNECT_TIMEOUT_SECONDS,
+                                   "options": f"-c statement_timeout={limit_ms} -c lock_timeout={limit_ms}"},
                     "sqlite": {"timeout": CONNECT_TIMEOUT_SECONDS}}.get(backend, {})
     return create_engine(url, connect_args=connect_args)
 
