@@ -109,6 +109,18 @@ def print_summary(summary: dict, folder: str) -> None:
     click.echo(f"  outputs:        {folder}")
 
 
+def _has_password(url: str) -> bool:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from loan_engine_dagster.adapters.preflight import shown_url
+
+    try:
+        return make_url(url).password is not None
+    except ArgumentError:
+        raise click.UsageError(f"the results database URL is not a SQLAlchemy URL: {shown_url(url)}") from None
+
+
 @cli.command("run")
 @click.argument("batch_key")
 @click.option("--inbox", help="Inbox folder [env LOAN_ENGINE_INBOX, default data/inbox].")
@@ -143,12 +155,18 @@ def run(batch_key: str, inbox, output_dir, database_url, pdate, irr_target, verb
     from loan_engine_dagster.orchestration.run_records import IN_PROGRESS, PARTITION_TAG, stop_point
     from loan_engine_dagster.orchestration.sensors import batch_tags
 
+    resources = {
+        "inbox": {"config": {"path": str(inbox_path)}},
+        "outputs": {"config": {"root": str(output_root)}},
+    }
+    if _has_password(db_url):
+        # Run config lands in run storage and the UI: a credential travels only
+        # through this process's environment, which the in-process worker reads.
+        os.environ["LOAN_ENGINE_DATABASE_URL"] = db_url
+    else:
+        resources["results_db"] = {"config": {"url": db_url}}  # lets the failure sensor find the run's database
     run_config = {
-        "resources": {
-            "inbox": {"config": {"path": str(inbox_path)}},
-            "outputs": {"config": {"root": str(output_root)}},
-            "results_db": {"config": {"url": db_url}},
-        },
+        "resources": resources,
         # The event log always goes to the instance (UI); the terminal gets it only on request.
         "loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "CRITICAL"}}},
         "ops": {"normalized_loans": {"config": {"pdate": pdate.isoformat() if pdate else None, "irr_target": irr_target}}},

@@ -7,6 +7,7 @@ from loan_engine_dagster.orchestration.failures import (
     dead_worker_sensor,
     loan_engine_failure_sensor,
     loan_engine_timeout_sensor,
+    pending_incidents_sensor,
 )
 from loan_engine_dagster.orchestration.jobs import loan_engine_job
 from loan_engine_dagster.orchestration.resources import default_resources
@@ -15,6 +16,7 @@ from loan_engine_dagster.orchestration.sensors import inbox_sensor, missing_batc
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules([assets]),
     jobs=[loan_engine_job],
-    sensors=[inbox_sensor, missing_batch_alert_sensor, loan_engine_failure_sensor, loan_engine_timeout_sensor, dead_worker_sensor],
+    sensors=[inbox_sensor, missing_batch_alert_sensor, loan_engine_failure_sensor, loan_engine_timeout_sensor, dead_worker_sensor,
+             pending_incidents_sensor],
     resources=default_resources(),
 )

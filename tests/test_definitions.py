@@ -38,7 +38,7 @@ def test_job_and_sensors():
     assert job.executor_def.name == "in_process"
     assert job.partitions_def.name == "batches"
     for name in ("inbox_sensor", "missing_batch_alert_sensor", "loan_engine_failure_sensor", "loan_engine_timeout_sensor",
-                 "dead_worker_sensor"):
+                 "dead_worker_sensor", "pending_incidents_sensor"):
         assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING
 
 

@@ -254,14 +254,14 @@ def test_runs_mark_paths(big_inbox, tmp_path, backend):
 # ---------------------------------------------------------------- the failure sensor on real failed runs
 
 
-def _materialize(instance, inbox, tmp_path, results_db):
+def _materialize(instance, inbox, tmp_path, results_db, asset_selection=None):
     """A real loan_engine_job run, with resources pointed at test folders."""
     instance.add_dynamic_partitions("batches", [BATCH])
     resources = {"inbox": InboxResource(path=str(inbox)), "outputs": OutputsResource(root=str(tmp_path / "out")),
                  "results_db": results_db, "rules": RulesResource(), "notifier": Notifier()}
     defs = dg.Definitions(assets=dg.load_assets_from_modules([assets]), jobs=[loan_engine_job], resources=resources)
     return defs.resolve_job_def("loan_engine_job").execute_in_process(
-        instance=instance, partition_key=BATCH, raise_on_error=False)
+        instance=instance, partition_key=BATCH, raise_on_error=False, asset_selection=asset_selection)
 
 
 def _run_failure_sensor(instance, run_id, results_url, hook_url):
@@ -305,10 +305,16 @@ def test_data_failure_is_tagged_recorded_and_notified(sample_inbox, tmp_path, ba
 
 @pytest.mark.slow
 def test_database_outage_is_retried_then_infra(sample_inbox, tmp_path):
+    """The database answered the check at the start of the run and went away
+    before the save: the save step retries, then the run fails as infra. (A
+    database already down at the start fails the first phase: test_fail_fast.py.)"""
     unreachable = "postgresql+psycopg2://postgres@127.0.0.1:9/nowhere"  # nothing listens on port 9
     with dg.instance_for_test() as instance:
+        first = _materialize(instance, sample_inbox, tmp_path, ResultsDatabase(url=f"sqlite:///{tmp_path / 'r.db'}"))
+        assert first.success
         result = _materialize(instance, sample_inbox, tmp_path,
-                              ResultsDatabase(url=unreachable, connect_retries=2, retry_wait_seconds=0))
+                              ResultsDatabase(url=unreachable, connect_retries=2, retry_wait_seconds=0),
+                              asset_selection=[dg.AssetKey("results_database")])
         assert not result.success
         retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
         assert result.dagster_run.job_name == "loan_engine_job"

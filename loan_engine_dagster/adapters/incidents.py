@@ -5,6 +5,7 @@ feeds it what the run's event log says.)"""
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import asdict, dataclass
 
 from sqlalchemy import delete
@@ -16,6 +17,7 @@ from loan_engine_dagster.rules.run_options import RunOptionError
 
 from .database import incidents
 from .inbox import BatchKeyError
+from .preflight import quick_engine
 
 # Errors that always mean the inputs are wrong (files, rules file, run options), wherever raised.
 DATA_ERROR_TYPES = {StructuralError.__name__, RulesFileError.__name__, RunOptionError.__name__, BatchKeyError.__name__}
@@ -24,7 +26,7 @@ DATA_PHASES = {"reference_data", "batch_inputs"}
 INFRA_ERROR_TYPES = {
     "OperationalError", "InterfaceError", "DisconnectionError", "TimeoutError", "ConnectionError",
     "ConnectionRefusedError", "ConnectionResetError", "BrokenPipeError", "MemoryError",
-    "DagsterExecutionInterruptedError", "DeadWorker",
+    "DagsterExecutionInterruptedError", "DeadWorker", "PreflightError",
 }
 INFRA_MARKERS = (
     "run worker", "worker disappeared", "maximum runtime", "max_runtime", "timed out", "timeout expired",
@@ -70,11 +72,23 @@ def classify(phase: str | None, error_type: str | None, message: str | None) -> 
 def one_line(message: str | None, error_type: str | None = None) -> str:
     lines = [line.strip() for line in (message or "").strip().splitlines() if line.strip()]
     line = lines[0] if lines else ""
-    if error_type and line.startswith(f"{error_type}: "):
-        line = line[len(error_type) + 2 :]
+    if error_type:  # "StructuralError: ..." or "loan_engine_dagster.adapters.preflight.PreflightError: ..."
+        line = re.sub(rf"^(?:[\w.]+\.)?{re.escape(error_type)}: ", "", line)
     for prefix in ("loan_engine_dagster.rules.errors.StructuralError: ",):
         line = line.removeprefix(prefix)
     return line[:500]
+
+
+def save_incident(url: str, incident: Incident) -> None:
+    """Write the incident row to the results database at `url`, giving up
+    after a few seconds when the database does not answer: the other failed
+    runs are waiting to be reported too."""
+    engine = quick_engine(url)
+    try:
+        incidents.create(engine, checkfirst=True)
+        record_incident(engine, incident)
+    finally:
+        engine.dispose()
 
 
 def record_incident(engine: Engine, incident: Incident) -> None:

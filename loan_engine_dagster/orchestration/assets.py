@@ -50,6 +50,13 @@ class BatchRunConfig(dg.Config):
         return check_irr_target(value)
 
 
+def _check_destinations(outputs: OutputsResource, results_db: ResultsDatabase) -> None:
+    """Both intake phases start here: a batch whose reports or rows could not
+    be delivered fails before reading a file, not after the whole review."""
+    outputs.check_writable()
+    results_db.check_reachable()
+
+
 def _elapsed(start: float) -> dict:
     return {"elapsed_seconds": round(time.perf_counter() - start, 3)}
 
@@ -61,12 +68,16 @@ def _with_irr(rules: Rules, irr_target: float | None) -> Rules:
 
 
 @dg.asset(partitions_def=batches, group_name=INTAKE, kinds={"pandas"})
-def reference_data(context: dg.AssetExecutionContext, inbox: InboxResource, rules: RulesResource) -> dg.Output:
+def reference_data(
+    context: dg.AssetExecutionContext, inbox: InboxResource, rules: RulesResource, outputs: OutputsResource,
+    results_db: ResultsDatabase,
+) -> dg.Output:
     """Master sheets, underwriting and CoMAP grids, and the current portfolio.
 
     The buyer's own files, read fresh for every batch so that each review
     records exactly which versions it used."""
     start = time.perf_counter()
+    _check_destinations(outputs, results_db)
     loaded = rules.load()
     data = load_reference(inbox.batch(context.partition_key, loaded).reference, loaded)
     return dg.Output(
@@ -86,9 +97,13 @@ def reference_data(context: dg.AssetExecutionContext, inbox: InboxResource, rule
 
 
 @dg.asset(partitions_def=batches, group_name=INTAKE, kinds={"pandas"}, check_specs=[EMPTY_EXHIBITS_CHECK])
-def batch_inputs(context: dg.AssetExecutionContext, inbox: InboxResource, rules: RulesResource):
+def batch_inputs(
+    context: dg.AssetExecutionContext, inbox: InboxResource, rules: RulesResource, outputs: OutputsResource,
+    results_db: ResultsDatabase,
+):
     """The seller's SFY and PRIME exhibits and the servicer tape of this batch."""
     start = time.perf_counter()
+    _check_destinations(outputs, results_db)
     loaded = rules.load()
     data = load_batch_inputs(inbox.batch(context.partition_key, loaded), loaded)
     invalid = int((data.exhibits["row_problems"] != "").sum())

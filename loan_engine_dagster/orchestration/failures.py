@@ -12,10 +12,11 @@ from loan_engine_dagster.adapters import incidents
 from loan_engine_dagster.adapters.workers import process_alive
 
 from .resources import Notifier, ResultsDatabase
-from .run_records import JOB_NAME, KIND_TAG, PHASE_TAG, batch_of, stop_point, worker_pid
+from .run_records import INCIDENT_TAG, JOB_NAME, KIND_TAG, PHASE_TAG, batch_of, stop_point, worker_pid
 
 DEAD_WORKER_POLL_SECONDS = 30
 DEFAULT_DEAD_WORKER_SECONDS = 60
+PENDING_INCIDENTS_POLL_SECONDS = 60
 
 
 def _run_database(run: dg.DagsterRun, results_db: ResultsDatabase) -> ResultsDatabase:
@@ -24,12 +25,12 @@ def _run_database(run: dg.DagsterRun, results_db: ResultsDatabase) -> ResultsDat
     return ResultsDatabase(url=url) if url else results_db
 
 
-def report_incident(context, run: dg.DagsterRun, results_db: ResultsDatabase, notifier: Notifier,
-                    fallback_message: str) -> None:
-    """Tag the run with where it stopped and why, record it, tell on-call."""
-    stop = stop_point(context.instance, run.run_id)
+def build_incident(instance: dg.DagsterInstance, run: dg.DagsterRun, notifier: Notifier,
+                   fallback_message: str) -> incidents.Incident:
+    """Where the run stopped and why, as on-call reads it."""
+    stop = stop_point(instance, run.run_id)
     message = stop.message or fallback_message
-    incident = incidents.Incident(
+    return incidents.Incident(
         run_id=run.run_id,
         batch_key=batch_of(run),
         phase=stop.phase or "run",
@@ -38,17 +39,55 @@ def report_incident(context, run: dg.DagsterRun, results_db: ResultsDatabase, no
         cause=incidents.one_line(message, stop.error_type),
         run_url=f"{notifier.ui_base}/runs/{run.run_id}",
     )
+
+
+def write_incident(instance: dg.DagsterInstance, run: dg.DagsterRun, incident: incidents.Incident,
+                   results_db: ResultsDatabase, log) -> bool:
+    """The incident row, or the run tagged as owing one when the database is
+    unreachable (`pending_incidents_sensor` writes it later)."""
+    try:
+        incidents.save_incident(_run_database(run, results_db).resolved_url, incident)
+    except Exception as exc:
+        instance.add_run_tags(run.run_id, {INCIDENT_TAG: "pending"})
+        log.error(f"incident of run {run.run_id} not written yet ({type(exc).__name__}: "
+                  f"{incidents.one_line(str(exc))}); pending_incidents_sensor retries it")
+        return False
+    instance.add_run_tags(run.run_id, {INCIDENT_TAG: "written"})
+    return True
+
+
+def report_incident(context, run: dg.DagsterRun, results_db: ResultsDatabase, notifier: Notifier,
+                    fallback_message: str) -> None:
+    """Tag the run with where it stopped and why, tell on-call, record it."""
+    incident = build_incident(context.instance, run, notifier, fallback_message)
     context.instance.add_run_tags(run.run_id, {PHASE_TAG: incident.phase, KIND_TAG: incident.kind})
     context.log.info(incident.text())
-    engine = _run_database(run, results_db).engine()
-    try:
-        incidents.record_incident(engine, incident)
-    finally:
-        engine.dispose()
+    # The alert goes out before the database write: a database outage is the
+    # failure on-call most needs to hear about, and it would also stop the write.
     try:
         notifier.send(incident.text(), **incident.as_dict())
-    except Exception as exc:  # the tags and the incident row already tell the story
+    except Exception as exc:  # the tags and the incident row still tell the story
         context.log.error(f"webhook notification failed: {exc}")
+    write_incident(context.instance, run, incident, results_db, context.log)
+
+
+@dg.sensor(
+    minimum_interval_seconds=PENDING_INCIDENTS_POLL_SECONDS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Writes the incident rows of failed runs whose results database was unreachable when they failed.",
+)
+def pending_incidents_sensor(
+    context: dg.SensorEvaluationContext, results_db: ResultsDatabase, notifier: Notifier
+) -> dg.SensorResult:
+    filters = dg.RunsFilter(job_name=JOB_NAME, tags={INCIDENT_TAG: "pending"})
+    written, waiting = [], []
+    for run in context.instance.get_runs(filters=filters, limit=100):
+        incident = build_incident(context.instance, run, notifier, "run failed")
+        (written if write_incident(context.instance, run, incident, results_db, context.log) else waiting).append(run.run_id)
+    if not written and not waiting:
+        return dg.SensorResult(skip_reason="no pending incidents")
+    parts = [f"written: {', '.join(written)}"] * bool(written) + [f"still pending: {', '.join(waiting)}"] * bool(waiting)
+    return dg.SensorResult(skip_reason="; ".join(parts))
 
 
 # Runs started from a terminal (`loan-engine run`, `dagster job execute`) carry

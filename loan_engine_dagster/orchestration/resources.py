@@ -9,9 +9,9 @@ import dagster as dg
 from pydantic import PrivateAttr
 from sqlalchemy.engine import Engine
 
-from loan_engine_dagster.adapters import database
+from loan_engine_dagster.adapters import database, preflight
 from loan_engine_dagster.adapters.inbox import BatchFiles, find_batch, reference_files, resolve_inbox, scan_inbox
-from loan_engine_dagster.adapters.notifications import post_webhook
+from loan_engine_dagster.adapters.notifications import WEBHOOK_DEADLINE_SECONDS, post_webhook
 from loan_engine_dagster.adapters.settings import setting
 from loan_engine_dagster.rules.config import Rules, RulesFileError, default_rules, load_rules, refuse_other_limits
 
@@ -46,6 +46,9 @@ class OutputsResource(dg.ConfigurableResource):
     def path(self) -> Path:
         return Path(setting(self.root, "LOAN_ENGINE_OUTPUT_DIR"))
 
+    def check_writable(self) -> None:
+        preflight.check_output_root(self.path)
+
 
 class ResultsDatabase(dg.ConfigurableResource):
     """SQLAlchemy URL of the results database (SQLite file or PostgreSQL)."""
@@ -63,6 +66,9 @@ class ResultsDatabase(dg.ConfigurableResource):
 
     def engine(self) -> Engine:
         return database.engine_for(self.resolved_url)
+
+    def check_reachable(self) -> None:
+        preflight.check_database(self.resolved_url)
 
 
 class RulesResource(dg.ConfigurableResource):
@@ -115,6 +121,7 @@ class Notifier(dg.ConfigurableResource):
 
     webhook_url: str | None = None
     webserver_url: str | None = None
+    deadline_seconds: float = WEBHOOK_DEADLINE_SECONDS  # the whole post, however slowly the webhook answers
 
     @property
     def url(self) -> str | None:
@@ -125,10 +132,11 @@ class Notifier(dg.ConfigurableResource):
         return setting(self.webserver_url, "LOAN_ENGINE_UI_URL").rstrip("/")
 
     def send(self, text: str, **fields) -> bool:
-        """True when a webhook took the message; False when none is set."""
+        """True when a webhook took the message; False when none is set.
+        Raises `WebhookError` when the webhook did not take it in time."""
         if not self.url:
             return False
-        post_webhook(self.url, {"text": text, **fields})
+        post_webhook(self.url, {"text": text, **fields}, self.deadline_seconds)
         return True
 
 

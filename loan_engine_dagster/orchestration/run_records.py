@@ -14,6 +14,9 @@ BATCH_TAG = "loan_engine/batch"
 INBOX_TAG = "loan_engine/inbox"
 PARTITION_TAG = "dagster/partition"
 RULES_TAG = "loan_engine/rules_fingerprint"  # the rules a run used; its re-executions must use the same
+# Whether a failed run's `incidents` row is written (`written`) or still owed
+# (`pending`, the results database was unreachable when the failure was reported).
+INCIDENT_TAG = "loan_engine/incident"
 IN_PROGRESS = (
     dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
     dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING,

@@ -16,6 +16,7 @@ from .resources import InboxResource, Notifier, RulesResource
 
 INBOX_POLL_SECONDS = 30
 ALERT_POLL_SECONDS = 300
+WEBHOOK_PENDING = " (webhook pending)"  # cursor suffix: alert recorded, webhook owed
 
 
 def batch_tags(key: str, inbox_root: str, fingerprint: str | None = None) -> dict[str, str]:
@@ -73,22 +74,32 @@ def missing_batch_alert_sensor(
     key = due_batch(now, policy)
     if context.cursor == key:
         return dg.SensorResult(skip_reason="no alert due")
+    retrying = context.cursor == key + WEBHOOK_PENDING
     files = inbox.batch(key, rules.load())
     if files.complete:
         return dg.SensorResult(skip_reason=f"{key}: complete", cursor=key)
     missing = ", ".join(files.missing)
     text = f"Batch {key} is not complete at {now:%a %H:%M %Z}: missing {missing} (inbox {inbox.root})"
     context.log.error(text)
-    notified = notifier.send(text, batch=key, kind="missing_files", missing=files.missing)
+    # The alert is recorded in the UI whatever the webhook does; a webhook that
+    # failed is tried again on the next ticks, without a second observation.
+    try:
+        webhook = "sent" if notifier.send(text, batch=key, kind="missing_files", missing=files.missing) else "not set"
+    except Exception as exc:
+        webhook = f"failed ({exc}); retried next tick"
+        context.log.error(f"missing-batch alert for {key}: webhook {webhook}")
+    cursor = key + WEBHOOK_PENDING if webhook.startswith("failed") else key
+    if retrying:
+        return dg.SensorResult(skip_reason=f"ALERT (already recorded): {text}; webhook {webhook}", cursor=cursor)
     new_partitions = [] if context.instance.has_dynamic_partition(batches.name, key) else [key]
     return dg.SensorResult(
-        skip_reason=f"ALERT: {text}" + ("" if notified else " (no LOAN_ENGINE_WEBHOOK_URL set)"),
-        cursor=key,
+        skip_reason=f"ALERT: {text}" + {"sent": "", "not set": " (no LOAN_ENGINE_WEBHOOK_URL set)"}.get(webhook, f"; webhook {webhook}"),
+        cursor=cursor,
         dynamic_partitions_requests=[batches.build_add_request(new_partitions)] if new_partitions else None,
         asset_events=[
             dg.AssetObservation(
                 asset_key="batch_inputs", partition=key,
-                metadata={"alert": "missing files", "missing": missing, "inbox": str(inbox.root)},
+                metadata={"alert": "missing files", "missing": missing, "inbox": str(inbox.root), "webhook": webhook},
             )
         ],
     )

@@ -190,17 +190,53 @@ def is_blank(series: pd.Series) -> pd.Series:
     return stripped.isna() | (stripped == "")
 
 
+# Beyond 2**53 a float no longer holds every whole number, and sums of such
+# values drift towards infinity, which JSON cannot carry: no loan field is that
+# large, so a cell like `1e400` or `inf` is a typo, not an amount.
+LARGEST_NUMBER = float(2**53)
+# pandas keeps dates in nanoseconds, 1677-09-22 to 2262-04-11; a cell outside
+# (`9999-12-31`, serial 99999999) is no real submit or purchase date.
+FIRST_DATE = pd.Timestamp.min.ceil("D")
+LAST_DATE = pd.Timestamp.max.floor("D")
+SERIAL_RANGE = tuple((d.to_pydatetime() - EXCEL_EPOCH.to_pydatetime()).days for d in (FIRST_DATE, LAST_DATE))
+NUMBER_RANGE = f"a number must be finite and at most {LARGEST_NUMBER:.0f} in size"
+DATE_RANGE = f"a date must fall between {FIRST_DATE:%Y-%m-%d} and {LAST_DATE:%Y-%m-%d}"
+
+
 def to_number(series: pd.Series) -> pd.Series:
-    return pd.to_numeric(series, errors="coerce").astype("float64")
+    """Numbers; NaN for cells that are not numbers or are out of range."""
+    values = pd.to_numeric(series, errors="coerce").astype("float64")
+    return values.where(values.abs() <= LARGEST_NUMBER)
+
+
+def number_out_of_range(series: pd.Series) -> pd.Series:
+    """Cells that read as numbers but are infinite or too large (`inf`, `1e400`)."""
+    values = pd.to_numeric(series, errors="coerce").astype("float64")
+    return values.notna() & ~(values.abs() <= LARGEST_NUMBER)
+
+
+def _read_dates(series: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Each cell's date, unbounded, as datetime64[us] (NaT when unreadable),
+    and the mask of Excel serial numbers too far out to be dates at all."""
+    serial = pd.to_numeric(series, errors="coerce").astype("float64")
+    serial_ok = serial.between(*SERIAL_RANGE)
+    textual = series.where(serial.isna())
+    parsed = pd.to_datetime(textual, errors="coerce", format="mixed").astype("datetime64[us]")
+    from_serial = (EXCEL_EPOCH + pd.to_timedelta(serial.where(serial_ok), unit="D")).astype("datetime64[us]")
+    return parsed.where(serial.isna(), from_serial), serial.notna() & ~serial_ok
 
 
 def to_date(series: pd.Series) -> pd.Series:
-    """Dates from Excel dates, ISO/US text, or Excel serial numbers."""
-    serial = pd.to_numeric(series, errors="coerce")
-    textual = series.where(serial.isna())
-    parsed = pd.to_datetime(textual, errors="coerce", format="mixed")
-    from_serial = EXCEL_EPOCH + pd.to_timedelta(serial, unit="D")
-    return parsed.where(serial.isna(), from_serial).dt.normalize().astype("datetime64[ns]")
+    """Dates from Excel dates, ISO/US text, or Excel serial numbers; NaT for
+    cells that are not dates or are out of range."""
+    values, _ = _read_dates(series)
+    return values.where(values.between(FIRST_DATE, LAST_DATE)).dt.normalize().astype("datetime64[ns]")
+
+
+def date_out_of_range(series: pd.Series) -> pd.Series:
+    """Cells that read as dates (or Excel serials) outside the range pandas keeps."""
+    values, serial_out = _read_dates(series)
+    return serial_out | (values.notna() & ~values.between(FIRST_DATE, LAST_DATE))
 
 
 def to_text(series: pd.Series) -> pd.Series:
@@ -392,10 +428,11 @@ def parse_exhibit(raw: pd.DataFrame, *, platform: str, file: str, sheet: str, ru
         if name not in mapping:
             continue
         cells = frame[mapping[name]]
-        kind = "a date" if name == "submit_date" else "a number"
-        message = (f"{headers[name]} '" + cells.astype("string").str.strip().fillna("") + f"' is not {kind}").where(
-            ~is_blank(cells), f"{headers[name]} is empty"
-        )
+        is_date = name == "submit_date"
+        shown = f"{headers[name]} '" + cells.astype("string").str.strip().fillna("")
+        message = (shown + f"' is not {'a date' if is_date else 'a number'}").where(~is_blank(cells), f"{headers[name]} is empty")
+        beyond = date_out_of_range(cells) if is_date else number_out_of_range(cells)
+        message = message.where(~beyond, shown + f"' on sheet '{sheet}' is out of range ({DATE_RANGE if is_date else NUMBER_RANGE})")
         problems = problems.where(~mask, problems + message + "; ")
     valid_num = out["fico"].notna()
     bad_fico = valid_num & ((out["fico"] < rules.normalization.fico_min) | (out["fico"] > rules.normalization.fico_max))

@@ -1,0 +1,79 @@
+"""Checks made before a batch reads anything: can its results be delivered?
+A database that is down or an output folder that cannot be written would
+otherwise fail the run only after the whole batch was computed."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from sqlalchemy import create_engine, make_url, text
+from sqlalchemy.engine import Engine
+
+# Long enough for a database on another host, short enough that a run (or an
+# incident report) does not wait on one that does not answer.
+CONNECT_TIMEOUT_SECONDS = 5
+
+
+class PreflightError(Exception):
+    """Where the batch's results would go cannot be used. The machine's or the
+    deployment's problem, never the seller's files: kind `infra`."""
+
+    kind = "infra"
+
+
+def quick_engine(url: str) -> Engine:
+    """An engine whose connections and statements give up after a few seconds."""
+    backend = make_url(url).get_backend_name()
+    limit_ms = CONNECT_TIMEOUT_SECONDS * 1000  # also for a statement stuck behind a lock
+    connect_args = {"postgresql": {"connect_timeout": CONNECT_TIMEOUT_SECONDS,
+                                   "options": f"-c statement_timeout={limit_ms} -c lock_timeout={limit_ms}"},
+                    "sqlite": {"timeout": CONNECT_TIMEOUT_SECONDS}}.get(backend, {})
+    return create_engine(url, connect_args=connect_args)
+
+
+def shown_url(url: str) -> str:
+    """A database URL as it may be shown anywhere: any password replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<not a SQLAlchemy URL>"
+
+
+def check_database(url: str) -> None:
+    """Raise `PreflightError` naming the database (password hidden) when it cannot be reached."""
+    try:
+        engine = quick_engine(url)
+    except Exception as exc:
+        raise PreflightError(f"results database URL {shown_url(url)} is not usable ({type(exc).__name__})") from None
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+    except Exception as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip()  # the driver's words, without SQLAlchemy's wrapping
+        reason = reason.splitlines()[0] if reason else type(exc).__name__
+        raise PreflightError(f"results database {shown_url(url)} cannot be reached ({type(exc).__name__}: {reason})") from None
+    finally:
+        engine.dispose()
+
+
+def check_output_root(root: Path) -> None:
+    """Raise `PreflightError` naming the folder when reports could not be
+    written under it. Leaves no trace: folders it had to create go again."""
+    for attempt in range(3):  # another run's check may remove a folder this one just made
+        created = [p for p in (root, *root.parents) if not p.exists()]
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=root, prefix=".loan-engine-write-check-"):
+                return
+        except FileNotFoundError:
+            if attempt == 2:
+                raise PreflightError(f"output folder {root.resolve()} keeps disappearing") from None
+        except OSError as exc:
+            raise PreflightError(f"output folder {root.resolve()} is not writable ({exc.strerror or exc})") from None
+        finally:
+            for folder in created:  # deepest first
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
