@@ -35,7 +35,7 @@ PLAN_COLUMNS = ["seller_loan_number", "platform", "orig_balance", "plan", "bindi
 # Exact sub-solves in turn: how many loans beyond the relaxation's fractional
 # ones, and how many branch-and-bound nodes each may use. Node limits, not
 # seconds, so that the same batch always gets the same plan.
-KERNEL_STEPS = ((64, 500), (512, 500), (2048, 500))
+KERNEL_STEPS = ((64, 500), (512, 500))
 CLOSE_ENOUGH = 1.0  # stop refining once the plan is within this balance of the bound
 TIME_LIMIT_SECONDS = 4.0  # per platform: a safety net for a very slow machine, not the normal stop
 _INTEGRAL = 1e-6
@@ -239,8 +239,10 @@ def solve_rows(rows: LimitRows, balance: np.ndarray, time_limit: float = TIME_LI
     movable = int((~fixed).sum())
     rounded = np.round(x_lp)
     best, best_value, proven, last = None, -np.inf, False, None
-    for extra, nodes in KERNEL_STEPS + ((movable, None),):
+    for extra, nodes in KERNEL_STEPS:
         size = min(movable, int(fractional.sum()) + extra)
+        if size == movable:
+            nodes = None  # small enough to solve whole: let the solver finish and prove it
         kernel, outside = order[:size], order[size:]
         residual = -rows.g0 - rows.a[:, outside] @ rounded[outside]
         remaining = deadline - time.perf_counter()
@@ -248,15 +250,16 @@ def solve_rows(rows: LimitRows, balance: np.ndarray, time_limit: float = TIME_LI
             break
         last = _sub_milp(obj[kernel], rows.a[:, kernel], residual, rows.upper[kernel], max(remaining, 0.2), nodes)
         if last.x is not None:
-            x = rounded.copy()
-            x[kernel] = np.round(last.x)
-            x = _repair(x, rows, balance)
+            solved = rounded.copy()
+            solved[kernel] = np.round(last.x)
+            x = _repair(solved, rows, balance)
             if x is not None and float(balance @ x) > best_value:
                 best, best_value = x, float(balance @ x)
-                flip_floor = cost[outside][~fixed[outside]].min() if (~fixed[outside]).any() else np.inf
-                exact = last.status == 0 and size == movable
-                proven = exact or best_value >= bound_cents - 1e-6 or (
-                    last.status == 0 and bound - float(obj @ x) < flip_floor - 1e-6)
+            # A kernel solved to the end, untouched by the repair, bounds every plan that keeps the loans outside it.
+            kernel_optimum = last.status == 0 and x is not None and np.array_equal(x, solved) and float(balance @ x) >= best_value
+            flip_floor = cost[outside][~fixed[outside]].min() if (~fixed[outside]).any() else np.inf
+            proven = best_value >= bound_cents - 1e-6 or (kernel_optimum and (
+                size == movable or bound - float(obj @ x) < flip_floor - 1e-6))
         if proven or size == movable or bound - best_value < CLOSE_ENOUGH:
             break
     if best is None:
