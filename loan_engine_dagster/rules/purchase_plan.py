@@ -49,6 +49,7 @@ class LimitRows:
     g0: np.ndarray  # (m,) the existing base's part
     a: np.ndarray  # (m, n) each loan's part
     upper: np.ndarray  # (n,) 0 where a max limit forbids the loan
+    forbidden: dict[str, np.ndarray]  # max limit id -> the loans it forbids
     not_curable: list[str]
     unconstrained: list[str]  # no_data on the loans-to-buy population: nothing to hold
 
@@ -101,7 +102,7 @@ def limit_rows(pop: pd.DataFrame, platform: str, checks: list[Check], tighten: d
     variables = np.flatnonzero(base & pop["to_purchase"].to_numpy(dtype=bool))
     balance = pop["orig_balance"].to_numpy(dtype=float)
     n = len(variables)
-    ids, g0, rows, upper = [], [], [], np.ones(n)
+    ids, g0, rows, upper, forbidden = [], [], [], np.ones(n), {}
     not_curable, unconstrained = [], []
     for check in checks:
         if check.metric not in PLAN_METRICS or check.limit is None:
@@ -117,8 +118,9 @@ def limit_rows(pop: pd.DataFrame, platform: str, checks: list[Check], tighten: d
             if check.op in ("<", "<="):
                 if not existing_ok:
                     not_curable.append(check.id)
-                else:
+                elif not allowed.all():
                     upper[~allowed] = 0.0
+                    forbidden[check.id] = ~allowed
             elif not existing_ok:
                 # A floor on the max: at least one loan meeting it must be bought.
                 if not allowed.any():
@@ -139,7 +141,7 @@ def limit_rows(pop: pd.DataFrame, platform: str, checks: list[Check], tighten: d
         g0.append(c)
         rows.append(a)
     a = np.vstack(rows) if rows else np.zeros((0, n))
-    return LimitRows(ids, np.asarray(g0, dtype=float), a, upper, not_curable, unconstrained), variables
+    return LimitRows(ids, np.asarray(g0, dtype=float), a, upper, forbidden, not_curable, unconstrained), variables
 
 
 def _objective(balance: np.ndarray) -> np.ndarray:
@@ -237,6 +239,13 @@ def solve_rows(rows: LimitRows, balance: np.ndarray, time_limit: float = TIME_LI
     fractional = (x_lp > _INTEGRAL) & (x_lp < 1 - _INTEGRAL)
     order = np.argsort(np.where(fractional, -1.0, np.where(fixed, np.inf, cost)), kind="stable")
     movable = int((~fixed).sum())
+    if movable == 0:
+        # Max limits forbid every loan: buying none is the only plan, if the other limits allow it.
+        broken = [c for c, g in zip(rows.check_ids, rows.g0, strict=True) if g > 0]
+        if broken:
+            return Solution(np.ones(n, dtype=bool), "infeasible", None, sorted(rows.forbidden) + broken,
+                            "the max limits forbid every loan and the others need some bought")
+        return Solution(np.zeros(n, dtype=bool), "optimal", 0.0)
     rounded = np.round(x_lp)
     best, best_value, proven, last = None, -np.inf, False, None
     for extra, nodes in KERNEL_STEPS:
@@ -278,18 +287,20 @@ def _conflict_deadline(deadline: float) -> float:
 
 def _binding(rows: LimitRows, buy: np.ndarray, held: np.ndarray) -> list[str]:
     """For each held-back loan: the limits that buying it back alone would
-    break (for a plan not proven optimal, at least the ones it pushes up)."""
-    if not len(held) or not len(rows.check_ids):
-        return ["" for _ in held]
-    slack = -(rows.g0 + rows.a @ buy.astype(float))
-    push = rows.a[:, held]
-    breaks = push > slack[:, None]
-    pushes = push > 0
-    names = np.asarray(rows.check_ids)
+    break (for a plan not proven optimal, at least the ones it pushes up),
+    and any max limit that forbids it outright."""
+    names = np.asarray(rows.check_ids, dtype=object)
+    if len(names):
+        slack = -(rows.g0 + rows.a @ buy.astype(float))
+        push = rows.a[:, held]
+        breaks, pushes = push > slack[:, None], push > 0
     out = []
-    for j in range(len(held)):
-        hit = breaks[:, j] if breaks[:, j].any() else pushes[:, j]
-        out.append(";".join(names[hit]))
+    for j, loan in enumerate(held):
+        ids = [c for c, mask in rows.forbidden.items() if mask[loan]]
+        if len(names):
+            hit = breaks[:, j] if breaks[:, j].any() else pushes[:, j]
+            ids += list(names[hit])
+        out.append(";".join(ids))
     return out
 
 
