@@ -36,8 +36,9 @@ PLAN_COLUMNS = ["seller_loan_number", "platform", "orig_balance", "plan", "bindi
 # ones, and how many branch-and-bound nodes each may use. Node limits, not
 # seconds, so that the same batch always gets the same plan.
 KERNEL_STEPS = ((64, 500), (512, 500))
+WHOLE_PROBLEM_NODES = 1000  # when a kernel holds every loan that may move
 CLOSE_ENOUGH = 1.0  # stop refining once the plan is within this balance of the bound
-TIME_LIMIT_SECONDS = 4.0  # per platform: a safety net for a very slow machine, not the normal stop
+TIME_LIMIT_SECONDS = 30.0  # per platform: a safety net for a very slow machine, not the normal stop
 _INTEGRAL = 1e-6
 
 
@@ -251,7 +252,7 @@ def solve_rows(rows: LimitRows, balance: np.ndarray, time_limit: float = TIME_LI
     for extra, nodes in KERNEL_STEPS:
         size = min(movable, int(fractional.sum()) + extra)
         if size == movable:
-            nodes = None  # small enough to solve whole: let the solver finish and prove it
+            nodes = WHOLE_PROBLEM_NODES  # small enough to solve whole, and to prove it when the nodes suffice
         kernel, outside = order[:size], order[size:]
         residual = -rows.g0 - rows.a[:, outside] @ rounded[outside]
         remaining = deadline - time.perf_counter()
