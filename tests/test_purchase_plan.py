@@ -309,3 +309,17 @@ def test_plan_matches_brute_force_on_small_portfolios(seed):
         assert sfy["bought_balance"] == pytest.approx(best)
         curable = [c.id for c in checks if c.id not in not_curable]
         assert all(row(plan, c)["plan_status"] == "pass" for c in curable)
+
+
+def test_plan_lines_for_the_cli_summary():
+    from loan_engine_dagster.rules.reports import plan_lines
+
+    base = {"bought_balance": 1000.0, "held_back_balance": 250.5, "held_back_loans": 2, "upper_bound_balance": 1100.0,
+            "gap_balance": None, "binding_checks": ["check_a1"], "not_curable_checks": [], "conflicting_checks": []}
+    first, second = plan_lines("sfy", {**base, "status": "optimal"})
+    assert first.split() == "plan SFY: optimal: buy 1,000.00, hold back 2 loans (250.50)".split()
+    assert second.split() == ["binding:", "check_a1"]
+    _, second = plan_lines("sfy", {**base, "status": "feasible", "gap_balance": 100.0, "not_curable_checks": ["check_f1"]})
+    assert "within 100.00 of the bound 1,100.00" in second and "not curable from this batch: check_f1" in second
+    first, second = plan_lines("prime", {**base, "status": "infeasible", "conflicting_checks": ["check_l3", "check_l4"]})
+    assert "every loan stays buy" in first and second.split()[-2:] == ["check_l3,", "check_l4"]
