@@ -99,10 +99,11 @@ def metric_value(check: Check, pop: pd.DataFrame, base: np.ndarray, match: np.nd
     raise ValueError(f"unknown metric {check.metric}")
 
 
-def evaluate_checks(pop: pd.DataFrame, rules: Rules) -> pd.DataFrame:
+def evaluate_checks(pop: pd.DataFrame, rules: Rules, *, value_only: bool = False) -> pd.DataFrame:
     """One row per (platform, check) with the three population values, the
     status and, for a breached balance share, the excess balance and the
-    batch's loans that make up the subset, largest first."""
+    batch's loans that make up the subset, largest first. `value_only` skips
+    `before` and `to_purchase` (left null) when only the status is wanted."""
     balance = pop["orig_balance"].to_numpy(dtype=float)
     is_buy = pop["is_buy"].to_numpy(dtype=bool)
     rows = []
@@ -114,7 +115,8 @@ def evaluate_checks(pop: pd.DataFrame, rules: Rules) -> pd.DataFrame:
             if check.metric == "batch_balance_share":
                 values = {"value": metric_value(check, pop, base & is_buy, match, balance), "before": None, "to_purchase": None}
             else:
-                values = {name: metric_value(check, pop, b, match, balance) for name, b in bases.items()}
+                values = {name: None if value_only and name != "value" else metric_value(check, pop, b, match, balance)
+                          for name, b in bases.items()}
             value = values["value"]
             if value is None:
                 status = "no_data"
@@ -150,7 +152,7 @@ def evaluate_checks(pop: pd.DataFrame, rules: Rules) -> pd.DataFrame:
                     "status": status,
                     "excess_balance": excess,
                     "contributors": contributors,
-                    "headroom_balance": headroom_balance(check, bases["to_purchase"], match, balance),
+                    "headroom_balance": None if value_only else headroom_balance(check, bases["to_purchase"], match, balance),
                 }
             )
     return pd.DataFrame(rows)
