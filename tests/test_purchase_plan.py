@@ -323,3 +323,21 @@ def test_plan_lines_for_the_cli_summary():
     assert "within 100.00 of the bound 1,100.00" in second and "not curable from this batch: check_f1" in second
     first, second = plan_lines("prime", {**base, "status": "infeasible", "conflicting_checks": ["check_l3", "check_l4"]})
     assert "every loan stays buy" in first and second.split()[-2:] == ["check_l3,", "check_l4"]
+
+
+def test_a_plan_the_evaluation_rejects_is_never_reported(monkeypatch):
+    # Pins the proof: statuses come from re-evaluating the limits, not from the
+    # solver's word. A solver claiming that buying everything is optimal is
+    # caught, and after the repair attempts the platform says so.
+    from loan_engine_dagster.rules import purchase_plan
+
+    def overconfident(rows, balance, time_limit):
+        return purchase_plan.Solution(np.ones(len(balance), dtype=bool), "optimal", float(balance.sum()))
+
+    monkeypatch.setattr(purchase_plan, "solve_rows", overconfident)
+    plan = plan_for([check("hybrid", "balance_share", "<", 0.25, HYBRID)],
+                    [{"type": "hybrid", "orig_balance": 40000}], [{"orig_balance": 80000}])
+    sfy = plan.platforms["sfy"]
+    assert sfy["status"] == "infeasible" and sfy["conflicting_checks"] == ["hybrid"]
+    assert "re-evaluation" in sfy["note"] and held_back(plan) == []
+    assert row(plan, "hybrid")["plan_status"] == "fail"

@@ -39,6 +39,8 @@ KERNEL_STEPS = ((64, 500), (512, 500))
 WHOLE_PROBLEM_NODES = 1000  # when a kernel holds every loan that may move
 CLOSE_ENOUGH = 1.0  # stop refining once the plan is within this balance of the bound
 TIME_LIMIT_SECONDS = 30.0  # per platform: a safety net for a very slow machine, not the normal stop
+CONFLICT_SECONDS = 10.0  # naming the conflicting limits of an infeasible platform
+REPAIR_ATTEMPTS = 4
 _INTEGRAL = 1e-6
 
 
@@ -170,22 +172,28 @@ def _lp(obj, rows: LimitRows, keep: np.ndarray | None = None):
 def _infeasible(obj, rows: LimitRows, keep: np.ndarray, whole_loans: bool, deadline: float) -> bool:
     if not whole_loans:
         return _lp(obj, rows, keep).status == 2
-    result = _sub_milp(np.zeros_like(obj), rows.a[keep], -rows.g0[keep], rows.upper, deadline - time.perf_counter())
+    result = _sub_milp(np.zeros_like(obj), rows.a[keep], -rows.g0[keep], rows.upper, max(deadline - time.perf_counter(), 0.2))
     return result.status == 2
 
 
-def _conflicts(obj, rows: LimitRows, deadline: float, whole_loans: bool = False) -> list[str]:
+def _conflicts(obj, rows: LimitRows, whole_loans: bool = False) -> tuple[list[str], str]:
     """A smallest set of limits that cannot hold together, as far as the
     time allows: drop each limit in turn and keep it out if the rest still
-    conflict (a deletion filter)."""
+    conflict (a deletion filter). Also says when time cut the search short."""
+    deadline = time.perf_counter() + CONFLICT_SECONDS
     keep = np.ones(len(rows.check_ids), dtype=bool)
     for j in range(len(keep)):
         if time.perf_counter() > deadline:
-            break
+            return [c for c, k in zip(rows.check_ids, keep, strict=True) if k], "; the conflict search stopped at its time limit"
         keep[j] = False
         if not _infeasible(obj, rows, keep, whole_loans, deadline):
             keep[j] = True
-    return [c for c, k in zip(rows.check_ids, keep, strict=True) if k]
+    return [c for c, k in zip(rows.check_ids, keep, strict=True) if k], ""
+
+
+def _infeasible_solution(n: int, obj, rows: LimitRows, whole_loans: bool, why: str) -> Solution:
+    conflicting, cut = _conflicts(obj, rows, whole_loans)
+    return Solution(np.ones(n, dtype=bool), "infeasible", None, conflicting, why + cut)
 
 
 def _repair(x: np.ndarray, rows: LimitRows, balance: np.ndarray) -> np.ndarray | None:
@@ -227,8 +235,7 @@ def solve_rows(rows: LimitRows, balance: np.ndarray, time_limit: float = TIME_LI
         return Solution(np.zeros(0, dtype=bool), "optimal", 0.0)
     lp = _lp(obj, rows)
     if lp.status == 2:
-        return Solution(np.ones(n, dtype=bool), "infeasible", None, _conflicts(obj, rows, _conflict_deadline(deadline)),
-                        "the limits cannot hold together even buying fractions of loans")
+        return _infeasible_solution(n, obj, rows, False, "the limits cannot hold together even buying fractions of loans")
     if lp.status != 0:
         raise RuntimeError(f"the linear relaxation of the purchase plan failed: {lp.message}")
     x_lp = lp.x
@@ -249,7 +256,9 @@ def solve_rows(rows: LimitRows, balance: np.ndarray, time_limit: float = TIME_LI
         return Solution(np.zeros(n, dtype=bool), "optimal", 0.0)
     rounded = np.round(x_lp)
     best, best_value, proven, last = None, -np.inf, False, None
-    for extra, nodes in KERNEL_STEPS:
+    for step, (extra, nodes) in enumerate(KERNEL_STEPS + ((movable, WHOLE_PROBLEM_NODES),)):
+        if step == len(KERNEL_STEPS) and best is not None:
+            break  # the whole problem is the last resort, for when no kernel gave a plan
         size = min(movable, int(fractional.sum()) + extra)
         if size == movable:
             nodes = WHOLE_PROBLEM_NODES  # small enough to solve whole, and to prove it when the nodes suffice
@@ -274,16 +283,10 @@ def solve_rows(rows: LimitRows, balance: np.ndarray, time_limit: float = TIME_LI
             break
     if best is None:
         if last is not None and last.status == 2 and size == movable:
-            return Solution(np.ones(n, dtype=bool), "infeasible", None,
-                            _conflicts(obj, rows, _conflict_deadline(deadline), whole_loans=True),
-                            "no whole-loan choice satisfies the limits together")
+            return _infeasible_solution(n, obj, rows, True, "no whole-loan choice satisfies the limits together")
         return Solution(np.ones(n, dtype=bool), "infeasible", None, [],
-                        "no plan found within the time limit; every loan stays buy")
+                        "no plan found within the solver's limits (not proven impossible); every loan stays buy")
     return Solution(best > 0.5, "optimal" if proven else "feasible", float(max(bound_cents, best_value)))
-
-
-def _conflict_deadline(deadline: float) -> float:
-    return max(deadline, time.perf_counter() + 2.0)
 
 
 def _binding(rows: LimitRows, buy: np.ndarray, held: np.ndarray) -> list[str]:
@@ -332,13 +335,16 @@ def make_plan(
     not_curable: set[tuple[str, str]] = set()
     tighten: dict[tuple[str, str], float] = {}
     platform_list = platform_checks(rules)
-    for _attempt in range(4):
+    given_up: dict[str, list[str]] = {}
+    for attempt in range(REPAIR_ATTEMPTS + 1):
         solutions = {}
         for platform, platform_rules in platform_list:
             rows, variables = limit_rows(pop, platform, platform_rules, {c: t for (p, c), t in tighten.items() if p == platform})
             not_curable |= {(platform, c) for c in rows.not_curable}
-            passing = _passes_on_to_purchase(checks, platform, platform_rules, rows)
-            if passing:
+            if platform in given_up:
+                solution = Solution(np.ones(len(variables), dtype=bool), "infeasible", None, given_up[platform],
+                                    "no plan passed the re-evaluation of these limits; every loan stays buy")
+            elif _passes_on_to_purchase(checks, platform, platform_rules, rows):
                 solution = Solution(np.ones(len(variables), dtype=bool), "not_needed", float(balance[variables].sum()))
             else:
                 solution = solve_rows(rows, balance[variables], time_limit)
@@ -354,6 +360,11 @@ def make_plan(
         ]
         if not missed:
             break
+        if attempt == REPAIR_ATTEMPTS - 1:
+            # Never report a plan the limits' own evaluation rejects.
+            for p, c in missed:
+                given_up.setdefault(p, []).append(c)
+            continue
         # The solver's tolerance let a limit land a hair outside: hold it a little further in and solve again.
         for key in missed:
             tighten[key] = max(tighten.get(key, 0.0) * 10, 1e-9)
