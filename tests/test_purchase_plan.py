@@ -235,7 +235,7 @@ def test_rejected_loans_are_never_added_back():
 # ---------------------------------------------------------------- brute force
 
 def _random_case(rng):
-    n = int(rng.integers(2, 11))
+    n = int(rng.integers(2, 15))
     buy = [{"type": str(rng.choice(["standard", "hybrid", "ninp"])), "fico": int(rng.integers(620, 800)),
             "orig_balance": float(rng.integers(1, 50) * 1000), "lender_price": float(rng.choice([99.0, 100.5, 102.0])),
             "term": int(rng.choice([120, 144]))} for _ in range(n)]

@@ -31,6 +31,10 @@ from .eligibility import OPS, build_population, check_match, evaluate_checks, pl
 
 PLAN_METRICS = ("balance_share", "count_share", "mean", "wavg", "max")
 STRICT_MARGIN = 1e-9  # a strict limit must hold with the value at least this far inside, relative to the limit
+# HiGHS accepts a row about 1e-6 (in its scaled units) past its bound, far more
+# than STRICT_MARGIN: a strict row is held this far inside, relative to its
+# largest loan coefficient, so that a plan landing exactly on it is excluded.
+SOLVER_MARGIN = 1e-5
 PLAN_COLUMNS = ["seller_loan_number", "platform", "orig_balance", "plan", "binding_checks"]
 # Exact sub-solves in turn: how many loans beyond the relaxation's fractional
 # ones, and how many branch-and-bound nodes each may use. Node limits, not
@@ -46,11 +50,12 @@ _INTEGRAL = 1e-6
 
 @dataclass
 class LimitRows:
-    """One platform's curable limits as `g0 + A @ x <= 0` over its to-purchase loans."""
+    """One platform's curable limits as `g0 + A @ x <= rhs` over its to-purchase loans."""
 
     check_ids: list[str]
     g0: np.ndarray  # (m,) the existing base's part
     a: np.ndarray  # (m, n) each loan's part
+    rhs: np.ndarray  # (m,) 0, or a little below for a strict limit (SOLVER_MARGIN)
     upper: np.ndarray  # (n,) 0 where a max limit forbids the loan
     forbidden: dict[str, np.ndarray]  # max limit id -> the loans it forbids
     not_curable: list[str]
@@ -94,10 +99,12 @@ def _weights(check: Check, pop: pd.DataFrame, match: np.ndarray, balance: np.nda
     return w if check.op in ("<", "<=") else -w
 
 
-def limit_rows(pop: pd.DataFrame, platform: str, checks: list[Check], tighten: dict[str, float] | None = None) -> tuple[LimitRows, np.ndarray]:
+def limit_rows(
+    pop: pd.DataFrame, platform: str, checks: list[Check], tighten: dict[str, int] | None = None
+) -> tuple[LimitRows, np.ndarray]:
     """The platform's limits as linear rows over its to-purchase loans, and
-    the population positions of those loans. `tighten` moves a limit inward
-    by a relative amount (the repair step when a solved plan misses one)."""
+    the population positions of those loans. `tighten` holds a limit further
+    inside, ten times more per step (the repair when a solved plan misses it)."""
     tighten = tighten or {}
     bases = platform_bases(pop, platform)
     base = bases["to_purchase"]
@@ -105,7 +112,7 @@ def limit_rows(pop: pd.DataFrame, platform: str, checks: list[Check], tighten: d
     variables = np.flatnonzero(base & pop["to_purchase"].to_numpy(dtype=bool))
     balance = pop["orig_balance"].to_numpy(dtype=float)
     n = len(variables)
-    ids, g0, rows, upper, forbidden = [], [], [], np.ones(n), {}
+    ids, g0, rows, rhs, upper, forbidden = [], [], [], [], np.ones(n), {}
     not_curable, unconstrained = [], []
     for check in checks:
         if check.metric not in PLAN_METRICS or check.limit is None:
@@ -132,19 +139,22 @@ def limit_rows(pop: pd.DataFrame, platform: str, checks: list[Check], tighten: d
                     ids.append(check.id)
                     g0.append(1.0)
                     rows.append(-allowed.astype(float))
+                    rhs.append(0.0)
             continue
-        limit = _tightened(check)
-        limit += -abs(limit) * tighten.get(check.id, 0.0) if check.op in ("<", "<=") else abs(limit) * tighten.get(check.id, 0.0)
-        w = _weights(check, pop, match, balance, limit)
+        w = _weights(check, pop, match, balance, _tightened(check))
         c, a = float(w[existing].sum()), w[variables]
         if c + np.minimum(a, 0.0).sum() > 0:
             not_curable.append(check.id)
             continue
+        steps = tighten.get(check.id, 0) + (check.op in ("<", ">"))
+        scale = float(np.abs(a).max()) if n else 0.0
         ids.append(check.id)
         g0.append(c)
         rows.append(a)
+        rhs.append(-SOLVER_MARGIN * 10 ** (steps - 1) * scale if steps else 0.0)
     a = np.vstack(rows) if rows else np.zeros((0, n))
-    return LimitRows(ids, np.asarray(g0, dtype=float), a, upper, forbidden, not_curable, unconstrained), variables
+    return LimitRows(ids, np.asarray(g0, dtype=float), a, np.asarray(rhs, dtype=float), upper, forbidden,
+                     not_curable, unconstrained), variables
 
 
 def _objective(balance: np.ndarray) -> np.ndarray:
@@ -162,9 +172,10 @@ def _sub_milp(obj, a, residual, upper, time_limit, node_limit=None):
 
 
 def _lp(obj, rows: LimitRows, keep: np.ndarray | None = None):
-    a, g0 = (rows.a, rows.g0) if keep is None else (rows.a[keep], rows.g0[keep])
+    keep = np.ones(len(rows.g0), dtype=bool) if keep is None else keep
+    a, bound = rows.a[keep], rows.rhs[keep] - rows.g0[keep]
     return linprog(
-        -obj, A_ub=csc_array(a) if len(g0) else None, b_ub=-g0 if len(g0) else None,
+        -obj, A_ub=csc_array(a) if len(bound) else None, b_ub=bound if len(bound) else None,
         bounds=np.column_stack([np.zeros(len(obj)), rows.upper]), method="highs-ds",
     )
 
@@ -172,7 +183,8 @@ def _lp(obj, rows: LimitRows, keep: np.ndarray | None = None):
 def _infeasible(obj, rows: LimitRows, keep: np.ndarray, whole_loans: bool, deadline: float) -> bool:
     if not whole_loans:
         return _lp(obj, rows, keep).status == 2
-    result = _sub_milp(np.zeros_like(obj), rows.a[keep], -rows.g0[keep], rows.upper, max(deadline - time.perf_counter(), 0.2))
+    result = _sub_milp(np.zeros_like(obj), rows.a[keep], rows.rhs[keep] - rows.g0[keep], rows.upper,
+                       max(deadline - time.perf_counter(), 0.2))
     return result.status == 2
 
 
@@ -202,7 +214,7 @@ def _repair(x: np.ndarray, rows: LimitRows, balance: np.ndarray) -> np.ndarray |
     the most excess per balance lost. None when that does not fix it."""
     x = x.copy()
     for _ in range(100):
-        g = rows.g0 + rows.a @ x
+        g = rows.g0 + rows.a @ x - rows.rhs
         excess = np.maximum(g, 0.0).sum()
         if excess == 0:
             return x
@@ -239,9 +251,13 @@ def solve_rows(rows: LimitRows, balance: np.ndarray, time_limit: float = TIME_LI
     if lp.status != 0:
         raise RuntimeError(f"the linear relaxation of the purchase plan failed: {lp.message}")
     x_lp = lp.x
-    bound = min(float(obj @ x_lp), float(obj.sum()))  # bounds the balance too: the tie-break bonus only adds
-    cents = _in_cents(balance)
-    bound_cents = np.floor(bound * 100 + 1e-6) / 100 if cents else bound
+    bound = float(obj @ x_lp)
+    # The relaxation's value is concave in the right-hand sides, so its duals
+    # price the solver margins: this bounds every plan meeting the limits
+    # themselves (the tie-break bonus only adds, so it bounds the balance too).
+    duals = -lp.ineqlin.marginals if len(rows.rhs) else np.zeros(0)
+    limits_bound = min(bound + float(duals @ -rows.rhs), float(obj.sum()))
+    bound_cents = np.floor(limits_bound * 100 + 1e-6) / 100 if _in_cents(balance) else limits_bound
     cost = np.abs(lp.lower.marginals) + np.abs(lp.upper.marginals)  # objective lost by flipping a loan off its bound
     fixed = rows.upper == 0  # loans a max limit forbids never move
     fractional = (x_lp > _INTEGRAL) & (x_lp < 1 - _INTEGRAL)
@@ -249,7 +265,7 @@ def solve_rows(rows: LimitRows, balance: np.ndarray, time_limit: float = TIME_LI
     movable = int((~fixed).sum())
     if movable == 0:
         # Max limits forbid every loan: buying none is the only plan, if the other limits allow it.
-        broken = [c for c, g in zip(rows.check_ids, rows.g0, strict=True) if g > 0]
+        broken = [c for c, g, r in zip(rows.check_ids, rows.g0, rows.rhs, strict=True) if g > r]
         if broken:
             return Solution(np.ones(n, dtype=bool), "infeasible", None, sorted(rows.forbidden) + broken,
                             "the max limits forbid every loan and the others need some bought")
@@ -263,7 +279,7 @@ def solve_rows(rows: LimitRows, balance: np.ndarray, time_limit: float = TIME_LI
         if size == movable:
             nodes = WHOLE_PROBLEM_NODES  # small enough to solve whole, and to prove it when the nodes suffice
         kernel, outside = order[:size], order[size:]
-        residual = -rows.g0 - rows.a[:, outside] @ rounded[outside]
+        residual = rows.rhs - rows.g0 - rows.a[:, outside] @ rounded[outside]
         remaining = deadline - time.perf_counter()
         if remaining <= 0 and best is not None:
             break
@@ -295,7 +311,7 @@ def _binding(rows: LimitRows, buy: np.ndarray, held: np.ndarray) -> list[str]:
     and any max limit that forbids it outright."""
     names = np.asarray(rows.check_ids, dtype=object)
     if len(names):
-        slack = -(rows.g0 + rows.a @ buy.astype(float))
+        slack = rows.rhs - (rows.g0 + rows.a @ buy.astype(float))
         push = rows.a[:, held]
         breaks, pushes = push > slack[:, None], push > 0
     out = []
@@ -333,7 +349,7 @@ def make_plan(
     binding = pd.Series("", index=pop.index, dtype=object)
     summaries: dict[str, dict] = {}
     not_curable: set[tuple[str, str]] = set()
-    tighten: dict[tuple[str, str], float] = {}
+    tighten: dict[tuple[str, str], int] = {}
     platform_list = platform_checks(rules)
     given_up: dict[str, list[str]] = {}
     for attempt in range(REPAIR_ATTEMPTS + 1):
@@ -367,7 +383,7 @@ def make_plan(
             continue
         # The solver's tolerance let a limit land a hair outside: hold it a little further in and solve again.
         for key in missed:
-            tighten[key] = max(tighten.get(key, 0.0) * 10, 1e-9)
+            tighten[key] = tighten.get(key, 0) + 1
     for platform, (rows, variables, solution) in solutions.items():
         bought = balance[variables][solution.buy]
         held_back = balance[variables][~solution.buy]
