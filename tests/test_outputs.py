@@ -112,3 +112,17 @@ def test_publish_replaces_whole_and_failure_keeps_old(tmp_path):
     publish_batch(tmp_path, "b1", good)
     assert _files(tmp_path / "b1") == {"a.txt"} and (tmp_path / "b1" / "a.txt").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b1"]  # no staging folders left behind
+
+
+def test_purchase_plan_csv_and_the_plan_beside_the_checks(tmp_path, rules):
+    decisions = run_rules([loan("SFC_1"), loan("SFC_2", **{"FICO Borrower": 600, "modeled_purchase_price": 0.5})])
+    folder, summary = write_batch_outputs(tmp_path, decisions, batch="b", pdate=dt.date(2026, 2, 24), rules=rules, input_files=[])
+    plan = pd.read_csv(folder / "purchase_plan.csv", dtype=str, keep_default_na=False)
+    assert plan.to_dict("records") == [  # the rejected SFC_2 is not in the plan
+        {"seller_loan_number": "SFC_1", "platform": "sfy", "orig_balance": "10000.0", "plan": "buy", "binding_checks": ""}]
+    sheet = openpyxl.load_workbook(folder / "eligibility_checks_summary.xlsx").active
+    headers = [c.value for c in sheet[1]]
+    assert {"headroom_balance", "plan_value", "plan_status", "platform_plan"} <= set(headers)
+    texts = {r[headers.index("platform_plan")] for r in sheet.iter_rows(min_row=2, values_only=True)}
+    assert any(t.startswith("plan SFY: not_needed: buy 10,000.00, hold back 0 loans") for t in texts)
+    assert summary["plan"]["sfy"]["status"] == "not_needed"

@@ -109,7 +109,7 @@ def limit_rows(
     bases = platform_bases(pop, platform)
     base = bases["to_purchase"]
     existing = bases["before"]
-    variables = np.flatnonzero(base & pop["to_purchase"].to_numpy(dtype=bool))
+    variables = _variables(pop, bases)
     balance = pop["orig_balance"].to_numpy(dtype=float)
     n = len(variables)
     ids, g0, rows, rhs, upper, forbidden = [], [], [], [], np.ones(n), {}
@@ -155,6 +155,15 @@ def limit_rows(
     a = np.vstack(rows) if rows else np.zeros((0, n))
     return LimitRows(ids, np.asarray(g0, dtype=float), a, np.asarray(rhs, dtype=float), upper, forbidden,
                      not_curable, unconstrained), variables
+
+
+def _variables(pop: pd.DataFrame, bases: dict[str, np.ndarray]) -> np.ndarray:
+    """Population positions of the platform's to-purchase loans, the plan's choices."""
+    return np.flatnonzero(bases["to_purchase"] & pop["to_purchase"].to_numpy(dtype=bool))
+
+
+def _no_rows(n: int) -> LimitRows:
+    return LimitRows([], np.zeros(0), np.zeros((0, n)), np.zeros(0), np.ones(n), {}, [], [])
 
 
 def _objective(balance: np.ndarray) -> np.ndarray:
@@ -355,6 +364,14 @@ def make_plan(
     for attempt in range(REPAIR_ATTEMPTS + 1):
         solutions = {}
         for platform, platform_rules in platform_list:
+            if _passes_on_to_purchase(checks, platform, platform_rules, _no_rows(0)):
+                # Every limit, curable or not, already holds with all loans bought: nothing to hold back.
+                variables = _variables(pop, platform_bases(pop, platform))
+                solution = Solution(np.ones(len(variables), dtype=bool), "not_needed", float(balance[variables].sum()))
+                solutions[platform] = (_no_rows(len(variables)), variables, solution)
+                held[variables] = False
+                binding.iloc[variables] = ""
+                continue
             rows, variables = limit_rows(pop, platform, platform_rules, {c: t for (p, c), t in tighten.items() if p == platform})
             not_curable |= {(platform, c) for c in rows.not_curable}
             if platform in given_up:
@@ -415,7 +432,8 @@ def make_plan(
 
 
 def _passes_on_to_purchase(checks: pd.DataFrame, platform: str, platform_rules: list[Check], rows: LimitRows) -> bool:
-    """Every curable limit of the platform already holds with all loans bought."""
+    """Every limit of the platform that `rows` does not leave out (not
+    curable, no data) already holds with all loans bought."""
     left_out = set(rows.not_curable) | set(rows.unconstrained)
     curable = {c.id for c in platform_rules if c.metric in PLAN_METRICS and c.limit is not None and c.id not in left_out}
     mine = checks[(checks["platform"] == platform) & checks["check_id"].isin(curable)]
