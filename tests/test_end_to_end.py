@@ -60,7 +60,7 @@ def test_matches_independent_implementation(processed, sample_inbox):
     assert [(c["platform"], c["check_id"]) for c in doc["checks"]] == [(e["platform"], e["check_id"]) for e in expected]
     for ours, theirs in zip(doc["checks"], expected, strict=True):
         assert ours["status"] == theirs["status"], ours["check_id"]
-        for population in ("value", "before", "to_purchase", "excess_balance"):
+        for population in ("value", "before", "to_purchase", "excess_balance", "headroom_balance"):
             assert _close(ours[population], theirs[population]), (ours["check_id"], population)
         assert [(c["seller_loan_number"], c["orig_balance"]) for c in ours["contributors"]] == theirs["contributors"]
 
