@@ -93,6 +93,8 @@ def _resolved_job():
 
 
 def print_summary(summary: dict, folder: str) -> None:
+    from loan_engine_dagster.rules.reports import plan_lines
+
     click.echo(f"Batch {summary['batch']} (purchase date {summary['pdate']}, rules {summary['rules_version']})")
     click.echo(f"  loans offered:  {summary['loans_offered']:>8,}  balance {summary['balance_offered']:>18,.2f}")
     for disposition in ("to_purchase", "rejected"):
@@ -106,6 +108,9 @@ def print_summary(summary: dict, folder: str) -> None:
         click.echo(f"  warning: exhibit with no loan rows: {name}")
     failed = summary["eligibility"]["failed"]
     click.echo(f"  limits failed:  {len(failed)}" + (f"  ({', '.join(failed)})" if failed else ""))
+    for platform, plan in summary.get("plan", {}).items():
+        for line in plan_lines(platform, plan):
+            click.echo(f"  {line}")
     click.echo(f"  outputs:        {folder}")
 
 

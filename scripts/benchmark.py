@@ -24,7 +24,7 @@ from loan_engine_dagster.adapters.batch import PhaseTimer, process_batch
 from loan_engine_dagster.adapters.sample import default_batch_date, generate_inbox
 from loan_engine_dagster.rules.config import default_rules
 
-RULE_PHASES = ("normalized_loans", "underwriting", "comap", "eligibility")
+RULE_PHASES = ("normalized_loans", "underwriting", "comap", "eligibility", "purchase_plan")
 
 
 def main() -> None:

@@ -318,8 +318,15 @@ def eligibility(loans: list[dict], existing: list[dict], checks_by_platform: dic
                     b = math.fsum(r["orig_balance"] for r in base)
                     excess = (s - c["limit"] * b) / (1 - c["limit"])
                 contributors = sorted(((r["n"], r["orig_balance"]) for r in subset if r["buy"]), key=lambda t: -t[1])
+            headroom = None
+            if (c["metric"] == "balance_share" and c.get("op") in ("<", "<=") and 0 <= c["limit"] < 1
+                    and vals["to_purchase"] is not None and ops[c["op"]](vals["to_purchase"], c["limit"])):
+                rows = populations["to_purchase"]
+                s = math.fsum(r["orig_balance"] for r in rows if match(r))
+                b = math.fsum(r["orig_balance"] for r in rows)
+                headroom = (c["limit"] * b - s) / (1 - c["limit"])
             results.append({"platform": platform, "check_id": c["id"], "status": status, **vals,
-                            "excess_balance": excess, "contributors": contributors})
+                            "excess_balance": excess, "contributors": contributors, "headroom_balance": headroom})
     return results
 
 

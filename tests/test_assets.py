@@ -89,6 +89,39 @@ def test_limit_breach_shows_in_asset_checks(sample_inbox, tmp_path):
 
 
 @pytest.mark.slow
+def test_purchase_plan_asset_holds_back_what_a_breached_limit_needs(sample_inbox, tmp_path):
+    import yaml
+    from importlib import resources
+
+    inbox = tmp_path / "inbox"
+    shutil.copytree(sample_inbox, inbox)
+    existing = pd.read_csv(inbox / "current_assets.csv", dtype=str, keep_default_na=False)
+    existing.loc[existing["platform"] == "SFY", "type"] = "standard"  # no hybrid in the portfolio yet
+    existing.to_csv(inbox / "current_assets.csv", index=False)
+    raw = yaml.safe_load(resources.files("loan_engine_dagster.rules").joinpath("rules.yaml").read_text())
+    [a1] = [c for c in raw["eligibility"]["sfy"] if c["id"] == "check_a1"]
+    a1.update(op="<=", limit=0.01)  # hybrid at most 1%: this batch's hybrids breach it
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(yaml.safe_dump(raw))
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(batches.name, [BATCH])
+        result = dg.materialize(ASSETS, instance=instance, partition_key=BATCH, raise_on_error=False,
+                                resources={**resources_for(inbox, tmp_path), "rules": RulesResource(path=str(rules_file))})
+        assert result.success
+        meta = metadata(result, "purchase_plan")
+        assert meta["sfy_status"] in ("optimal", "feasible") and meta["sfy_held_back_loans"] > 0
+        assert meta["sfy_held_back_balance"] > 0 and "check_a1" in meta["sfy_binding_checks"]
+        assert meta["prime_status"] == "not_needed" and meta["prime_held_back_loans"] == 0
+        folder = tmp_path / "outputs" / BATCH
+        plan = pd.read_csv(folder / "purchase_plan.csv", keep_default_na=False)
+        assert int((plan["plan"] == "hold_back").sum()) == meta["sfy_held_back_loans"]
+        doc = json.loads((folder / "eligibility_checks.json").read_text())
+        [row] = [c for c in doc["checks"] if (c["platform"], c["check_id"]) == ("sfy", "check_a1")]
+        assert row["status"] == "fail" and row["plan_status"] == "pass" and row["plan_value"] <= 0.01
+        assert doc["plan"]["sfy"]["held_back_loans"] == meta["sfy_held_back_loans"]
+
+
+@pytest.mark.slow
 def test_structural_error_fails_in_its_phase_and_writes_nothing(sample_inbox, tmp_path):
     inbox = tmp_path / "inbox"
     shutil.copytree(sample_inbox, inbox)

@@ -50,6 +50,10 @@ def test_run_records_a_dagster_run_and_prints_summary(sample_inbox, tmp_path, ho
     assert "loans offered:" in result.stdout and "600" in result.stdout
     assert "invalid_data" in result.stdout and f"outputs:        {tmp_path / 'out' / BATCH}" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    for platform in ("SFY", "PRIME"):  # the purchase plan, two lines per platform
+        [at] = [i for i, line in enumerate(lines) if line.startswith(f"  plan {platform}:")]
+        assert "buy" in lines[at] and "hold back" in lines[at] and "binding:" in lines[at + 1]
     os.environ["DAGSTER_HOME"] = home["DAGSTER_HOME"]
     try:
         with dg.DagsterInstance.get() as instance:

@@ -12,8 +12,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "loan_engine_dagster"
 
 def test_asset_keys():
     keys = sorted(k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys())
-    assert keys == ["batch_inputs", "comap", "eligibility", "exports", "normalized_loans", "reference_data",
-                    "results_database", "underwriting"]
+    assert keys == ["batch_inputs", "comap", "eligibility", "exports", "normalized_loans", "purchase_plan",
+                    "reference_data", "results_database", "underwriting"]
 
 
 def test_groups_are_business_stages():
@@ -21,7 +21,7 @@ def test_groups_are_business_stages():
     groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
     assert groups == {"reference_data": "intake", "batch_inputs": "intake", "normalized_loans": "review",
                       "underwriting": "review", "comap": "review", "eligibility": "review",
-                      "exports": "delivery", "results_database": "delivery"}
+                      "purchase_plan": "delivery", "exports": "delivery", "results_database": "delivery"}
 
 
 def test_asset_checks_one_per_limit_plus_data_quality(rules):

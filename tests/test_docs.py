@@ -40,7 +40,7 @@ def test_doc_describes_every_limit():
 
     for check in default_rules().eligibility.prime + default_rules().eligibility.sfy:
         assert f"`{check.id}`" in text
-    assert "## Headroom and the purchase plan" in text
+    assert "## 12. Headroom and the purchase plan" in text
 
 
 def test_nothing_points_outside_the_repository():

@@ -4,10 +4,11 @@ import openpyxl
 import pandas as pd
 import pytest
 
-from conftest import loan, run_rules
-from loan_engine_dagster.adapters.batch import write_batch_outputs
+from conftest import existing_frame, loan, run_rules
+from loan_engine_dagster.adapters import batch
 from loan_engine_dagster.adapters.outputs import publish_batch, write_workbook
 from loan_engine_dagster.rules import reports
+from loan_engine_dagster.rules.purchase_plan import make_plan
 
 import datetime as dt
 
@@ -15,8 +16,14 @@ EXPECTED_FILES = {
     "loan_decisions.csv", "purchase_price_mismatch.xlsx", "flagged_loans.xlsx", "notes_flagged_loans.xlsx",
     "comap_not_passed.xlsx", "special_asset_prime.xlsx", "special_asset_sfy.xlsx", "share/purchase_price_mismatch.xlsx",
     "share/flagged_loans.xlsx", "share/notes_flagged_loans.xlsx", "share/comap_not_passed.xlsx",
-    "eligibility_checks.json", "eligibility_checks_summary.xlsx", "run_summary.json",
+    "eligibility_checks.json", "eligibility_checks_summary.xlsx", "run_summary.json", "purchase_plan.csv",
 }
+
+
+def write_batch_outputs(output_root, decisions, **kwargs):
+    """The batch writer with the purchase plan computed as the pipeline does (no existing assets here)."""
+    plan = make_plan(decisions.loans, existing_frame([]), decisions.checks, kwargs["rules"])
+    return batch.write_batch_outputs(output_root, decisions, plan, **kwargs)
 
 
 def _files(folder):
@@ -55,13 +62,17 @@ def test_eligibility_json_shape(tmp_path, rules):
     decisions = run_rules([loan("SFC_1")])
     folder, _ = write_batch_outputs(tmp_path, decisions, batch="2026-02-19", pdate=dt.date(2026, 2, 24), rules=rules, input_files=[])
     doc = json.loads((folder / "eligibility_checks.json").read_text())
-    assert set(doc) == {"batch", "pdate", "rules_version", "checks", "summary"}
+    assert set(doc) == {"batch", "pdate", "rules_version", "checks", "summary", "plan"}
     assert (doc["batch"], doc["pdate"], doc["rules_version"]) == ("2026-02-19", "2026-02-24", rules.version)
     assert len(doc["checks"]) == len(rules.eligibility.prime) + len(rules.eligibility.sfy)
     for check in doc["checks"]:
         assert list(check) == ["platform", "check_id", "description", "metric", "op", "limit", "value", "before",
-                               "to_purchase", "status", "excess_balance", "contributors"]
+                               "to_purchase", "status", "excess_balance", "contributors", "headroom_balance",
+                               "plan_value", "plan_status"]
         assert check["status"] in {"pass", "fail", "info", "no_data"}
+        assert check["plan_status"] in {"pass", "fail", "info", "no_data", "not_curable"}
+    assert set(doc["plan"]) == {"prime", "sfy"}
+    assert set(doc["plan"]["sfy"]) >= {"status", "bought_balance", "held_back_balance", "held_back_loans", "upper_bound_balance"}
     summary = json.loads((folder / "run_summary.json").read_text())
     assert summary["rules_version"] == rules.version
 
@@ -101,3 +112,17 @@ def test_publish_replaces_whole_and_failure_keeps_old(tmp_path):
     publish_batch(tmp_path, "b1", good)
     assert _files(tmp_path / "b1") == {"a.txt"} and (tmp_path / "b1" / "a.txt").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b1"]  # no staging folders left behind
+
+
+def test_purchase_plan_csv_and_the_plan_beside_the_checks(tmp_path, rules):
+    decisions = run_rules([loan("SFC_1"), loan("SFC_2", **{"FICO Borrower": 600, "modeled_purchase_price": 0.5})])
+    folder, summary = write_batch_outputs(tmp_path, decisions, batch="b", pdate=dt.date(2026, 2, 24), rules=rules, input_files=[])
+    plan = pd.read_csv(folder / "purchase_plan.csv", dtype=str, keep_default_na=False)
+    assert plan.to_dict("records") == [  # the rejected SFC_2 is not in the plan
+        {"seller_loan_number": "SFC_1", "platform": "sfy", "orig_balance": "10000.0", "plan": "buy", "binding_checks": ""}]
+    sheet = openpyxl.load_workbook(folder / "eligibility_checks_summary.xlsx").active
+    headers = [c.value for c in sheet[1]]
+    assert {"headroom_balance", "plan_value", "plan_status", "platform_plan"} <= set(headers)
+    texts = {r[headers.index("platform_plan")] for r in sheet.iter_rows(min_row=2, values_only=True)}
+    assert any(t.startswith("plan SFY: not_needed: buy 10,000.00, hold back 0 loans") for t in texts)
+    assert summary["plan"]["sfy"]["status"] == "not_needed"

@@ -13,6 +13,7 @@ from pathlib import Path
 from loan_engine_dagster.rules import pipeline, reports
 from loan_engine_dagster.rules.config import Rules
 from loan_engine_dagster.rules.eligibility import summarize_checks
+from loan_engine_dagster.rules.purchase_plan import PurchasePlan
 
 from . import database
 from .inbox import find_batch
@@ -21,26 +22,29 @@ from .outputs import publish_batch, write_json, write_workbook
 
 
 def write_batch_outputs(
-    output_root: Path, decisions: pipeline.Decisions, *, batch: str, pdate: dt.date, rules: Rules, input_files: list[dict]
+    output_root: Path, decisions: pipeline.Decisions, plan: PurchasePlan, *, batch: str, pdate: dt.date, rules: Rules,
+    input_files: list[dict],
 ) -> tuple[Path, dict]:
-    """Every report of section 10 into `<output_root>/<batch>/`, atomically.
-    Returns the folder and the run summary."""
+    """Every report of section 10 (and the purchase plan) into
+    `<output_root>/<batch>/`, atomically. Returns the folder and the run summary."""
     summary = reports.run_summary(
         decisions.loans, decisions.exceptions, decisions.checks, batch=batch, pdate=pdate,
-        rules_version=rules.version, input_files=input_files,
+        rules_version=rules.version, input_files=input_files, plan=plan.platforms,
     )
     eligibility = reports.eligibility_document(
-        decisions.checks, summarize_checks(decisions.checks), batch=batch, pdate=pdate, rules_version=rules.version
+        plan.checks, summarize_checks(decisions.checks), batch=batch, pdate=pdate, rules_version=rules.version,
+        plan=plan.platforms,
     )
     workbooks = reports.exception_reports(decisions.loans, decisions.price_mismatch_existing)
     workbooks.update(reports.share_copies(workbooks))
 
     def write(folder: Path) -> None:
         reports.decisions_table(decisions.loans).to_csv(folder / "loan_decisions.csv", index=False)
+        plan.loans.to_csv(folder / "purchase_plan.csv", index=False)
         (folder / "share").mkdir()
         for name, frame in workbooks.items():
             write_workbook(frame, folder / name)
-        write_workbook(reports.eligibility_sheet(decisions.checks), folder / "eligibility_checks_summary.xlsx", "checks")
+        write_workbook(reports.eligibility_sheet(plan.checks, plan.platforms), folder / "eligibility_checks_summary.xlsx", "checks")
         write_json(eligibility, folder / "eligibility_checks.json")
         write_json(summary, folder / "run_summary.json")
 
@@ -71,8 +75,9 @@ def process_batch(
     underwritten = timer("underwriting", pipeline.run_underwriting, normalized.loans, reference.grids, rules)
     comap = timer("comap", pipeline.run_comap, underwritten, reference.comap, rules)
     decisions = timer("eligibility", pipeline.run_eligibility, comap, normalized.existing, rules)
+    plan = timer("purchase_plan", pipeline.run_purchase_plan, decisions, normalized.existing, rules)
     folder, summary = timer(
-        "exports", write_batch_outputs, output_root, decisions, batch=batch_key, pdate=purchase_date, rules=rules,
+        "exports", write_batch_outputs, output_root, decisions, plan, batch=batch_key, pdate=purchase_date, rules=rules,
         input_files=reference.files + inputs.files,
     )
     engine = database.engine_for(database_url)

@@ -17,13 +17,14 @@ from loan_engine_dagster.adapters.loading import load_batch_inputs, load_referen
 from loan_engine_dagster.rules import pipeline
 from loan_engine_dagster.rules.reports import empty_exhibits
 from loan_engine_dagster.rules.config import Rules
+from loan_engine_dagster.rules.purchase_plan import PurchasePlan
 from loan_engine_dagster.rules.run_options import check_irr_target, parse_pdate
 
 from .checks import (
     DATA_QUALITY_CHECKS, EMPTY_EXHIBITS_CHECK, LIMIT_CHECK_SPECS, data_quality_results, empty_exhibits_result,
     limit_check_results,
 )
-from .metadata import balance_total, files_markdown, reasons_markdown
+from .metadata import balance_total, files_markdown, plan_metadata, reasons_markdown
 from .partitions import batches
 from .resources import InboxResource, OutputsResource, ResultsDatabase, RulesResource
 
@@ -221,23 +222,36 @@ def eligibility(comap: pd.DataFrame, normalized_loans: pipeline.NormalizedBatch,
     yield from limit_check_results(decisions.checks)
 
 
+@dg.asset(partitions_def=batches, group_name=DELIVERY, kinds={"scipy"})
+def purchase_plan(eligibility: pipeline.Decisions, normalized_loans: pipeline.NormalizedBatch, rules: RulesResource) -> dg.Output:
+    """Which loans to hold back so that every limit holds, losing the least balance.
+
+    Per platform, the largest purchase among the loans to buy that keeps every
+    curable limit, checked by evaluating the limits again on the plan."""
+    start = time.perf_counter()
+    loaded = rules.load()
+    plan = pipeline.run_purchase_plan(eligibility, normalized_loans.existing, loaded)
+    return dg.Output(plan, metadata={**plan_metadata(plan.platforms), "rules_version": loaded.version, **_elapsed(start)})
+
+
 @dg.asset(partitions_def=batches, group_name=DELIVERY)
 def exports(
     context: dg.AssetExecutionContext,
     eligibility: pipeline.Decisions,
+    purchase_plan: PurchasePlan,
     normalized_loans: pipeline.NormalizedBatch,
     reference_data: pipeline.ReferenceData,
     batch_inputs: pipeline.BatchInputs,
     outputs: OutputsResource,
     rules: RulesResource,
 ) -> dg.Output:
-    """The batch's reports: decisions CSV, exception workbooks, limits, run summary.
+    """The batch's reports: decisions CSV, exception workbooks, limits, purchase plan, run summary.
 
     They appear in the output folder all at once, replacing an earlier run's."""
     start = time.perf_counter()
     loaded = rules.load()
     folder, summary = write_batch_outputs(
-        outputs.path, eligibility, batch=context.partition_key, pdate=normalized_loans.pdate, rules=loaded,
+        outputs.path, eligibility, purchase_plan, batch=context.partition_key, pdate=normalized_loans.pdate, rules=loaded,
         input_files=reference_data.files + batch_inputs.files,
     )
     return dg.Output(

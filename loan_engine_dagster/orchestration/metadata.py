@@ -25,3 +25,24 @@ def files_markdown(files: list[dict]) -> str:
 
 def balance_total(frame: pd.DataFrame) -> float:
     return round(float(frame["orig_balance"].fillna(0.0).sum()), 2)
+
+
+def plan_metadata(plans: dict[str, dict]) -> dict:
+    """The purchase plan per platform: status, bought and held-back balance,
+    loans held back and the limits that bind."""
+    out = {}
+    for platform, plan in plans.items():
+        out[f"{platform}_status"] = plan["status"]
+        out[f"{platform}_bought_balance"] = plan["bought_balance"]
+        out[f"{platform}_held_back_balance"] = plan["held_back_balance"]
+        out[f"{platform}_held_back_loans"] = plan["held_back_loans"]
+        out[f"{platform}_binding_checks"] = ", ".join(plan["binding_checks"]) or "none"
+        if plan["upper_bound_balance"] is not None:
+            out[f"{platform}_upper_bound_balance"] = plan["upper_bound_balance"]
+        if plan["gap_balance"] is not None:
+            out[f"{platform}_gap_balance"] = plan["gap_balance"]
+        if plan["not_curable_checks"]:
+            out[f"{platform}_not_curable_checks"] = ", ".join(plan["not_curable_checks"])
+        if plan["conflicting_checks"]:
+            out[f"{platform}_conflicting_checks"] = ", ".join(plan["conflicting_checks"])
+    return out

@@ -58,6 +58,24 @@ def _share(weights: np.ndarray, base: np.ndarray, match: np.ndarray) -> tuple[fl
     return (None if total == 0 else float(part / total)), float(part), float(total)
 
 
+def platform_bases(pop: pd.DataFrame, platform: str) -> dict[str, np.ndarray]:
+    """The three population bases of one platform; repurchased and excess
+    assets never count."""
+    in_base = ~pop["repurchase"].to_numpy(dtype=bool) & ~pop["excess_asset"].to_numpy(dtype=bool)
+    is_buy = pop["is_buy"].to_numpy(dtype=bool)
+    base = in_base & (pop["platform"] == platform).to_numpy()
+    return {"value": base, "before": base & ~is_buy, "to_purchase": base & (~is_buy | pop["to_purchase"].to_numpy(dtype=bool))}
+
+
+def platform_checks(rules: Rules) -> tuple[tuple[str, list[Check]], ...]:
+    return (("prime", rules.eligibility.prime), ("sfy", rules.eligibility.sfy))
+
+
+def check_match(pop: pd.DataFrame, check: Check) -> np.ndarray:
+    """The rows inside the check's filter (every row when it has none)."""
+    return filter_mask(pop, check) if check.where else np.ones(len(pop), dtype=bool)
+
+
 def metric_value(check: Check, pop: pd.DataFrame, base: np.ndarray, match: np.ndarray, balance: np.ndarray):
     """The check's metric over one population base; None when the base is
     empty or has zero balance."""
@@ -81,24 +99,24 @@ def metric_value(check: Check, pop: pd.DataFrame, base: np.ndarray, match: np.nd
     raise ValueError(f"unknown metric {check.metric}")
 
 
-def evaluate_checks(pop: pd.DataFrame, rules: Rules) -> pd.DataFrame:
+def evaluate_checks(pop: pd.DataFrame, rules: Rules, *, value_only: bool = False) -> pd.DataFrame:
     """One row per (platform, check) with the three population values, the
     status and, for a breached balance share, the excess balance and the
-    batch's loans that make up the subset, largest first."""
+    batch's loans that make up the subset, largest first. `value_only` skips
+    `before` and `to_purchase` (left null) when only the status is wanted."""
     balance = pop["orig_balance"].to_numpy(dtype=float)
-    in_base = ~pop["repurchase"].to_numpy(dtype=bool) & ~pop["excess_asset"].to_numpy(dtype=bool)
     is_buy = pop["is_buy"].to_numpy(dtype=bool)
-    to_purchase = pop["to_purchase"].to_numpy(dtype=bool)
     rows = []
-    for platform, checks in (("prime", rules.eligibility.prime), ("sfy", rules.eligibility.sfy)):
-        base = in_base & (pop["platform"] == platform).to_numpy()
-        bases = {"value": base, "before": base & ~is_buy, "to_purchase": base & (~is_buy | to_purchase)}
+    for platform, checks in platform_checks(rules):
+        bases = platform_bases(pop, platform)
+        base = bases["value"]
         for check in checks:
-            match = filter_mask(pop, check) if check.where else np.ones(len(pop), dtype=bool)
+            match = check_match(pop, check)
             if check.metric == "batch_balance_share":
                 values = {"value": metric_value(check, pop, base & is_buy, match, balance), "before": None, "to_purchase": None}
             else:
-                values = {name: metric_value(check, pop, b, match, balance) for name, b in bases.items()}
+                values = {name: None if value_only and name != "value" else metric_value(check, pop, b, match, balance)
+                          for name, b in bases.items()}
             value = values["value"]
             if value is None:
                 status = "no_data"
@@ -134,9 +152,22 @@ def evaluate_checks(pop: pd.DataFrame, rules: Rules) -> pd.DataFrame:
                     "status": status,
                     "excess_balance": excess,
                     "contributors": contributors,
+                    "headroom_balance": None if value_only else headroom_balance(check, bases["to_purchase"], match, balance),
                 }
             )
     return pd.DataFrame(rows)
+
+
+def headroom_balance(check: Check, base: np.ndarray, match: np.ndarray, balance: np.ndarray) -> float | None:
+    """For a balance share that passes on the loans to buy plus existing: how
+    much more balance inside the filter could still be bought, `(L*B - S) /
+    (1 - L)`. For a strict `<` it is the bound itself, not reachable exactly."""
+    if check.metric != "balance_share" or check.limit is None or check.op not in ("<", "<=") or not 0 <= check.limit < 1:
+        return None
+    share, s, b = _share(balance, base, match)
+    if share is None or not OPS[check.op](share, check.limit):
+        return None
+    return float((check.limit * b - s) / (1 - check.limit))
 
 
 def summarize_checks(checks: pd.DataFrame) -> dict:

@@ -15,6 +15,7 @@ from .disposition import dispose, exceptions
 from .eligibility import build_population, evaluate_checks
 from .normalization import mark_repurchases, normalize_buy_loans
 from .parsing import flag_duplicate_loan_numbers
+from .purchase_plan import PurchasePlan, make_plan
 from .purchase_price import check_buy_loans, existing_mismatches
 from .underwriting import underwrite
 
@@ -85,3 +86,9 @@ def run_eligibility(loans: pd.DataFrame, existing: pd.DataFrame, rules: Rules) -
         checks=checks,
         price_mismatch_existing=existing_mismatches(existing, rules.normalization.facility_period_start),
     )
+
+
+def run_purchase_plan(decisions: Decisions, existing: pd.DataFrame, rules: Rules) -> PurchasePlan:
+    """Which loans to hold back so that every curable limit holds, per platform,
+    proven by evaluating the limits again on the plan."""
+    return make_plan(decisions.loans, existing, decisions.checks, rules)

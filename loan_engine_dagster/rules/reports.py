@@ -104,18 +104,54 @@ def share_copies(reports: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     return {f"share/{name}": reports[name].iloc[:, :SHARE_COLUMN_LIMIT] for name in SHARED_REPORTS}
 
 
-def eligibility_document(checks: pd.DataFrame, summary: dict, *, batch: str, pdate: dt.date, rules_version: str) -> dict:
-    columns = ["platform", "check_id", "description", "metric", "op", "limit", "value", "before", "to_purchase",
-               "status", "excess_balance", "contributors"]
-    records = checks[columns].astype(object).where(checks[columns].notna(), None).to_dict("records")
-    return {"batch": batch, "pdate": pdate.isoformat(), "rules_version": rules_version, "checks": records, "summary": summary}
+CHECK_FIELDS = ["platform", "check_id", "description", "metric", "op", "limit", "value", "before", "to_purchase",
+                "status", "excess_balance", "contributors", "headroom_balance", "plan_value", "plan_status"]
 
 
-def eligibility_sheet(checks: pd.DataFrame) -> pd.DataFrame:
-    """The limits as an analyst reads them: one row per check, breaches first."""
+def eligibility_document(
+    checks: pd.DataFrame, summary: dict, *, batch: str, pdate: dt.date, rules_version: str, plan: dict
+) -> dict:
+    """`eligibility_checks.json`: the checks with their headroom and their
+    value on the purchase plan, and the plan per platform."""
+    records = checks[CHECK_FIELDS].astype(object).where(checks[CHECK_FIELDS].notna(), None).to_dict("records")
+    return {"batch": batch, "pdate": pdate.isoformat(), "rules_version": rules_version, "checks": records,
+            "summary": summary, "plan": plan}
+
+
+def plan_lines(platform: str, plan: dict) -> tuple[str, str]:
+    """One platform's plan in two lines an analyst reads: what to buy, then
+    why (the binding limits, the proof, what cannot be cured)."""
+    name = f"plan {platform.upper()}:"
+    if plan["status"] == "infeasible":
+        first = f"{name:<15} infeasible: the limits cannot all hold together; every loan stays buy"
+        second = f"{'':<15} conflicting limits: {', '.join(plan['conflicting_checks']) or 'not identified'}"
+    else:
+        first = (f"{name:<15} {plan['status']}: buy {plan['bought_balance']:,.2f}, hold back "
+                 f"{plan['held_back_loans']:,} loans ({plan['held_back_balance']:,.2f})")
+        why = [f"binding: {', '.join(plan['binding_checks']) or 'none'}"]
+        if plan["status"] == "feasible":
+            why.append(f"within {plan['gap_balance']:,.2f} of the bound {plan['upper_bound_balance']:,.2f}")
+        second = f"{'':<15} " + "; ".join(why)
+    if plan["not_curable_checks"]:
+        second += f"; not curable from this batch: {', '.join(plan['not_curable_checks'])}"
+    return first, second
+
+
+def plan_line(platform: str, plan: dict) -> str:
+    return " ".join(" ".join(line.split()) for line in plan_lines(platform, plan))
+
+
+def eligibility_sheet(checks: pd.DataFrame, plan: dict) -> pd.DataFrame:
+    """The limits as an analyst reads them: one row per check, breaches first,
+    with the purchase plan's value and status beside each, and the
+    platform's plan in words."""
     sheet = checks.drop(columns="contributors").copy()
-    sheet["value"] = sheet["value"].map(lambda v: "; ".join(f"{k} {s:.2%}" for k, s in v.items()) if isinstance(v, dict) else v)
+    for column in ("value", "plan_value"):
+        sheet[column] = sheet[column].map(
+            lambda v: "; ".join(f"{k} {s:.2%}" for k, s in v.items()) if isinstance(v, dict) else v
+        )
     sheet["contributors"] = checks["contributors"].map(len)
+    sheet["platform_plan"] = sheet["platform"].map(lambda p: plan_line(p, plan[p]))
     order = sheet["status"].map({"fail": 0, "no_data": 1, "pass": 2, "info": 3})
     return sheet.assign(_o=order).sort_values(["_o", "platform"], kind="stable").drop(columns="_o")
 
@@ -133,7 +169,7 @@ def empty_exhibits(loans: pd.DataFrame, input_files: list[dict]) -> list[str]:
 
 def run_summary(
     loans: pd.DataFrame, exceptions: pd.DataFrame, checks: pd.DataFrame, *, batch: str, pdate: dt.date,
-    rules_version: str, input_files: list[dict],
+    rules_version: str, input_files: list[dict], plan: dict,
 ) -> dict:
     balance = loans["orig_balance"].fillna(0.0)
     reason_counts = exceptions.groupby(["severity", "reason"]).size()
@@ -154,4 +190,5 @@ def run_summary(
             "failed": [f"{r.platform}:{r.check_id}" for r in checks[checks["status"] == "fail"].itertuples()],
             "no_data": [f"{r.platform}:{r.check_id}" for r in checks[checks["status"] == "no_data"].itertuples()],
         },
+        "plan": plan,
     }
