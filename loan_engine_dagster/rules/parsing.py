@@ -292,31 +292,38 @@ def parse_exhibit(raw: pd.DataFrame, *, platform: str, file: str, sheet: str, ru
 
     headers = {f.name: mapping.get(f.name, f.header) for f in fields}
     problems = pd.Series("", index=out.index, dtype="string")
+
+    def add(mask: pd.Series, message) -> None:
+        # Messages are built for the flagged rows only: most rows have none.
+        nonlocal problems
+        if not mask.any():
+            return
+        text = message(mask) if callable(message) else message
+        problems = problems.mask(mask, problems[mask] + text + "; ")
+
     for name, mask in invalid.items():
         if name not in mapping:
             continue
         cells = frame[mapping[name]]
         kind = "a date" if name == "submit_date" else "a number"
-        message = (f"{headers[name]} '" + cells.astype("string").str.strip().fillna("") + f"' is not {kind}").where(
-            ~is_blank(cells), f"{headers[name]} is empty"
-        )
-        problems = problems.where(~mask, problems + message + "; ")
+
+        def unreadable(rows, cells=cells, header=headers[name], kind=kind):
+            flagged = cells[rows]
+            return (f"{header} '" + flagged.astype("string").str.strip().fillna("") + f"' is not {kind}").where(
+                ~is_blank(flagged), f"{header} is empty"
+            )
+
+        add(mask, unreadable)
     valid_num = out["fico"].notna()
     bad_fico = valid_num & ((out["fico"] < rules.normalization.fico_min) | (out["fico"] > rules.normalization.fico_max))
-    problems = problems.where(
-        ~bad_fico,
-        problems
-        + f"{headers['fico']} "
-        + out["fico"].map("{:g}".format).astype("string")
-        + f" outside {rules.normalization.fico_min}-{rules.normalization.fico_max}; ",
-    )
+    add(bad_fico, lambda rows: f"{headers['fico']} " + out.loc[rows, "fico"].map("{:g}".format).astype("string")
+        + f" outside {rules.normalization.fico_min}-{rules.normalization.fico_max}")
     bad_balance = out["orig_balance"].notna() & (out["orig_balance"] <= 0)
-    problems = problems.where(
-        ~bad_balance, problems + f"{headers['orig_balance']} " + out["orig_balance"].map("{:g}".format).astype("string") + " is not above 0; "
-    )
+    add(bad_balance, lambda rows: f"{headers['orig_balance']} "
+        + out.loc[rows, "orig_balance"].map("{:g}".format).astype("string") + " is not above 0")
     if "tu144" in mapping and platform == "sfy":
         bad_tu = out["tu144"].notna() & ~out["tu144"].isin([0.0, 1.0])
-        problems = problems.where(~bad_tu, problems + f"{headers['tu144']} must be 0 or 1; ")
+        add(bad_tu, f"{headers['tu144']} must be 0 or 1")
 
     out["platform"] = platform
     out["source_file"] = file
