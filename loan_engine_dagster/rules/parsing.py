@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .config import Rules
 from .errors import StructuralError
@@ -129,12 +131,40 @@ def is_blank(series: pd.Series) -> pd.Series:
     return stripped.isna() | (stripped == "")
 
 
+def _arrow_text(series: pd.Series) -> pa.ChunkedArray | None:
+    """The column as Arrow strings with empty cells as nulls, when it is a
+    pyarrow-backed text column (a CSV column); None otherwise."""
+    dtype = series.dtype
+    if not (isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow"):
+        return None
+    values = pa.array(series.array)
+    return pc.if_else(pc.equal(values, ""), pa.scalar(None, pa.string()), values)
+
+
+def _arrow_cast(series: pd.Series, to: pa.DataType) -> pa.ChunkedArray | None:
+    """Arrow's cast of a text column when every non-empty cell converts
+    (typically all of a clean file's); None to take the general path."""
+    values = _arrow_text(series)
+    if values is None:
+        return None
+    try:
+        return pc.cast(values, to)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+
+
 def to_number(series: pd.Series) -> pd.Series:
+    cast = _arrow_cast(series, pa.float64())
+    if cast is not None:
+        return pd.Series(cast.to_numpy(zero_copy_only=False), index=series.index, dtype="float64")
     return pd.to_numeric(series, errors="coerce").astype("float64")
 
 
 def to_date(series: pd.Series) -> pd.Series:
     """Dates from Excel dates, ISO/US text, or Excel serial numbers."""
+    cast = _arrow_cast(series, pa.date32())  # ISO dates, as buyer's CSV files hold them
+    if cast is not None:
+        return pd.Series(cast.to_numpy(zero_copy_only=False), index=series.index).astype("datetime64[ns]")
     serial = pd.to_numeric(series, errors="coerce")
     textual = series.where(serial.isna())
     parsed = pd.to_datetime(textual, errors="coerce", format="mixed")
@@ -150,10 +180,23 @@ def to_text(series: pd.Series) -> pd.Series:
     return text
 
 
+_TRUE = ["true", "1", "1.0", "yes", "y", "t"]
+_FALSE = ["false", "0", "0.0", "no", "n", "f", ""]
+
+
+def _bool_key(series: pd.Series) -> pd.Series:
+    """Trimmed, case-folded text of a flag column, computed once per distinct
+    value (a flag column holds a handful)."""
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    keys = pd.Series(np.asarray(uniques, dtype=object), dtype=object).astype("string").str.strip().str.casefold().fillna("")
+    out = np.append(keys.to_numpy(dtype=object), "")[codes]  # code -1 (missing) picks the trailing ""
+    return pd.Series(out, index=series.index, dtype=object)
+
+
 def to_bool(series: pd.Series, default: bool = False) -> pd.Series:
-    key = series.astype("string").str.strip().str.casefold().fillna("")
-    truthy = key.isin(["true", "1", "1.0", "yes", "y", "t"])
-    falsy = key.isin(["false", "0", "0.0", "no", "n", "f", ""])
+    key = _bool_key(series)
+    truthy = key.isin(_TRUE)
+    falsy = key.isin(_FALSE)
     out = pd.Series(default, index=series.index, dtype=bool)
     out[truthy] = True
     out[falsy & (key != "")] = False
@@ -161,8 +204,7 @@ def to_bool(series: pd.Series, default: bool = False) -> pd.Series:
 
 
 def bool_invalid(series: pd.Series) -> pd.Series:
-    key = series.astype("string").str.strip().str.casefold().fillna("")
-    return ~key.isin(["true", "1", "1.0", "yes", "y", "t", "false", "0", "0.0", "no", "n", "f", ""])
+    return ~_bool_key(series).isin(_TRUE + _FALSE)
 
 
 def find_header_row(raw: pd.DataFrame, *, marker: str | None, max_rows: int, file: str, sheet: str | None) -> int:
