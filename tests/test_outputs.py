@@ -157,3 +157,20 @@ def test_empty_workbook_keeps_its_header(tmp_path):
     write_workbook(_every_kind().iloc[:0], path)
     sheet, cells = _cells(path)
     assert cells == [[(c, "s") for c in _every_kind().columns]]
+
+
+@pytest.mark.parametrize("kind", ["str", "string", "object"])
+def test_csv_is_byte_for_byte_what_pandas_writes(tmp_path, kind):
+    from loan_engine_dagster.adapters.outputs import write_csv
+
+    tricky = ["a,b", 'say "hi"', "line\nbreak", " lead", "trail ", "", None, "é ü 中", "#x", "=1+1", "tab\there", '"', ",",
+              "\r\n", "true"]
+    frames = [
+        pd.DataFrame({"a": pd.array(tricky, dtype=kind), "b": pd.array(tricky[::-1], dtype=kind)}, index=range(20, 35)),
+        pd.DataFrame({"a": pd.array(["x", "cr\ralone"], dtype=kind), "b": ["y", "z"]}),  # pandas leaves a lone CR unquoted
+        pd.DataFrame({"a": ["x", "y"], "n": [1.5, float("nan")]}),  # numbers: pandas' formatting
+    ]
+    for i, frame in enumerate(frames):
+        write_csv(frame, tmp_path / f"{i}.csv")
+        frame.to_csv(tmp_path / f"{i}.pandas.csv", index=False)
+        assert (tmp_path / f"{i}.csv").read_bytes() == (tmp_path / f"{i}.pandas.csv").read_bytes()
