@@ -127,8 +127,21 @@ def text_key(series: pd.Series) -> pd.Series:
 
 
 def is_blank(series: pd.Series) -> pd.Series:
+    if series.dtype == object and pd.api.types.infer_dtype(series, skipna=True) != "string":
+        # A workbook column of numbers: only its non-number cells can be blank
+        # text, and turning every number into text to find out is the slow part.
+        values = series.to_numpy()
+        out = pd.isna(values)
+        other = ~out & pd.to_numeric(series, errors="coerce").isna().to_numpy()
+        if other.any():
+            out[other] = _blank_text(pd.Series(values[other], dtype=object)).to_numpy()
+        return pd.Series(out, index=series.index)
+    return _blank_text(series)
+
+
+def _blank_text(series: pd.Series) -> pd.Series:
     stripped = series.astype("string").str.strip()
-    return stripped.isna() | (stripped == "")
+    return (stripped.isna() | (stripped == "")).astype(bool)
 
 
 def _arrow_text(series: pd.Series) -> pa.ChunkedArray | None:
