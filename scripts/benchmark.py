@@ -13,8 +13,9 @@ unless --existing is given; not timed), then, in the same invocation:
   a fresh SQLite results database each time, exactly as a user would;
 - reads that run's Dagster event log to split the wall clock into per-step
   times (one row per step found, whatever the job holds), the work inside each
-  asset (its `elapsed_seconds` metadata), the IO manager (loading inputs,
-  storing outputs) and the rest (process start-up before the first step, the
+  asset (its `elapsed_seconds` metadata), the IO manager (`inputs`: step
+  start to its last input loaded, resources and events included; `output`:
+  the output handed over to its pickle written) and the rest (process start-up before the first step, the
   gaps between steps and after the last one);
 - reports the peak RSS of the run process (from wait4).
 
@@ -166,19 +167,19 @@ def report(loans: int, existing: int, mix: str, run: dict) -> None:
     rejected = next((line for line in run["output"].splitlines() if line.strip().startswith("rejected:")), "").split()
     print(f"\n{loans:,} buy loans, {existing:,} existing assets, mix {mix}"
           + (f", {rejected[1]} rejected" if len(rejected) > 1 else ""))
-    print(f"{'step':<34}{'wall s':>8}{'asset s':>9}{'load s':>8}{'store s':>9}")
+    print(f"{'step':<34}{'wall s':>8}{'asset s':>9}{'inputs s':>9}{'output s':>9}")
     for step, row in steps.items():
-        print(f"{step:<34}{row['wall']:>8.2f}{row['compute']:>9.2f}{row['load']:>8.2f}{row['store']:>9.2f}")
+        print(f"{step:<34}{row['wall']:>8.2f}{row['compute']:>9.2f}{row['load']:>9.2f}{row['store']:>9.2f}")
     in_steps = sum(r["wall"] for r in steps.values())
     compute = sum(r["compute"] for r in steps.values())
     io = sum(r["load"] + r["store"] for r in steps.values())
     first, last = min(r["start"] for r in steps.values()), max(r["end"] for r in steps.values())
     print(f"{'sum of steps':<34}{in_steps:>8.2f}{compute:>9.2f}"
-          f"{sum(r['load'] for r in steps.values()):>8.2f}{sum(r['store'] for r in steps.values()):>9.2f}")
+          f"{sum(r['load'] for r in steps.values()):>9.2f}{sum(r['store'] for r in steps.values()):>9.2f}")
     print("Dagster overhead:")
     print(f"  process start to run start         {p['to_run_start']:>6.2f} s")
     print(f"  process start to first step        {p['to_first_step']:>6.2f} s")
-    print(f"  IO manager (load + store)          {io:>6.2f} s")
+    print(f"  inputs + outputs (IO manager)      {io:>6.2f} s")
     print(f"  events, checks, between steps      {(last - first) - compute - io:>6.2f} s")
     print(f"  last step to process exit          {p['after_last_step']:>6.2f} s")
     print(f"whole `loan-engine run`              {run['wall']:>6.2f} s")
