@@ -175,3 +175,15 @@ def test_text_dates_and_flags_read_alike_on_both_paths():
     flags = pd.Series([" TRUE", "no", "", None, "1.0", "maybe", 1.0, True], dtype=object)
     assert to_bool(flags).tolist() == [True, False, False, False, True, False, True, True]
     assert bool_invalid(flags).tolist() == [False, False, False, False, False, True, False, False]
+
+
+def test_blank_cells_on_every_path():
+    from loan_engine_dagster.rules.parsing import is_blank
+
+    cells = [None, float("nan"), "", "  ", "\t\n", "x", " y ", 0.0, 12.5, 3, True, False, dt.date(2026, 1, 2), pd.NA, "\u00a0"]
+    expected = [True, True, True, True, True, False, False, False, False, False, False, False, False, True, True]
+    assert is_blank(pd.Series(cells, dtype=object)).tolist() == expected  # workbook cells
+    numbers = pd.Series([1.5, "", None, " ", 2.0, "n/a"], dtype=object)  # a number column with gaps
+    assert is_blank(numbers).tolist() == [False, True, True, True, False, False]
+    text = pd.Series(["", " a", None, "  "], dtype="str")  # a CSV column
+    assert is_blank(text).tolist() == [True, False, True, True]

@@ -140,8 +140,11 @@ def is_blank(series: pd.Series) -> pd.Series:
 
 
 def _blank_text(series: pd.Series) -> pd.Series:
-    stripped = series.astype("string").str.strip()
-    return (stripped.isna() | (stripped == "")).astype(bool)
+    # Arrow's trim is what pandas' .str.strip() runs on Arrow-backed text;
+    # called directly it skips pandas' boxing of the intermediate results.
+    values = pa.array(series.astype("string").array)
+    blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(values), ""), True)
+    return pd.Series(blank.to_numpy(zero_copy_only=False), index=series.index, dtype=bool)
 
 
 def _arrow_text(series: pd.Series) -> pa.ChunkedArray | None:
