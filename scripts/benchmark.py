@@ -17,7 +17,9 @@ unless --existing is given; not timed), then, in the same invocation:
   start to its last input loaded, resources and events included; `output`:
   the output handed over to its pickle written) and the rest (process start-up before the first step, the
   gaps between steps and after the last one);
-- reports the peak RSS of the run process (from wait4).
+- reports the peak RSS and the CPU seconds of the run process (from wait4),
+  and the bare read's CPU seconds: on a machine shared with other work the
+  CPU ratio moves much less than the wall-clock one.
 
 Not a test: the machine's load makes single timings noisy. Use --repeat and
 read the best; copy the figures into the README with the machine and date.
@@ -29,6 +31,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -47,8 +50,13 @@ LOAN_ENGINE = Path(sys.executable).with_name("loan-engine")
 SCALING_SIZES = (25_000, 50_000, 100_000, 200_000)
 
 
-def bare_read(inbox: Path) -> float:
-    """Seconds to read every input file into DataFrames, nothing else."""
+def _cpu_seconds(usage: resource.struct_rusage) -> float:
+    return usage.ru_utime + usage.ru_stime
+
+
+def bare_read(inbox: Path) -> tuple[float, float]:
+    """Wall and CPU seconds to read every input file into DataFrames, nothing else."""
+    cpu = _cpu_seconds(resource.getrusage(resource.RUSAGE_SELF))
     start = time.perf_counter()
     for path in sorted(inbox.iterdir()):
         if path.suffix == ".xlsx":
@@ -57,7 +65,7 @@ def bare_read(inbox: Path) -> float:
                 pd.DataFrame(workbook.get_sheet_by_name(name).to_python(skip_empty_area=False), dtype=object)
         elif path.suffix == ".csv":
             pd.read_csv(path, dtype=str, keep_default_na=False, engine="pyarrow")
-    return time.perf_counter() - start
+    return time.perf_counter() - start, _cpu_seconds(resource.getrusage(resource.RUSAGE_SELF)) - cpu
 
 
 def run_loan_engine(inbox: Path, batch: str, workdir: Path) -> dict:
@@ -82,7 +90,7 @@ def run_loan_engine(inbox: Path, batch: str, workdir: Path) -> dict:
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         sys.exit(f"loan-engine run failed (exit {process.returncode}):\n{log.read_text()[-3000:]}")
-    return {"wall": wall, "started_at": started_at, "max_rss_mib": usage.ru_maxrss / 1024,
+    return {"wall": wall, "cpu": _cpu_seconds(usage), "started_at": started_at, "max_rss_mib": usage.ru_maxrss / 1024,
             "events": event_log(home), "output": log.read_text()}
 
 
@@ -150,9 +158,9 @@ def one_size(loans: int, existing: int, mix: str, repeat: int, workdir: Path, se
     batch = default_batch_date().isoformat()
     best = None
     for attempt in range(repeat):
-        read = bare_read(inbox)
+        read, read_cpu = bare_read(inbox)
         run = run_loan_engine(inbox, batch, workdir)
-        run["read"] = read
+        run["read"], run["read_cpu"] = read, read_cpu
         run["phases"] = phases(run)
         print(f"  try {attempt + 1}: whole run {run['wall']:.2f} s, bare read {read:.2f} s, "
               f"ratio {run['wall'] / read:.2f}x, peak RSS {run['max_rss_mib']:,.0f} MiB", flush=True)
@@ -185,6 +193,8 @@ def report(loans: int, existing: int, mix: str, run: dict) -> None:
     print(f"whole `loan-engine run`              {run['wall']:>6.2f} s")
     print(f"bare read of the same files          {run['read']:>6.2f} s")
     print(f"ratio                                {run['wall'] / run['read']:>6.2f}x")
+    print(f"CPU seconds, run / bare read         {run['cpu']:>6.2f} / {run['read_cpu']:.2f} = {run['cpu'] / run['read_cpu']:.2f}x"
+          "  (steadier than wall time on a busy machine)")
     print(f"peak RSS of the run process          {run['max_rss_mib']:>6,.0f} MiB")
 
 
@@ -216,7 +226,8 @@ def main() -> None:
             print("\nscaling (whole run, seconds per 1,000 buy loans):")
             for loans, run in results:
                 print(f"  {loans:>8,} buy loans  {run['wall']:>7.2f} s  {1000 * run['wall'] / loans:>6.3f} s/1k  "
-                      f"read {run['read']:>6.2f} s  ratio {run['wall'] / run['read']:.2f}x  RSS {run['max_rss_mib']:,.0f} MiB")
+                      f"read {run['read']:>6.2f} s  ratio {run['wall'] / run['read']:.2f}x  CPU {run['cpu']:>6.1f} s  "
+                      f"RSS {run['max_rss_mib']:,.0f} MiB")
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
