@@ -460,16 +460,25 @@ def parse_tape(frame: pd.DataFrame, *, file: str) -> pd.DataFrame:
     number = out["account_number"]
     invalid["account_number"] = invalid["account_number"] | (number.notna() & (number != np.floor(number)))
     _raise_on_invalid(invalid, out, TAPE_FIELDS, mapping, file=file, sheet=None)
-    codes = out["status_codes"].str.upper()
-    repurchased = codes.str.contains(r"(?:^|;)\s*REPURCHASE\s*(?:;|$)", regex=True)
-    group = out["loan_group"].str.upper()
+    repurchased = _per_distinct(
+        out["status_codes"], lambda codes: codes.str.upper().str.contains(r"(?:^|;)\s*REPURCHASE\s*(?:;|$)", regex=True)
+    )
+    sfy = _per_distinct(out["loan_group"], lambda group: group.str.upper().str.contains("FX3|FX1", regex=True))
     return pd.DataFrame(
         {
             "seller_loan_number": "SFC_" + number.astype("int64").astype("string"),
-            "tagging": np.where(group.str.contains("FX3|FX1", regex=True), "SFY", "PRIME"),
-            "repurchased": repurchased.to_numpy(dtype=bool),
+            "tagging": np.where(sfy, "SFY", "PRIME"),
+            "repurchased": repurchased,
         }
     )
+
+
+def _per_distinct(series: pd.Series, test) -> np.ndarray:
+    """A text test run once per distinct value: a tape's 600k rows hold a
+    handful of status codes and loan groups, and the regex runs in Python."""
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    hits = test(pd.Series(uniques, dtype=series.dtype)).to_numpy(dtype=bool, na_value=False)
+    return np.append(hits, False)[codes]  # code -1 (missing) picks the trailing False
 
 
 def parse_existing(frame: pd.DataFrame, *, file: str) -> pd.DataFrame:
