@@ -126,13 +126,16 @@ def text_key(series: pd.Series) -> pd.Series:
     return pd.Series(out, index=series.index, dtype="string")
 
 
-def is_blank(series: pd.Series) -> pd.Series:
+def is_blank(series: pd.Series, numbers: pd.Series | None = None) -> pd.Series:
+    """Empty or white space only. `numbers`, the column's `to_number`, saves
+    converting it twice."""
     if series.dtype == object and pd.api.types.infer_dtype(series, skipna=True) != "string":
         # A workbook column of numbers: only its non-number cells can be blank
         # text, and turning every number into text to find out is the slow part.
         values = series.to_numpy()
         out = pd.isna(values)
-        other = ~out & pd.to_numeric(series, errors="coerce").isna().to_numpy()
+        numeric = numbers if numbers is not None else pd.to_numeric(series, errors="coerce")
+        other = ~out & numeric.isna().to_numpy()
         if other.any():
             out[other] = _blank_text(pd.Series(values[other], dtype=object)).to_numpy()
         return pd.Series(out, index=series.index)
@@ -286,11 +289,12 @@ def typed_frame(
             out[field.name] = field.default if field.kind != "carry" else None
             continue
         raw = frame[mapping[field.name]]
-        blank = is_blank(raw)
+        numbers = to_number(raw) if field.kind == "number" else None
+        blank = is_blank(raw, numbers)
         if field.kind == "text":
             out[field.name] = to_text(raw)
         elif field.kind == "number":
-            values = to_number(raw)
+            values = numbers
             invalid[field.name] = values.isna() & ~blank
             out[field.name] = values.fillna(field.default) if not field.required and field.default is not None else values
         elif field.kind == "date":
