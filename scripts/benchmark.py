@@ -68,7 +68,7 @@ def bare_read(inbox: Path) -> tuple[float, float]:
     return time.perf_counter() - start, _cpu_seconds(resource.getrusage(resource.RUSAGE_SELF)) - cpu
 
 
-def run_loan_engine(inbox: Path, batch: str, workdir: Path) -> dict:
+def run_loan_engine(inbox: Path, batch: str, workdir: Path, code: Path | None = None) -> dict:
     """One real `loan-engine run` in a fresh Dagster instance; wall seconds,
     peak RSS and the run's event log."""
     home = workdir / "dagster_home"
@@ -78,7 +78,11 @@ def run_loan_engine(inbox: Path, batch: str, workdir: Path) -> dict:
     db = workdir / "results.db"
     db.unlink(missing_ok=True)
     env = {**os.environ, "DAGSTER_HOME": str(home)}
-    command = [str(LOAN_ENGINE), "run", batch, "--inbox", str(inbox), "--output-dir", str(workdir / "outputs"),
+    program = [str(LOAN_ENGINE)]
+    if code is not None:  # another checkout of the project, e.g. to compare with an earlier commit
+        env["PYTHONPATH"] = str(code)
+        program = [sys.executable, "-m", "loan_engine_dagster.cli"]
+    command = [*program, "run", batch, "--inbox", str(inbox), "--output-dir", str(workdir / "outputs"),
                "--database-url", f"sqlite:///{db}"]
     log = workdir / "run.log"
     with open(log, "wb") as out:
@@ -149,7 +153,7 @@ def phases(run: dict) -> dict:
     }
 
 
-def one_size(loans: int, existing: int, mix: str, repeat: int, workdir: Path, seed: int) -> dict:
+def one_size(loans: int, existing: int, mix: str, repeat: int, workdir: Path, seed: int, code: Path | None) -> dict:
     inbox = workdir / f"inbox-{loans}-{existing}-{mix}-{seed}"
     if not inbox.is_dir():
         start = time.perf_counter()
@@ -159,7 +163,7 @@ def one_size(loans: int, existing: int, mix: str, repeat: int, workdir: Path, se
     best = None
     for attempt in range(repeat):
         read, read_cpu = bare_read(inbox)
-        run = run_loan_engine(inbox, batch, workdir)
+        run = run_loan_engine(inbox, batch, workdir, code)
         run["read"], run["read_cpu"] = read, read_cpu
         run["phases"] = phases(run)
         print(f"  try {attempt + 1}: whole run {run['wall']:.2f} s, bare read {read:.2f} s, "
@@ -206,6 +210,7 @@ def main() -> None:
     parser.add_argument("--scaling", action="store_true", help=f"whole-run time at {', '.join(f'{n:,}' for n in SCALING_SIZES)} buy loans")
     parser.add_argument("--repeat", type=int, default=1, help="runs per size; the fastest run is reported")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--code", type=Path, help="run the loan engine from this source folder instead (e.g. `git archive` of main)")
     parser.add_argument("--workdir", type=Path, help="keep inboxes (reused across invocations) and outputs here")
     args = parser.parse_args()
 
@@ -219,7 +224,7 @@ def main() -> None:
         for loans in sizes:
             existing = args.existing if args.existing and not args.scaling else 5 * loans
             print(f"\n== {loans:,} buy loans, {existing:,} existing, {args.mix}", flush=True)
-            run = one_size(loans, existing, args.mix, args.repeat, workdir, args.seed)
+            run = one_size(loans, existing, args.mix, args.repeat, workdir, args.seed, args.code)
             report(loans, existing, args.mix, run)
             results.append((loans, run))
         if len(results) > 1:
