@@ -174,3 +174,11 @@ def test_csv_is_byte_for_byte_what_pandas_writes(tmp_path, kind):
         write_csv(frame, tmp_path / f"{i}.csv")
         frame.to_csv(tmp_path / f"{i}.pandas.csv", index=False)
         assert (tmp_path / f"{i}.csv").read_bytes() == (tmp_path / f"{i}.pandas.csv").read_bytes()
+
+
+def test_unusual_column_types_still_write(tmp_path):
+    frame = pd.DataFrame({"grade": pd.Categorical(["A", "=B"]), "n": pd.array([1, None], dtype="Int64"),
+                          "ok": pd.array([True, None], dtype="boolean")})
+    write_workbook(frame, tmp_path / "u.xlsx")
+    _, cells = _cells(tmp_path / "u.xlsx")
+    assert cells[1:] == [[("A", "s"), (1, "n"), (True, "b")], [("=B", "s"), (None, "n"), (None, "n")]]

@@ -59,11 +59,13 @@ def _kind(column: pd.Series) -> str | None:
     if pd.api.types.is_bool_dtype(dtype):
         return "bool" if not column.isna().any() else None
     if pd.api.types.is_datetime64_any_dtype(dtype):
-        return "date"
+        return "date" if not isinstance(dtype, pd.DatetimeTZDtype) else None
     if pd.api.types.is_numeric_dtype(dtype):
         return "number"
     if pd.api.types.is_string_dtype(dtype) and dtype != object:
         return "text"
+    if dtype != object:  # categories, durations, periods: the cell-by-cell writer
+        return None
     values = column.dropna()
     if values.empty:
         return "text"
