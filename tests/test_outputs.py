@@ -136,6 +136,7 @@ def test_workbook_reads_back_value_by_value(tmp_path):
     ]
     assert [v for v, _ in cells[2]] == ["L2", None, None, 8, False, None, None]
     assert sheet["B4"].value == "+1" and sheet["B4"].data_type == "s" and sheet["B4"].quotePrefix
+    assert not sheet["A2"].quotePrefix  # no formula-like text in the column: no prefix needed
     assert sheet["F2"].number_format == "yyyy-mm-dd" and sheet["G4"].number_format == "yyyy-mm-dd"
 
 

@@ -27,8 +27,9 @@ _WORKBOOK_OPTIONS = {
 
 def write_workbook(frame: pd.DataFrame, path: Path, sheet: str = "loans") -> None:
     """One sheet, header row first (bold, with a filter); an empty frame still
-    gets its header. Text is always stored as text, with Excel's quote prefix
-    so that even a cell edited later in Excel stays text."""
+    gets its header. Text is always stored as text; a column holding text that
+    starts like a formula has Excel's quote prefix on its cells, so that even a
+    cell edited later in Excel stays text."""
     prepared = _columnar(frame)
     if prepared is None:
         _write_cell_by_cell(frame, path, sheet)
@@ -43,6 +44,8 @@ def write_workbook(frame: pd.DataFrame, path: Path, sheet: str = "loans") -> Non
 
 
 DATE_FORMAT = "yyyy-mm-dd"
+# Text Excel would read as a formula (or a formula's sign) if typed into a cell.
+_FORMULA_STARTS = ("=", "+", "-", "@")
 _EXCEL_EPOCH = pd.Timestamp("1899-12-30")
 
 
@@ -94,8 +97,8 @@ def _columnar(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]] 
         if kind == "date":
             body[name] = _excel_serial(body[name])
             dates.append(name)
-        elif kind == "text":
-            text.append(name)
+        elif kind == "text" and body[name].astype("string").str.startswith(_FORMULA_STARTS).any():
+            text.append(name)  # the prefix costs a third of the writing time: only where a cell needs it
     body.columns = [str(c) for c in body.columns]
     return body, [str(c) for c in text], [str(c) for c in dates]
 
@@ -114,7 +117,7 @@ def _write_cell_by_cell(frame: pd.DataFrame, path: Path, sheet: str) -> None:
                 if value is None:
                     continue
                 if isinstance(value, str):
-                    worksheet.write_string(r, c, value, quoted)
+                    worksheet.write_string(r, c, value, quoted if value.startswith(_FORMULA_STARTS) else None)
                 elif isinstance(value, (bool, np.bool_)):
                     worksheet.write_boolean(r, c, bool(value))
                 elif isinstance(value, (int, float, np.integer, np.floating)):
@@ -122,7 +125,7 @@ def _write_cell_by_cell(frame: pd.DataFrame, path: Path, sheet: str) -> None:
                 elif hasattr(value, "year"):
                     worksheet.write_datetime(r, c, pd.Timestamp(value).to_pydatetime(), dates)
                 else:
-                    worksheet.write_string(r, c, str(value), quoted)
+                    worksheet.write_string(r, c, str(value))
         if len(frame.columns):
             worksheet.autofilter(0, 0, max(len(frame), 1), len(frame.columns) - 1)
     finally:
