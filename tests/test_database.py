@@ -55,3 +55,44 @@ def test_sqlite_file(tmp_path):
 @pytest.mark.postgres
 def test_postgresql(postgres_url):
     _exercise(postgres_url)
+
+
+def _read_back(engine, table, batch):
+    with engine.connect() as conn:
+        rows = conn.execute(select(table).where(table.c.batch_key == batch).order_by(table.c.id)).mappings().all()
+    return [{k: v for k, v in row.items() if k not in ("id", "batch_key")} for row in rows]
+
+
+def _bulk_matches_sqlalchemy_insert(url):
+    """The bulk path (COPY / executemany) stores what SQLAlchemy's own typed
+    insert stores: same values, same NULLs, empty text kept empty."""
+    engine = database.engine_for(url)
+    decisions = run_rules([
+        loan("SFC_1"), loan("SFC_2", **{"FICO Borrower": 600, "Submit Date": None}),
+        loan("SFC_3", **{"FICO Borrower": 900, "Orig. Balance": None, "Loan Program": 'say "hi",\nthere'}),
+    ])
+    _save(engine, decisions, batch="bulk")
+    stamp = {"batch_key": "typed", "run_id": "r1"}
+    frames = {
+        database.loan_facts: database.fact_rows(decisions.loans).assign(**stamp, rules_version="v"),
+        database.loan_exceptions: decisions.exceptions[["seller_loan_number", "platform", "reason", "severity", "message"]].assign(**stamp),
+        database.eligibility_results: database.eligibility_rows(decisions.checks).assign(**stamp, rules_version="v"),
+    }
+    with engine.begin() as conn:
+        for table, frame in frames.items():
+            conn.execute(table.insert(), frame.astype(object).where(frame.notna(), None).to_dict("records"))
+    for table in database.BATCH_TABLES:
+        bulk, typed = _read_back(engine, table, "bulk"), _read_back(engine, table, "typed")
+        assert bulk and bulk == typed, table.name
+    facts = {r["seller_loan_number"]: r for r in _read_back(engine, database.loan_facts, "bulk")}
+    assert facts["SFC_3"]["orig_balance"] is None and facts["SFC_1"]["message"] == ""
+    engine.dispose()
+
+
+def test_bulk_insert_sqlite(tmp_path):
+    _bulk_matches_sqlalchemy_insert(f"sqlite:///{tmp_path / 'results.db'}")
+
+
+@pytest.mark.postgres
+def test_bulk_insert_postgresql(postgres_url):
+    _bulk_matches_sqlalchemy_insert(postgres_url)

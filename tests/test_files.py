@@ -53,3 +53,25 @@ def test_unreadable_csv(tmp_path):
     with pytest.raises(StructuralError, match="not a readable CSV") as err:
         read_csv(path)
     assert err.value.file == "current_assets.csv"
+
+
+def _pandas_reader(path):
+    import pandas as pd
+
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame
+
+
+@pytest.mark.parametrize("text", [
+    "SELLER Loan #,Orig. Balance,note\nSFC_1,100.5,\nSFC_2,,x\n\nSFC_3,3,\"a, b\"\n",  # the fast reader's case
+    "SELLER Loan #, Orig. Balance, note\nSFC_1, 100.5, \"a, b\"\nSFC_2,\t7,\n",  # spaces after commas: pandas' reader
+    "a,b,a\n1,2,3\n",  # duplicate headers are numbered alike
+])
+def test_csv_reads_as_pandas_reads_it(tmp_path, text):
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    frame, expected = read_csv(path), _pandas_reader(path)
+    assert list(frame.columns) == list(expected.columns)
+    assert frame.to_dict("list") == expected.to_dict("list")
+    assert all(str(t) == "str" for t in frame.dtypes)

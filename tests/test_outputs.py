@@ -126,3 +126,85 @@ def test_purchase_plan_csv_and_the_plan_beside_the_checks(tmp_path, rules):
     texts = {r[headers.index("platform_plan")] for r in sheet.iter_rows(min_row=2, values_only=True)}
     assert any(t.startswith("plan SFY: not_needed: buy 10,000.00, hold back 0 loans") for t in texts)
     assert summary["plan"]["sfy"]["status"] == "not_needed"
+
+
+def _cells(path):
+    sheet = openpyxl.load_workbook(path).active
+    return sheet, [[(c.value, c.data_type) for c in row] for row in sheet.iter_rows()]
+
+
+def _every_kind(**extra):
+    return pd.DataFrame(
+        {
+            "SELLER Loan #": pd.array(["L1", "L2", "L3"], dtype="string"),
+            "Dealer Name": ["=HYPERLINK(\"http://x\")", None, "+1"],
+            "Orig. Balance": [1000.5, float("nan"), 3.0],
+            "source_row": [7, 8, 9],
+            "new_programs": [True, False, True],
+            "Submit Date": pd.to_datetime(["2026-01-29", None, "2026-02-03"]),
+            "Purchase_Date": [dt.date(2026, 2, 24), None, dt.date(2026, 2, 24)],
+            **extra,
+        },
+        index=[10, 5, 0],  # a filtered, sorted report: the index is not written
+    )
+
+
+def test_workbook_reads_back_value_by_value(tmp_path):
+    path = tmp_path / "r.xlsx"
+    write_workbook(_every_kind(), path)
+    sheet, cells = _cells(path)
+    assert cells[0] == [(c, "s") for c in _every_kind().columns]
+    assert all(c.font.b for c in sheet[1]) and sheet.auto_filter.ref == "A1:G4"
+    assert cells[1] == [
+        ("L1", "s"), ("=HYPERLINK(\"http://x\")", "s"), (1000.5, "n"), (7, "n"), (True, "b"),
+        (dt.datetime(2026, 1, 29), "d"), (dt.datetime(2026, 2, 24), "d"),
+    ]
+    assert [v for v, _ in cells[2]] == ["L2", None, None, 8, False, None, None]
+    assert sheet["B4"].value == "+1" and sheet["B4"].data_type == "s" and sheet["B4"].quotePrefix
+    assert not sheet["A2"].quotePrefix  # no formula-like text in the column: no prefix needed
+    assert sheet["F2"].number_format == "yyyy-mm-dd" and sheet["G4"].number_format == "yyyy-mm-dd"
+
+
+def test_workbook_with_a_mixed_column_reads_back_the_same(tmp_path):
+    """A seller's free-form column can mix text, numbers and dates; such a
+    sheet goes through the cell-by-cell writer and reads back alike."""
+    mixed = ["=2+2", 12.5, dt.date(2026, 1, 2)]
+    write_workbook(_every_kind(Notes=mixed), tmp_path / "mixed.xlsx")
+    write_workbook(_every_kind(), tmp_path / "plain.xlsx")
+    sheet, cells = _cells(tmp_path / "mixed.xlsx")
+    _, plain = _cells(tmp_path / "plain.xlsx")
+    assert [row[:-1] for row in cells] == plain
+    assert [row[-1] for row in cells[1:]] == [("=2+2", "s"), (12.5, "n"), (dt.datetime(2026, 1, 2), "d")]
+    assert sheet["H2"].quotePrefix and sheet.auto_filter.ref == "A1:H4"
+
+
+def test_empty_workbook_keeps_its_header(tmp_path):
+    path = tmp_path / "e.xlsx"
+    write_workbook(_every_kind().iloc[:0], path)
+    sheet, cells = _cells(path)
+    assert cells == [[(c, "s") for c in _every_kind().columns]]
+
+
+@pytest.mark.parametrize("kind", ["str", "string", "object"])
+def test_csv_is_byte_for_byte_what_pandas_writes(tmp_path, kind):
+    from loan_engine_dagster.adapters.outputs import write_csv
+
+    tricky = ["a,b", 'say "hi"', "line\nbreak", " lead", "trail ", "", None, "é ü 中", "#x", "=1+1", "tab\there", '"', ",",
+              "\r\n", "true"]
+    frames = [
+        pd.DataFrame({"a": pd.array(tricky, dtype=kind), "b": pd.array(tricky[::-1], dtype=kind)}, index=range(20, 35)),
+        pd.DataFrame({"a": pd.array(["x", "cr\ralone"], dtype=kind), "b": ["y", "z"]}),  # pandas leaves a lone CR unquoted
+        pd.DataFrame({"a": ["x", "y"], "n": [1.5, float("nan")]}),  # numbers: pandas' formatting
+    ]
+    for i, frame in enumerate(frames):
+        write_csv(frame, tmp_path / f"{i}.csv")
+        frame.to_csv(tmp_path / f"{i}.pandas.csv", index=False)
+        assert (tmp_path / f"{i}.csv").read_bytes() == (tmp_path / f"{i}.pandas.csv").read_bytes()
+
+
+def test_unusual_column_types_still_write(tmp_path):
+    frame = pd.DataFrame({"grade": pd.Categorical(["A", "=B"]), "n": pd.array([1, None], dtype="Int64"),
+                          "ok": pd.array([True, None], dtype="boolean")})
+    write_workbook(frame, tmp_path / "u.xlsx")
+    _, cells = _cells(tmp_path / "u.xlsx")
+    assert cells[1:] == [[("A", "s"), (1, "n"), (True, "b")], [("=B", "s"), (None, "n"), (None, "n")]]

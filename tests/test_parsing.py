@@ -147,3 +147,47 @@ def test_income_header_as_sellers_write_it(rules):
     raw = exhibit_raw([loan("SFC_1", Income=84000)])
     assert "Income" in list(raw.iloc[3])
     assert _parse(raw, rules).loc[0, "income"] == 84000
+
+
+def test_text_numbers_read_as_pandas_reads_them():
+    """CSV columns take Arrow's cast; it must agree with pandas' parser on
+    every number, including the odd spellings, and leave bad cells NaN."""
+    import numpy as np
+
+    from loan_engine_dagster.rules.parsing import LARGEST_NUMBER, to_number
+
+    rng = np.random.default_rng(1)
+    x = rng.random(20_000) * 10.0 ** rng.integers(-5, 12, 20_000)
+    spellings = [repr(float(v)) for v in x] + ["%.3f" % v for v in x] + ["%.25g" % v for v in x[:500]]
+    odd = ["1e5", "+3", "-0.0", "1.", ".5", "inf", "-inf", "1E-3", "12345678901234567890123", ""]
+    for extra in ([], ["12 x"], [" 7"]):  # the last two take pandas' own path
+        text = pd.Series(spellings + odd + extra, dtype="str")
+        expected = pd.to_numeric(text, errors="coerce").astype("float64")
+        expected = expected.where(expected.abs() <= LARGEST_NUMBER)  # `inf` and 1e22 are out of range on both paths
+        pd.testing.assert_series_equal(to_number(text), expected)
+
+
+def test_text_dates_and_flags_read_alike_on_both_paths():
+    from loan_engine_dagster.rules.parsing import bool_invalid, to_bool, to_date
+
+    iso = pd.Series(["2026-01-29", "", "2025-12-31"], dtype="str")
+    mixed = pd.Series(["2026-01-29", "", "12/31/2025", "46024", "nope"], dtype="str")
+    assert to_date(iso).tolist()[::2] == [pd.Timestamp("2026-01-29"), pd.Timestamp("2025-12-31")]
+    assert pd.isna(to_date(iso)[1]) and str(to_date(iso).dtype) == "datetime64[ns]"
+    assert to_date(mixed).tolist()[:4:2] == [pd.Timestamp("2026-01-29"), pd.Timestamp("2025-12-31")]
+    assert to_date(mixed)[3] == pd.Timestamp("2026-01-02") and pd.isna(to_date(mixed)[4])
+    flags = pd.Series([" TRUE", "no", "", None, "1.0", "maybe", 1.0, True], dtype=object)
+    assert to_bool(flags).tolist() == [True, False, False, False, True, False, True, True]
+    assert bool_invalid(flags).tolist() == [False, False, False, False, False, True, False, False]
+
+
+def test_blank_cells_on_every_path():
+    from loan_engine_dagster.rules.parsing import is_blank
+
+    cells = [None, float("nan"), "", "  ", "\t\n", "x", " y ", 0.0, 12.5, 3, True, False, dt.date(2026, 1, 2), pd.NA, "\u00a0"]
+    expected = [True, True, True, True, True, False, False, False, False, False, False, False, False, True, True]
+    assert is_blank(pd.Series(cells, dtype=object)).tolist() == expected  # workbook cells
+    numbers = pd.Series([1.5, "", None, " ", 2.0, "n/a"], dtype=object)  # a number column with gaps
+    assert is_blank(numbers).tolist() == [False, True, True, True, False, False]
+    text = pd.Series(["", " a", None, "  "], dtype="str")  # a CSV column
+    assert is_blank(text).tolist() == [True, False, True, True]

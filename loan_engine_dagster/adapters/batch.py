@@ -18,7 +18,7 @@ from loan_engine_dagster.rules.purchase_plan import PurchasePlan
 from . import database
 from .inbox import find_batch
 from .loading import load_batch_inputs, load_reference
-from .outputs import publish_batch, write_json, write_workbook
+from .outputs import publish_batch, write_csv, write_json, write_workbook
 
 
 def write_batch_outputs(
@@ -39,8 +39,8 @@ def write_batch_outputs(
     workbooks.update(reports.share_copies(workbooks))
 
     def write(folder: Path) -> None:
-        reports.decisions_table(decisions.loans).to_csv(folder / "loan_decisions.csv", index=False)
-        plan.loans.to_csv(folder / "purchase_plan.csv", index=False)
+        write_csv(reports.decisions_table(decisions.loans), folder / "loan_decisions.csv")
+        write_csv(plan.loans, folder / "purchase_plan.csv")
         (folder / "share").mkdir()
         for name, frame in workbooks.items():
             write_workbook(frame, folder / name)

@@ -3,15 +3,18 @@ eligibility results per batch, replaced whole in one transaction."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 from sqlalchemy import (
     Boolean, Column, Date, DateTime, Float, Integer, MetaData, String, Table, Text, create_engine, delete, func,
     select,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 metadata = MetaData()
 
@@ -103,9 +106,57 @@ def engine_for(url: str) -> Engine:
     return engine
 
 
-def _records(frame: pd.DataFrame) -> list[dict]:
-    clean = frame.astype(object).where(frame.notna(), None)
-    return clean.to_dict("records")
+def _typed(table: Table, frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame's columns in the table's order and its column types' kinds:
+    dates as dates, nullable booleans and integers, floats, text."""
+    out = {}
+    for column in table.columns:
+        if column.name not in frame.columns:
+            continue
+        values = frame[column.name]
+        if isinstance(column.type, Date):
+            values = pd.to_datetime(values).dt.date
+        elif isinstance(column.type, Boolean):
+            values = values.astype("boolean")
+        elif isinstance(column.type, Integer):
+            values = values.astype("Int64")
+        elif isinstance(column.type, Float):
+            values = values.astype("float64")
+        else:
+            values = values.astype("string")
+        out[column.name] = values
+    return pd.DataFrame(out)
+
+
+def _bulk_insert(conn: Connection, table: Table, frame: pd.DataFrame) -> None:
+    """Insert a frame in one statement inside the caller's transaction: COPY
+    on PostgreSQL, one prepared executemany elsewhere. Values are stored as
+    SQLAlchemy's typed insert stores them (a test compares the two)."""
+    typed = _typed(table, frame)
+    names = list(typed.columns)
+    if conn.dialect.name == "postgresql":
+        # Every present value quoted, a missing one left bare: COPY reads the
+        # bare empty field as NULL and "" as an empty text.
+        buffer = pa.BufferOutputStream()
+        pa_csv.write_csv(pa.Table.from_pandas(typed, preserve_index=False), buffer,
+                         pa_csv.WriteOptions(include_header=False, quoting_style="all_valid"))
+        quote = conn.dialect.identifier_preparer.quote
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            cursor.copy_expert(
+                f"COPY {quote(table.name)} ({', '.join(quote(n) for n in names)}) FROM STDIN WITH (FORMAT csv)",
+                io.BytesIO(buffer.getvalue().to_pybytes()),
+            )
+        finally:
+            cursor.close()
+        return
+    if conn.dialect.name == "sqlite":  # SQLAlchemy keeps SQLite dates as ISO text
+        for column in table.columns:
+            if isinstance(column.type, Date) and column.name in typed:
+                typed[column.name] = pd.to_datetime(typed[column.name]).dt.strftime("%Y-%m-%d")
+    rows = list(zip(*(typed[n].astype(object).where(typed[n].notna(), None) for n in names)))
+    statement = str(table.insert().compile(dialect=conn.dialect, column_keys=names))
+    conn.exec_driver_sql(statement, rows)
 
 
 def fact_rows(loans: pd.DataFrame) -> pd.DataFrame:
@@ -155,7 +206,7 @@ def save_batch(
             conn.execute(delete(table).where(table.c.batch_key == batch_key))
         for table, frame in ((loan_facts, facts), (loan_exceptions, exc), (eligibility_results, elig)):
             if len(frame):
-                conn.execute(table.insert(), _records(frame))
+                _bulk_insert(conn, table, frame)
     return {"loan_facts": len(facts), "loan_exceptions": len(exc), "eligibility_results": len(elig)}
 
 

@@ -47,9 +47,27 @@ def read_csv(path: Path) -> pd.DataFrame:
     decides types and can name the rows it cannot read."""
     if not path.is_file():
         raise StructuralError("the file is missing", file=path.name)
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise StructuralError(f"not a readable CSV file ({exc})", file=path.name) from None
+    frame = _read_csv_fast(path)
+    if frame is None:
+        try:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+            raise StructuralError(f"not a readable CSV file ({exc})", file=path.name) from None
     frame.columns = [str(c).strip() for c in frame.columns]
+    return frame
+
+
+def _read_csv_fast(path: Path) -> pd.DataFrame | None:
+    """pyarrow's multithreaded reader, about twice as fast on the 500k-row
+    files. It has no `skipinitialspace`, so any file where that could matter
+    (a cell starting with white space, e.g. after `, `), and any file it
+    cannot read, goes back to pandas' own reader (None), which gives the
+    result and the error messages the rest of the engine expects."""
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, engine="pyarrow")
+    except Exception:  # pyarrow raises its own error types; the fallback names the problem
+        return None
+    for name in frame.columns:
+        if frame[name].str.startswith((" ", "\t")).any():
+            return None
     return frame

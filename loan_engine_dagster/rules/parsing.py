@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .config import Rules
 from .errors import StructuralError
@@ -185,9 +187,50 @@ def text_key(series: pd.Series) -> pd.Series:
     return pd.Series(out, index=series.index, dtype="string")
 
 
-def is_blank(series: pd.Series) -> pd.Series:
-    stripped = series.astype("string").str.strip()
-    return stripped.isna() | (stripped == "")
+def is_blank(series: pd.Series, numbers: pd.Series | None = None) -> pd.Series:
+    """Empty or white space only. `numbers`, the column's `to_number`, saves
+    converting it twice."""
+    if series.dtype == object and pd.api.types.infer_dtype(series, skipna=True) != "string":
+        # A workbook column of numbers: only its non-number cells can be blank
+        # text, and turning every number into text to find out is the slow part.
+        values = series.to_numpy()
+        out = pd.isna(values)
+        numeric = numbers if numbers is not None else pd.to_numeric(series, errors="coerce")
+        other = ~out & numeric.isna().to_numpy()
+        if other.any():
+            out[other] = _blank_text(pd.Series(values[other], dtype=object)).to_numpy()
+        return pd.Series(out, index=series.index)
+    return _blank_text(series)
+
+
+def _blank_text(series: pd.Series) -> pd.Series:
+    # Arrow's trim is what pandas' .str.strip() runs on Arrow-backed text;
+    # called directly it skips pandas' boxing of the intermediate results.
+    values = pa.array(series.astype("string").array)
+    blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(values), ""), True)
+    return pd.Series(blank.to_numpy(zero_copy_only=False), index=series.index, dtype=bool)
+
+
+def _arrow_text(series: pd.Series) -> pa.ChunkedArray | None:
+    """The column as Arrow strings with empty cells as nulls, when it is a
+    pyarrow-backed text column (a CSV column); None otherwise."""
+    dtype = series.dtype
+    if not (isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow"):
+        return None
+    values = pa.array(series.array)
+    return pc.if_else(pc.equal(values, ""), pa.scalar(None, pa.string()), values)
+
+
+def _arrow_cast(series: pd.Series, to: pa.DataType) -> pa.ChunkedArray | None:
+    """Arrow's cast of a text column when every non-empty cell converts
+    (typically all of a clean file's); None to take the general path."""
+    values = _arrow_text(series)
+    if values is None:
+        return None
+    try:
+        return pc.cast(values, to)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
 
 
 # Beyond 2**53 a float no longer holds every whole number, and sums of such
@@ -205,7 +248,11 @@ DATE_RANGE = f"a date must fall between {FIRST_DATE:%Y-%m-%d} and {LAST_DATE:%Y-
 
 def to_number(series: pd.Series) -> pd.Series:
     """Numbers; NaN for cells that are not numbers or are out of range."""
-    values = pd.to_numeric(series, errors="coerce").astype("float64")
+    cast = _arrow_cast(series, pa.float64())
+    if cast is not None:
+        values = pd.Series(cast.to_numpy(zero_copy_only=False), index=series.index, dtype="float64")
+    else:
+        values = pd.to_numeric(series, errors="coerce").astype("float64")
     return values.where(values.abs() <= LARGEST_NUMBER)
 
 
@@ -229,7 +276,11 @@ def _read_dates(series: pd.Series) -> tuple[pd.Series, pd.Series]:
 def to_date(series: pd.Series) -> pd.Series:
     """Dates from Excel dates, ISO/US text, or Excel serial numbers; NaT for
     cells that are not dates or are out of range."""
-    values, _ = _read_dates(series)
+    cast = _arrow_cast(series, pa.date32())  # ISO dates, as buyer's CSV files hold them
+    if cast is not None:
+        values = pd.Series(cast.to_numpy(zero_copy_only=False), index=series.index).astype("datetime64[us]")
+    else:
+        values, _ = _read_dates(series)
     return values.where(values.between(FIRST_DATE, LAST_DATE)).dt.normalize().astype("datetime64[ns]")
 
 
@@ -247,10 +298,23 @@ def to_text(series: pd.Series) -> pd.Series:
     return text
 
 
+_TRUE = ["true", "1", "1.0", "yes", "y", "t"]
+_FALSE = ["false", "0", "0.0", "no", "n", "f", ""]
+
+
+def _bool_key(series: pd.Series) -> pd.Series:
+    """Trimmed, case-folded text of a flag column, computed once per distinct
+    value (a flag column holds a handful)."""
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    keys = pd.Series(np.asarray(uniques, dtype=object), dtype=object).astype("string").str.strip().str.casefold().fillna("")
+    out = np.append(keys.to_numpy(dtype=object), "")[codes]  # code -1 (missing) picks the trailing ""
+    return pd.Series(out, index=series.index, dtype=object)
+
+
 def to_bool(series: pd.Series, default: bool = False) -> pd.Series:
-    key = series.astype("string").str.strip().str.casefold().fillna("")
-    truthy = key.isin(["true", "1", "1.0", "yes", "y", "t"])
-    falsy = key.isin(["false", "0", "0.0", "no", "n", "f", ""])
+    key = _bool_key(series)
+    truthy = key.isin(_TRUE)
+    falsy = key.isin(_FALSE)
     out = pd.Series(default, index=series.index, dtype=bool)
     out[truthy] = True
     out[falsy & (key != "")] = False
@@ -258,8 +322,7 @@ def to_bool(series: pd.Series, default: bool = False) -> pd.Series:
 
 
 def bool_invalid(series: pd.Series) -> pd.Series:
-    key = series.astype("string").str.strip().str.casefold().fillna("")
-    return ~key.isin(["true", "1", "1.0", "yes", "y", "t", "false", "0", "0.0", "no", "n", "f", ""])
+    return ~_bool_key(series).isin(_TRUE + _FALSE)
 
 
 def find_header_row(
@@ -364,11 +427,12 @@ def typed_frame(
             out[field.name] = field.default if field.kind != "carry" else None
             continue
         raw = frame[mapping[field.name]]
-        blank = is_blank(raw)
+        numbers = to_number(raw) if field.kind == "number" else None
+        blank = is_blank(raw, numbers)
         if field.kind == "text":
             out[field.name] = to_text(raw)
         elif field.kind == "number":
-            values = to_number(raw)
+            values = numbers
             invalid[field.name] = values.isna() & ~blank
             out[field.name] = values.fillna(field.default) if not field.required and field.default is not None else values
         elif field.kind == "date":
@@ -424,32 +488,41 @@ def parse_exhibit(raw: pd.DataFrame, *, platform: str, file: str, sheet: str, ru
 
     headers = {f.name: mapping.get(f.name, f.header) for f in fields}
     problems = pd.Series("", index=out.index, dtype="string")
+
+    def add(mask: pd.Series, message) -> None:
+        # Messages are built for the flagged rows only: most rows have none.
+        nonlocal problems
+        if not mask.any():
+            return
+        text = message(mask) if callable(message) else message
+        problems = problems.mask(mask, problems[mask] + text + "; ")
+
     for name, mask in invalid.items():
         if name not in mapping:
             continue
         cells = frame[mapping[name]]
         is_date = name == "submit_date"
-        shown = f"{headers[name]} '" + cells.astype("string").str.strip().fillna("")
-        message = (shown + f"' is not {'a date' if is_date else 'a number'}").where(~is_blank(cells), f"{headers[name]} is empty")
-        beyond = date_out_of_range(cells) if is_date else number_out_of_range(cells)
-        message = message.where(~beyond, shown + f"' on sheet '{sheet}' is out of range ({DATE_RANGE if is_date else NUMBER_RANGE})")
-        problems = problems.where(~mask, problems + message + "; ")
+
+        def unreadable(rows, cells=cells, header=headers[name], is_date=is_date):
+            flagged = cells[rows]
+            shown = f"{header} '" + flagged.astype("string").str.strip().fillna("")
+            message = (shown + f"' is not {'a date' if is_date else 'a number'}").where(~is_blank(flagged), f"{header} is empty")
+            beyond = date_out_of_range(flagged) if is_date else number_out_of_range(flagged)
+            return message.where(
+                ~beyond, shown + f"' on sheet '{sheet}' is out of range ({DATE_RANGE if is_date else NUMBER_RANGE})"
+            )
+
+        add(mask, unreadable)
     valid_num = out["fico"].notna()
     bad_fico = valid_num & ((out["fico"] < rules.normalization.fico_min) | (out["fico"] > rules.normalization.fico_max))
-    problems = problems.where(
-        ~bad_fico,
-        problems
-        + f"{headers['fico']} "
-        + out["fico"].map("{:g}".format).astype("string")
-        + f" outside {rules.normalization.fico_min}-{rules.normalization.fico_max}; ",
-    )
+    add(bad_fico, lambda rows: f"{headers['fico']} " + out.loc[rows, "fico"].map("{:g}".format).astype("string")
+        + f" outside {rules.normalization.fico_min}-{rules.normalization.fico_max}")
     bad_balance = out["orig_balance"].notna() & (out["orig_balance"] <= 0)
-    problems = problems.where(
-        ~bad_balance, problems + f"{headers['orig_balance']} " + out["orig_balance"].map("{:g}".format).astype("string") + " is not above 0; "
-    )
+    add(bad_balance, lambda rows: f"{headers['orig_balance']} "
+        + out.loc[rows, "orig_balance"].map("{:g}".format).astype("string") + " is not above 0")
     if "tu144" in mapping and platform == "sfy":
         bad_tu = out["tu144"].notna() & ~out["tu144"].isin([0.0, 1.0])
-        problems = problems.where(~bad_tu, problems + f"{headers['tu144']} must be 0 or 1; ")
+        add(bad_tu, f"{headers['tu144']} must be 0 or 1")
 
     out["platform"] = platform
     out["source_file"] = file
@@ -531,16 +604,25 @@ def parse_tape(frame: pd.DataFrame, *, file: str, aliases: Aliases | None = None
     number = out["account_number"]
     invalid["account_number"] = invalid["account_number"] | (number.notna() & (number != np.floor(number)))
     _raise_on_invalid(invalid, out, TAPE_FIELDS, mapping, file=file, sheet=None)
-    codes = out["status_codes"].str.upper()
-    repurchased = codes.str.contains(r"(?:^|;)\s*REPURCHASE\s*(?:;|$)", regex=True)
-    group = out["loan_group"].str.upper()
+    repurchased = _per_distinct(
+        out["status_codes"], lambda codes: codes.str.upper().str.contains(r"(?:^|;)\s*REPURCHASE\s*(?:;|$)", regex=True)
+    )
+    sfy = _per_distinct(out["loan_group"], lambda group: group.str.upper().str.contains("FX3|FX1", regex=True))
     return pd.DataFrame(
         {
             "seller_loan_number": "SFC_" + number.astype("int64").astype("string"),
-            "tagging": np.where(group.str.contains("FX3|FX1", regex=True), "SFY", "PRIME"),
-            "repurchased": repurchased.to_numpy(dtype=bool),
+            "tagging": np.where(sfy, "SFY", "PRIME"),
+            "repurchased": repurchased,
         }
     )
+
+
+def _per_distinct(series: pd.Series, test) -> np.ndarray:
+    """A text test run once per distinct value: a tape's 600k rows hold a
+    handful of status codes and loan groups, and the regex runs in Python."""
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    hits = test(pd.Series(uniques, dtype=series.dtype)).to_numpy(dtype=bool, na_value=False)
+    return np.append(hits, False)[codes]  # code -1 (missing) picks the trailing False
 
 
 def parse_existing(frame: pd.DataFrame, *, file: str, aliases: Aliases | None = None) -> pd.DataFrame:
