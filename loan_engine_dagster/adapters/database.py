@@ -3,15 +3,18 @@ eligibility results per batch, replaced whole in one transaction."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import numpy as np
 import pandas as pd
 from sqlalchemy import (
-    Boolean, Column, Date, DateTime, Float, Integer, MetaData, String, Table, Text, create_engine, delete, func,
-    select,
+    Boolean, Column, Date, DateTime, Float, Integer, MetaData, String, Table, Text, UniqueConstraint, create_engine,
+    delete, event, func, select,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 metadata = MetaData()
 
@@ -48,6 +51,8 @@ loan_facts = Table(
     Column("purchase_date", Date),
     Column("source_file", String(255)),
     Column("source_row", Integer),
+    # Each spreadsheet row of a batch is saved once: two runs' rows can never pile up.
+    UniqueConstraint("batch_key", "source_file", "source_row", name="uq_loan_facts_batch_row"),
 )
 
 loan_exceptions = Table(
@@ -78,6 +83,7 @@ eligibility_results = Table(
     Column("value_json", Text),
     Column("status", String(16)),
     Column("excess_balance", Float),
+    UniqueConstraint("batch_key", "platform", "check_id", "population", name="uq_eligibility_results_batch_check"),
 )
 
 incidents = Table(
@@ -93,14 +99,46 @@ incidents = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
+# One row per batch: which run may write the batch's results (see leases.py).
+batch_leases = Table(
+    "batch_leases", metadata,
+    Column("batch_key", String(32), primary_key=True),
+    Column("run_id", String(64)),
+    Column("token", Integer, nullable=False),  # fencing token: grows by one at every hand-over
+    Column("released", Boolean, nullable=False),
+    Column("acquired_at", Float),  # seconds since the epoch, by the database's clock
+    Column("heartbeat_at", Float),
+    Column("host", String(255)),
+    Column("pid", Integer),
+)
+
+SQLITE_BUSY_TIMEOUT_SECONDS = 60
+
 BATCH_TABLES = (loan_facts, loan_exceptions, eligibility_results)
 FACT_COLUMNS = [c.name for c in loan_facts.columns if c.name not in ("id", "batch_key", "run_id", "rules_version")]
 
 
 def engine_for(url: str) -> Engine:
-    engine = create_engine(url, future=True, pool_pre_ping=True)
+    sqlite = url.startswith("sqlite")
+    connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS} if sqlite else {}
+    engine = create_engine(url, future=True, pool_pre_ping=True, connect_args=connect_args)
+    if sqlite:
+        _serialize_sqlite_writers(engine)
     metadata.create_all(engine)
     return engine
+
+
+def _serialize_sqlite_writers(engine: Engine) -> None:
+    """SQLite transactions take the write lock when they begin (BEGIN IMMEDIATE),
+    so two writers queue instead of both reading a batch's lease as free."""
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself, below
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:
@@ -144,18 +182,33 @@ def eligibility_rows(checks: pd.DataFrame) -> pd.DataFrame:
 def save_batch(
     engine: Engine, *, batch_key: str, run_id: str, rules_version: str,
     loans: pd.DataFrame, exceptions: pd.DataFrame, checks: pd.DataFrame,
+    fence: Callable[[Connection], None] | None = None,
+    publish: Callable[[], AbstractContextManager] | None = None,
 ) -> dict[str, int]:
-    """Replace the batch's rows in one transaction; on any error nothing changes."""
+    """Replace the batch's rows in one transaction; on any error nothing changes.
+
+    `fence(conn)` runs first inside that transaction and raises when this run
+    may no longer write the batch (its lease was taken or revoked).
+    `publish()` runs last, still inside it: the reports folder is swapped in
+    just before the commit and swapped back if the commit fails, so the
+    folder and the rows always come from the same run."""
     stamp = {"batch_key": batch_key, "run_id": run_id}
     facts = fact_rows(loans).assign(**stamp, rules_version=rules_version)
     exc = exceptions[["seller_loan_number", "platform", "reason", "severity", "message"]].assign(**stamp)
     elig = eligibility_rows(checks).assign(**stamp, rules_version=rules_version)
-    with engine.begin() as conn:
+    with contextlib.ExitStack() as after_commit, engine.begin() as conn:
+        # 1. fencing: this run still holds the batch
+        if fence is not None:
+            fence(conn)
+        # 2. the batch's rows, replaced
         for table in BATCH_TABLES:
             conn.execute(delete(table).where(table.c.batch_key == batch_key))
         for table, frame in ((loan_facts, facts), (loan_exceptions, exc), (eligibility_results, elig)):
             if len(frame):
                 conn.execute(table.insert(), _records(frame))
+        # 3. the reports, swapped in; undone by the ExitStack if the commit fails
+        if publish is not None:
+            after_commit.enter_context(publish())
     return {"loan_facts": len(facts), "loan_exceptions": len(exc), "eligibility_results": len(elig)}
 
 

@@ -5,6 +5,7 @@ feeds it what the run's event log says.)"""
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import asdict, dataclass
 
 from sqlalchemy import delete
@@ -18,6 +19,7 @@ INFRA_ERROR_TYPES = {
     "OperationalError", "InterfaceError", "DisconnectionError", "TimeoutError", "ConnectionError",
     "ConnectionRefusedError", "ConnectionResetError", "BrokenPipeError", "MemoryError",
     "DagsterExecutionInterruptedError", "DeadWorker",
+    "BatchLeaseHeld", "BatchLeaseLost",  # another run holds the batch, or this run was declared dead
 }
 INFRA_MARKERS = (
     "run worker", "worker disappeared", "maximum runtime", "max_runtime", "timed out", "timeout expired",
@@ -63,8 +65,9 @@ def classify(phase: str | None, error_type: str | None, message: str | None) -> 
 def one_line(message: str | None, error_type: str | None = None) -> str:
     lines = [line.strip() for line in (message or "").strip().splitlines() if line.strip()]
     line = lines[0] if lines else ""
-    if error_type and line.startswith(f"{error_type}: "):
-        line = line[len(error_type) + 2 :]
+    if error_type:
+        # Dagster writes errors of our own modules with their module path.
+        line = re.sub(rf"^(?:[\w.]+\.)?{re.escape(error_type)}: ", "", line)
     for prefix in ("loan_engine_dagster.rules.errors.StructuralError: ",):
         line = line.removeprefix(prefix)
     return line[:500]

@@ -3,16 +3,22 @@ the run starts, to its environment variable and then to a local default, so
 definitions load on any machine and nothing is read at import time."""
 
 
+import threading
+import time
 from pathlib import Path
 
 import dagster as dg
-from sqlalchemy.engine import Engine
+import sqlalchemy.exc
+from pydantic import PrivateAttr
+from sqlalchemy.engine import Connection, Engine
 
-from loan_engine_dagster.adapters import database
+from loan_engine_dagster.adapters import database, leases
 from loan_engine_dagster.adapters.inbox import BatchFiles, find_batch, reference_files, resolve_inbox, scan_inbox
 from loan_engine_dagster.adapters.notifications import post_webhook
 from loan_engine_dagster.adapters.settings import setting
 from loan_engine_dagster.rules.config import Rules, default_rules, load_rules
+
+from .run_records import PARTITION_TAG, dead_worker_seconds
 
 class InboxResource(dg.ConfigurableResource):
     """The folder where the seller's and the buyer's files land."""
@@ -44,11 +50,77 @@ class OutputsResource(dg.ConfigurableResource):
 
 
 class ResultsDatabase(dg.ConfigurableResource):
-    """SQLAlchemy URL of the results database (SQLite file or PostgreSQL)."""
+    """SQLAlchemy URL of the results database (SQLite file or PostgreSQL).
+
+    In a run of a batch it also holds the batch's writer lease from before
+    the first phase to the end of the run, renewed every `heartbeat_seconds`:
+    one writer per batch, and the heartbeat that tells the dead-worker sensor
+    this run's worker lives, wherever it runs."""
 
     url: str | None = None
     connect_retries: int = 3  # step retries when the database cannot be reached
     retry_wait_seconds: float = 10.0
+    heartbeat_seconds: float = 5.0
+
+    _lease: leases.Lease | None = PrivateAttr(default=None)
+    _lease_engine: Engine | None = PrivateAttr(default=None)
+    _stop: threading.Event | None = PrivateAttr(default=None)
+    _heartbeat: threading.Thread | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        run = context.dagster_run
+        batch_key = run.tags.get(PARTITION_TAG) if run is not None else None
+        if batch_key is None or context.instance is None:
+            return  # a sensor, or a run that is not about one batch: nothing to hold
+        current = context.instance.get_run_by_id(run.run_id)
+        if current is not None and current.is_finished:
+            return  # Dagster reopening a finished run's resources to read its result
+
+        def finished(run_id: str) -> bool:
+            holder = context.instance.get_run_by_id(run_id)
+            return holder is not None and holder.is_finished
+
+        self._lease_engine = self.engine()
+        for attempt in range(self.connect_retries + 1):
+            try:
+                self._lease = leases.acquire(self._lease_engine, batch_key, run.run_id,
+                                             stale_after=dead_worker_seconds(), holder_finished=finished)
+                break
+            except sqlalchemy.exc.OperationalError:
+                if attempt == self.connect_retries:
+                    self._lease_engine.dispose()
+                    raise
+                time.sleep(self.retry_wait_seconds)
+        self._stop = threading.Event()
+        self._heartbeat = threading.Thread(target=self._beat, name=f"lease-heartbeat-{batch_key}", daemon=True)
+        self._heartbeat.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_seconds):
+            try:
+                if not leases.renew(self._lease_engine, self._lease):
+                    return  # lost: the fence refuses this run's writes from now on
+            except sqlalchemy.exc.SQLAlchemyError:
+                continue  # a missed beat; the next one may get through
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._lease is None:
+            return
+        self._stop.set()
+        self._heartbeat.join(timeout=30)
+        try:
+            leases.release(self._lease_engine, self._lease)
+        finally:
+            self._lease_engine.dispose()
+
+    @property
+    def lease(self) -> leases.Lease | None:
+        return self._lease
+
+    def fence(self, conn: Connection) -> None:
+        """Inside a write transaction: refuse the write unless this run still holds the batch."""
+        if self._lease is not None:
+            leases.check(conn, self._lease)
 
     @property
     def resolved_url(self) -> str:
