@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from conftest import PG_ADMIN_URL  # noqa: F401  (the postgres_url fixture lives there)
 from loan_engine_dagster.adapters import database
+from loan_engine_dagster.orchestration.run_records import stop_point
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -82,8 +83,8 @@ def check_trial(inbox, tmp_path, results_url, trial):
         # The loser is refused before it starts, or its run fails saying who holds the batch.
         for run in losers:
             assert run.status == dg.DagsterRunStatus.FAILURE
-            messages = " ".join(e.message or "" for e in instance.all_logs(run.run_id))
-            assert f"is being written by run {winner}" in messages
+            stop = stop_point(instance, run.run_id)  # what the UI, the CLI and the incident show
+            assert stop.error_type == "BatchLeaseHeld" and f"is being written by run {winner}" in stop.message
         return "refused by the CLI" if not losers else "run failed on the lease"
 
     return with_home(home, check_runs)

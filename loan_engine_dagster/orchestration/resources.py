@@ -68,7 +68,7 @@ class ResultsDatabase(dg.ConfigurableResource):
     _heartbeat: threading.Thread | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        run = context.dagster_run
+        run = context.run
         batch_key = run.tags.get(PARTITION_TAG) if run is not None else None
         if batch_key is None or context.instance is None:
             return  # a sensor, or a run that is not about one batch: nothing to hold
@@ -80,23 +80,35 @@ class ResultsDatabase(dg.ConfigurableResource):
             holder = context.instance.get_run_by_id(run_id)
             return holder is not None and holder.is_finished
 
+        grace = dead_worker_seconds()
         self._lease_engine = self.engine()
         for attempt in range(self.connect_retries + 1):
             try:
-                self._lease = leases.acquire(self._lease_engine, batch_key, run.run_id,
-                                             stale_after=dead_worker_seconds(), holder_finished=finished)
+                self._lease = leases.acquire(self._lease_engine, batch_key, run.run_id, stale_after=grace,
+                                             holder_finished=finished)
                 break
-            except sqlalchemy.exc.OperationalError:
+            except leases.BatchLeaseHeld as exc:
+                self._lease_engine.dispose()
+                context.log.error(str(exc))
+                raise
+            except sqlalchemy.exc.OperationalError as exc:
                 if attempt == self.connect_retries:
                     self._lease_engine.dispose()
                     raise
+                context.log.warning(
+                    f"results database unreachable, retry {attempt + 1} of {self.connect_retries} "
+                    f"in {self.retry_wait_seconds:g}s: {str(exc).splitlines()[0]}"
+                )
                 time.sleep(self.retry_wait_seconds)
+        # At least four beats within the grace, so one slow beat never looks like death.
+        interval = min(self.heartbeat_seconds, grace / 4)
         self._stop = threading.Event()
-        self._heartbeat = threading.Thread(target=self._beat, name=f"lease-heartbeat-{batch_key}", daemon=True)
+        self._heartbeat = threading.Thread(target=self._beat, args=(interval,), name=f"lease-heartbeat-{batch_key}",
+                                           daemon=True)
         self._heartbeat.start()
 
-    def _beat(self) -> None:
-        while not self._stop.wait(self.heartbeat_seconds):
+    def _beat(self, interval: float) -> None:
+        while not self._stop.wait(interval):
             try:
                 if not leases.renew(self._lease_engine, self._lease):
                     return  # lost: the fence refuses this run's writes from now on
