@@ -56,7 +56,7 @@ def start_in_namespace(env, inbox, out, results_url):
 
 def test_healthy_run_in_another_pid_namespace_stays_started_and_succeeds(big_inbox, tmp_path, home, monkeypatch):
     env, results_url = home
-    grace = 8  # the worker beats every 2 s
+    grace = 12  # the worker beats every 3 s
     env["LOAN_ENGINE_DEAD_WORKER_SECONDS"] = str(grace)
     monkeypatch.setenv("LOAN_ENGINE_DEAD_WORKER_SECONDS", str(grace))
     process = start_in_namespace(env, big_inbox, tmp_path / "out", results_url)

@@ -64,8 +64,6 @@ class ResultsDatabase(dg.ConfigurableResource):
 
     _lease: leases.Lease | None = PrivateAttr(default=None)
     _lease_engine: Engine | None = PrivateAttr(default=None)
-    _stop: threading.Event | None = PrivateAttr(default=None)
-    _heartbeat: threading.Thread | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         run = context.run
@@ -102,28 +100,34 @@ class ResultsDatabase(dg.ConfigurableResource):
                 time.sleep(self.retry_wait_seconds)
         # At least four beats within the grace, so one slow beat never looks like death.
         interval = min(self.heartbeat_seconds, grace / 4)
-        self._stop = threading.Event()
-        self._heartbeat = threading.Thread(target=self._beat, args=(interval,), name=f"lease-heartbeat-{batch_key}",
-                                           daemon=True)
-        self._heartbeat.start()
+        threading.Thread(target=self._beat, args=(context.instance, interval), name=f"lease-heartbeat-{batch_key}",
+                         daemon=True).start()
 
-    def _beat(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            try:
-                if not leases.renew(self._lease_engine, self._lease):
-                    return  # lost: the fence refuses this run's writes from now on
-            except sqlalchemy.exc.SQLAlchemyError:
-                continue  # a missed beat; the next one may get through
-
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._lease is None:
-            return
-        self._stop.set()
-        self._heartbeat.join(timeout=30)
+    def _beat(self, instance: dg.DagsterInstance, interval: float) -> None:
+        """Renew the lease until the run is over (then hand the batch back) or
+        the lease is lost (then the fence refuses this run's writes). A daemon
+        thread, so it never keeps a finished process alive; no teardown hook,
+        which keeps this resource usable in sensors as a plain value."""
+        lease, engine = self._lease, self._lease_engine
         try:
-            leases.release(self._lease_engine, self._lease)
+            while True:
+                time.sleep(interval)
+                try:
+                    run = instance.get_run_by_id(lease.run_id)
+                except Exception:
+                    run = None  # the instance was closed: the process is ending
+                if run is None or run.is_finished:
+                    leases.release(engine, lease)
+                    return
+                try:
+                    if not leases.renew(engine, lease):
+                        return
+                except sqlalchemy.exc.SQLAlchemyError:
+                    continue  # a missed beat; the next one may get through
+        except Exception:
+            return  # the lease lapses; the next run of the batch takes it over once it is stale
         finally:
-            self._lease_engine.dispose()
+            engine.dispose()
 
     @property
     def lease(self) -> leases.Lease | None:
