@@ -216,9 +216,11 @@ def exports(
         outputs.path, eligibility, batch=context.partition_key, pdate=normalized_loans.pdate, rules=loaded,
         input_files=reference_data.files + batch_inputs.files, run_id=context.run.run_id,
     )
+    target = (outputs.path / context.partition_key).resolve()
     return dg.Output(
-        {"folder": str(folder.resolve()), "target": str((outputs.path / context.partition_key).resolve()), "summary": summary},
+        {"folder": str(folder.resolve()), "target": str(target), "summary": summary},
         metadata={
+            "output_folder": dg.MetadataValue.path(str(target)),  # where results_database publishes them
             "staging_folder": dg.MetadataValue.path(str(folder.resolve())),
             "files": dg.MetadataValue.md("\n".join(f"- {p.relative_to(folder)}" for p in sorted(folder.rglob("*")) if p.is_file())),
             "to_purchase": summary["by_disposition"].get("to_purchase", {}).get("loans", 0),
