@@ -2,13 +2,22 @@
 only with the commit of the batch's rows, and names the run they belong to."""
 
 import json
+import os
+import shutil
+import signal
+import time
 
 import dagster as dg
 import pytest
 from sqlalchemy import select, text
 
 from loan_engine_dagster.adapters import database
+from loan_engine_dagster.adapters.sample import generate_inbox
 from loan_engine_dagster.cli import _resolved_job
+from loan_engine_dagster.orchestration.failures import dead_worker_sensor
+from loan_engine_dagster.orchestration.resources import ResultsDatabase
+from loan_engine_dagster.orchestration.run_records import stop_point
+from test_failure_handling import ROOT, instance_of, kill_in_phase, start_run
 
 BATCH = "2026-02-19"
 ABORT_TRIGGER = "CREATE TRIGGER refuse_facts BEFORE INSERT ON loan_facts BEGIN SELECT RAISE(ABORT, 'disk quota exceeded'); END"
@@ -74,3 +83,43 @@ def test_failed_save_keeps_the_previous_runs_reports_and_reexecution_publishes_b
         steps = {e.dagster_event.step_key for e in instance.all_logs(third, of_type=dg.DagsterEventType.STEP_START)}
         assert steps == {"results_database"}
         assert delivered(out, results_url) == (third, "2026-02-25", {t.name: {third} for t in database.BATCH_TABLES}, [])
+
+
+@pytest.mark.slow
+def test_a_worker_declared_dead_while_alive_writes_and_publishes_nothing(tmp_path_factory, tmp_path, monkeypatch):
+    """A worker that stalls (paused VM, network cut) past the grace is declared
+    dead; when it wakes up its lease is gone: the save refuses, nothing is
+    published, and the run stays FAILED instead of turning SUCCESS."""
+    inbox = tmp_path_factory.mktemp("stall_inbox")
+    generate_inbox(inbox, loans=5_000, existing=50_000, seed=5)  # a few seconds of reading: time to stall it
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    grace = 4
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOAN_ENGINE_", "DAGSTER_"))}
+    env.update(DAGSTER_HOME=str(home), LOAN_ENGINE_DEAD_WORKER_SECONDS=str(grace))
+    monkeypatch.setenv("LOAN_ENGINE_DEAD_WORKER_SECONDS", str(grace))
+    out, results_url = tmp_path / "out", f"sqlite:///{tmp_path / 'results.db'}"
+    process = start_run(env, inbox, out, results_url)
+    run_id = kill_in_phase(process, env, "reference_data", kill=False)
+    instance = instance_of(env)
+    try:
+        os.killpg(process.pid, signal.SIGSTOP)
+        time.sleep(grace + 2)
+        result = dead_worker_sensor(dg.build_sensor_context(instance=instance, resources={"results_db": ResultsDatabase(url=results_url)}))
+        assert result.skip_reason.skip_message == f"marked FAILED: {run_id}"
+        os.killpg(process.pid, signal.SIGCONT)
+        output = process.communicate(timeout=600)[0].decode()
+        assert process.returncode == 1, output
+        assert f"Run {run_id} no longer holds batch {BATCH}: its lease was revoked" in output
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
+        assert stop_point(instance, run_id).error_type == "BatchLeaseLost"
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGCONT)
+            os.killpg(process.pid, signal.SIGKILL)
+        instance.dispose()
+    assert not (out / BATCH).exists()  # nothing published
+    engine = database.engine_for(results_url)
+    assert database.batch_row_counts(engine, BATCH)["loan_facts"] == 0
+    engine.dispose()

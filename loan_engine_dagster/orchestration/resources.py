@@ -3,6 +3,7 @@ the run starts, to its environment variable and then to a local default, so
 definitions load on any machine and nothing is read at import time."""
 
 
+import atexit
 import threading
 import time
 from pathlib import Path
@@ -98,6 +99,9 @@ class ResultsDatabase(dg.ConfigurableResource):
                     f"in {self.retry_wait_seconds:g}s: {str(exc).splitlines()[0]}"
                 )
                 time.sleep(self.retry_wait_seconds)
+        # A worker process that ends (the terminal's `loan-engine run`, a run
+        # worker) hands the batch back at once; a killed one leaves it to go stale.
+        atexit.register(_hand_back, self.resolved_url, self._lease)
         # At least four beats within the grace, so one slow beat never looks like death.
         interval = min(self.heartbeat_seconds, grace / 4)
         threading.Thread(target=self._beat, args=(context.instance, interval), name=f"lease-heartbeat-{batch_key}",
@@ -147,6 +151,17 @@ class ResultsDatabase(dg.ConfigurableResource):
 
     def engine(self) -> Engine:
         return database.engine_for(self.resolved_url)
+
+
+def _hand_back(url: str, lease: leases.Lease) -> None:
+    try:
+        engine = database.engine_for(url)
+        try:
+            leases.release(engine, lease)
+        finally:
+            engine.dispose()
+    except Exception:
+        pass  # the lease goes stale instead
 
 
 class RulesResource(dg.ConfigurableResource):
