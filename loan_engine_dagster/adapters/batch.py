@@ -19,7 +19,7 @@ from loan_engine_dagster.rules.eligibility import summarize_checks
 from . import database
 from .inbox import find_batch
 from .loading import load_batch_inputs, load_reference
-from .outputs import stage_batch, swapped_in, write_json, write_workbook
+from .outputs import clear_leftovers, stage_batch, swapped_in, write_json, write_workbook
 
 
 SUMMARY_FILE = "run_summary.json"
@@ -57,7 +57,10 @@ def stage_batch_outputs(
 @contextlib.contextmanager
 def delivered(staging: Path, target: Path, run_id: str):
     """Publish staged reports as `run_id`'s (a re-execution publishes reports
-    its parent run staged): the folder names the run whose rows go with it."""
+    its parent run staged): the folder names the run whose rows go with it.
+    Called inside the fenced save transaction, so only the batch's writer
+    ever removes leftovers or swaps folders."""
+    clear_leftovers(target.parent, target.name, keep=staging)  # killed runs' staging folders
     summary_path = staging / SUMMARY_FILE
     summary = json.loads(summary_path.read_text())
     if summary.get("run_id") != run_id:

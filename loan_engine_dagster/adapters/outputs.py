@@ -102,7 +102,6 @@ def stage_batch(output_root: Path, batch_key: str, run_id: str, write) -> Path:
     """Call `write(folder)` on the run's staging folder, flushed to disk.
     A failed write leaves no staging folder."""
     output_root.mkdir(parents=True, exist_ok=True)
-    clear_leftovers(output_root, batch_key)
     staging = staging_folder(output_root, batch_key, run_id)
     staging.mkdir()
     try:
@@ -146,6 +145,7 @@ def swapped_in(staging: Path, target: Path):
 
 def publish_batch(output_root: Path, batch_key: str, write, run_id: str = "local") -> Path:
     """Stage the reports and swap them in at once, for callers without a database."""
+    clear_leftovers(output_root, batch_key)
     staging = stage_batch(output_root, batch_key, run_id, write)
     with swapped_in(staging, output_root / batch_key) as target:
         return target

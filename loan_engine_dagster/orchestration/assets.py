@@ -212,6 +212,8 @@ def exports(
     previous run's reports."""
     start = time.perf_counter()
     loaded = rules.load()
+    # Staging folders of killed runs go first, only while this run provably holds the batch.
+    results_db.under_lease(lambda: clear_leftovers(outputs.path, context.partition_key))
     folder, summary = stage_batch_outputs(
         outputs.path, eligibility, batch=context.partition_key, pdate=normalized_loans.pdate, rules=loaded,
         input_files=reference_data.files + batch_inputs.files, run_id=context.run.run_id,
@@ -252,7 +254,6 @@ def results_database(
             f"the staged reports {staging} are gone (a later run of batch {context.partition_key} replaced them); "
             "re-run the whole batch"
         )
-    clear_leftovers(target.parent, context.partition_key, keep=staging)
     try:
         engine = results_db.engine()
         try:

@@ -137,6 +137,18 @@ class ResultsDatabase(dg.ConfigurableResource):
     def lease(self) -> leases.Lease | None:
         return self._lease
 
+    def under_lease(self, action):
+        """`action()`, only while this run provably holds its batch (lease row locked, token checked)."""
+        if self._lease is None:
+            return action()
+        engine = self.engine()
+        try:
+            with engine.begin() as conn:
+                leases.check(conn, self._lease)
+                return action()
+        finally:
+            engine.dispose()
+
     def fence(self, conn: Connection) -> None:
         """Inside a write transaction: refuse the write unless this run still holds the batch."""
         if self._lease is not None:
