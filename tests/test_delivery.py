@@ -106,7 +106,7 @@ def test_a_worker_declared_dead_while_alive_writes_and_publishes_nothing(tmp_pat
     try:
         os.killpg(process.pid, signal.SIGSTOP)
         time.sleep(grace + 2)
-        result = dead_worker_sensor(dg.build_sensor_context(instance=instance, resources={"results_db": ResultsDatabase(url=results_url)}))
+        result = dead_worker_sensor(dg.build_sensor_context(instance=instance, cursor="{}", resources={"results_db": ResultsDatabase(url=results_url)}))
         assert result.skip_reason.skip_message == f"marked FAILED: {run_id}"
         os.killpg(process.pid, signal.SIGCONT)
         output = process.communicate(timeout=600)[0].decode()

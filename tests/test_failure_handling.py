@@ -339,12 +339,14 @@ def test_dead_worker_sensor_spares_live_workers_and_fails_dead_ones(big_inbox, t
     resources = {"results_db": ResultsDatabase(url=results_url)}
     try:
         time.sleep(grace + 1)
-        result = dead_worker_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        result = dead_worker_sensor(dg.build_sensor_context(instance=instance, cursor="{}", resources=resources))
         assert result.skip_reason.skip_message == "no dead workers"  # alive: left alone
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
         time.sleep(grace + 1)
-        result = dead_worker_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        first = dead_worker_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        assert first.skip_reason.skip_message.startswith("first tick")  # a fresh daemon looks before it acts
+        result = dead_worker_sensor(dg.build_sensor_context(instance=instance, cursor="{}", resources=resources))
         assert result.skip_reason.skip_message == f"marked FAILED: {run_id}"
         run = instance.get_run_by_id(run_id)
         assert run.status == dg.DagsterRunStatus.FAILURE
@@ -352,7 +354,7 @@ def test_dead_worker_sensor_spares_live_workers_and_fails_dead_ones(big_inbox, t
         assert f"Run worker disappeared: run {run_id}" in failure.message
         assert f"(worker process {process.pid} on " in failure.message
         # Finished runs are never touched again.
-        again = dead_worker_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        again = dead_worker_sensor(dg.build_sensor_context(instance=instance, cursor="{}", resources=resources))
         assert again.skip_reason.skip_message == "no dead workers"
     finally:
         if process.poll() is None:
@@ -363,7 +365,7 @@ def test_dead_worker_sensor_spares_live_workers_and_fails_dead_ones(big_inbox, t
 def test_dead_worker_setting_is_validated(monkeypatch):
     monkeypatch.setenv("LOAN_ENGINE_DEAD_WORKER_SECONDS", "two minutes")
     with dg.instance_for_test() as instance, pytest.raises(Exception, match="LOAN_ENGINE_DEAD_WORKER_SECONDS must be a number"):
-        dead_worker_sensor(dg.build_sensor_context(instance=instance, resources={"results_db": ResultsDatabase(url="sqlite://")}))
+        dead_worker_sensor(dg.build_sensor_context(instance=instance, cursor="{}", resources={"results_db": ResultsDatabase(url="sqlite://")}))
 
 
 def test_failure_sensor_ignores_other_jobs(tmp_path):

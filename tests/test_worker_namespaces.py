@@ -70,7 +70,7 @@ def test_healthy_run_in_another_pid_namespace_stays_started_and_succeeds(big_inb
         resources = {"results_db": ResultsDatabase(url=results_url)}
         ticks = 0
         while process.poll() is None:
-            result = dead_worker_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+            result = dead_worker_sensor(dg.build_sensor_context(instance=instance, cursor="{}", resources=resources))
             ticks += 1
             assert not result.skip_reason.skip_message.startswith("marked FAILED"), result.skip_reason.skip_message
             if instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED:

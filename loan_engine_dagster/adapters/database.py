@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import (
     Boolean, Column, Date, DateTime, Float, Integer, MetaData, String, Table, Text, UniqueConstraint, create_engine,
-    delete, event, func, select,
+    delete, event, func, select, text,
 )
 from sqlalchemy.engine import Connection, Engine
 
@@ -113,6 +113,7 @@ batch_leases = Table(
 )
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 60
+SCHEMA_LOCK_KEY = 0x10A7E5  # PostgreSQL advisory lock held while the tables are created
 
 BATCH_TABLES = (loan_facts, loan_exceptions, eligibility_results)
 FACT_COLUMNS = [c.name for c in loan_facts.columns if c.name not in ("id", "batch_key", "run_id", "rules_version")]
@@ -124,7 +125,11 @@ def engine_for(url: str) -> Engine:
     engine = create_engine(url, future=True, pool_pre_ping=True, connect_args=connect_args)
     if sqlite:
         _serialize_sqlite_writers(engine)
-    metadata.create_all(engine)
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Two first runs creating the tables at once would collide in PostgreSQL's catalog.
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        metadata.create_all(conn)
     return engine
 
 

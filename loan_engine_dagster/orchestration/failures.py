@@ -97,6 +97,10 @@ def dead_worker_sensor(context: dg.SensorEvaluationContext, results_db: ResultsD
     longer write; a STARTED run that holds no lease at all for that long
     (killed before it took one) is failed too."""
     grace = dead_worker_seconds()
+    if context.cursor is None:
+        # A daemon's first tick only looks: the failure sensor, starting at the
+        # same time, must already be watching when the first run is failed.
+        return dg.SensorResult(skip_reason="first tick: watching heartbeats from now on", cursor="{}")
     no_lease_since: dict[str, float] = json.loads(context.cursor) if context.cursor else {}
     now = time.time()
     still_waiting, marked = {}, []

@@ -80,9 +80,9 @@ class ResultsDatabase(dg.ConfigurableResource):
             return holder is not None and holder.is_finished
 
         grace = dead_worker_seconds()
-        self._lease_engine = self.engine()
         for attempt in range(self.connect_retries + 1):
             try:
+                self._lease_engine = self.engine()
                 self._lease = leases.acquire(self._lease_engine, batch_key, run.run_id, stale_after=grace,
                                              holder_finished=finished)
                 break
@@ -92,7 +92,6 @@ class ResultsDatabase(dg.ConfigurableResource):
                 raise
             except sqlalchemy.exc.OperationalError as exc:
                 if attempt == self.connect_retries:
-                    self._lease_engine.dispose()
                     raise
                 context.log.warning(
                     f"results database unreachable, retry {attempt + 1} of {self.connect_retries} "
