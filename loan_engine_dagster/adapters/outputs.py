@@ -103,6 +103,7 @@ def stage_batch(output_root: Path, batch_key: str, run_id: str, write) -> Path:
     A failed write leaves no staging folder."""
     output_root.mkdir(parents=True, exist_ok=True)
     staging = staging_folder(output_root, batch_key, run_id)
+    shutil.rmtree(staging, ignore_errors=True)  # this same run's earlier attempt (a step retry)
     staging.mkdir()
     try:
         write(staging)

@@ -1,6 +1,10 @@
 """One asset per phase of the weekly review, partitioned by batch. Each body
 reads its inputs, calls one phase of `loan_engine_dagster.rules`, and returns
-the result with what a reviewer wants to see in the UI."""
+the result with what a reviewer wants to see in the UI.
+
+Every phase takes `results_db`, even those that never write: a run holds its
+batch's writer lease (and sends its heartbeat) from before its first phase,
+whichever phases it runs."""
 
 
 import datetime as dt
