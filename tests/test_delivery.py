@@ -12,12 +12,11 @@ import pytest
 from sqlalchemy import select, text
 
 from loan_engine_dagster.adapters import database
-from loan_engine_dagster.adapters.sample import generate_inbox
 from loan_engine_dagster.cli import _resolved_job
 from loan_engine_dagster.orchestration.failures import dead_worker_sensor
 from loan_engine_dagster.orchestration.resources import ResultsDatabase
 from loan_engine_dagster.orchestration.run_records import stop_point
-from test_failure_handling import ROOT, instance_of, kill_in_phase, start_run
+from test_failure_handling import ROOT, big_inbox, instance_of, kill_in_phase, start_run  # noqa: F401  (a fixture)
 
 BATCH = "2026-02-19"
 ABORT_TRIGGER = "CREATE TRIGGER refuse_facts BEFORE INSERT ON loan_facts BEGIN SELECT RAISE(ABORT, 'disk quota exceeded'); END"
@@ -86,12 +85,11 @@ def test_failed_save_keeps_the_previous_runs_reports_and_reexecution_publishes_b
 
 
 @pytest.mark.slow
-def test_a_worker_declared_dead_while_alive_writes_and_publishes_nothing(tmp_path_factory, tmp_path, monkeypatch):
+def test_a_worker_declared_dead_while_alive_writes_and_publishes_nothing(big_inbox, tmp_path, monkeypatch):
     """A worker that stalls (paused VM, network cut) past the grace is declared
     dead; when it wakes up its lease is gone: the save refuses, nothing is
     published, and the run stays FAILED instead of turning SUCCESS."""
-    inbox = tmp_path_factory.mktemp("stall_inbox")
-    generate_inbox(inbox, loans=5_000, existing=50_000, seed=5)  # a few seconds of reading: time to stall it
+    inbox = big_inbox  # seconds of reading: time to stall the worker mid-run
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
@@ -105,6 +103,7 @@ def test_a_worker_declared_dead_while_alive_writes_and_publishes_nothing(tmp_pat
     instance = instance_of(env)
     try:
         os.killpg(process.pid, signal.SIGSTOP)
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED
         time.sleep(grace + 2)
         result = dead_worker_sensor(dg.build_sensor_context(instance=instance, cursor="{}", resources={"results_db": ResultsDatabase(url=results_url)}))
         assert result.skip_reason.skip_message == f"marked FAILED: {run_id}"
