@@ -196,6 +196,7 @@ def run(batch_key: str, inbox, output_dir, database_url, pdate, irr_target, verb
             # The daemon cannot relaunch a run started from a terminal; whoever
             # started it sees the failure and re-runs.
             tags={"dagster/partition": batch_key, "dagster/max_retries": "0", **batch_tags(batch_key, str(inbox_path))},
+            raise_on_error=False,
         ) as result:
             run_id = result.run_id
             if not result.success:

@@ -178,6 +178,7 @@ def test_killed_worker_is_failed_reported_and_rerun(big_inbox, tmp_path, backend
                     break
                 time.sleep(1)
             assert failed_after is not None, f"run not FAILED within {DEAD_WORKER_BOUND_SECONDS}s; see {tmp_path / 'daemon.log'}"
+            print(f"SIGKILL to FAILED: {failed_after:.1f}s")
             messages = [e.message for e in instance.all_logs(run_id) if e.message]
             assert any("Run worker disappeared" in m and "last phase batch_inputs" in m for m in messages)
 
@@ -305,25 +306,23 @@ def test_data_failure_is_tagged_recorded_and_notified(sample_inbox, tmp_path, ba
 
 @pytest.mark.slow
 def test_database_outage_is_retried_then_infra(sample_inbox, tmp_path):
-    """The database answered the check at the start of the run and went away
-    before the save: the save step retries, then the run fails as infra. (A
-    database already down at the start fails the first phase: test_fail_fast.py.)"""
+    """The run takes its batch's lease in the results database before the
+    first phase: a database that stays down fails the run there, after the
+    retries, before any file is read or any report written."""
     unreachable = "postgresql+psycopg2://postgres@127.0.0.1:9/nowhere"  # nothing listens on port 9
     with dg.instance_for_test() as instance:
-        first = _materialize(instance, sample_inbox, tmp_path, ResultsDatabase(url=f"sqlite:///{tmp_path / 'r.db'}"))
-        assert first.success
         result = _materialize(instance, sample_inbox, tmp_path,
-                              ResultsDatabase(url=unreachable, connect_retries=2, retry_wait_seconds=0),
-                              asset_selection=[dg.AssetKey("results_database")])
+                              ResultsDatabase(url=unreachable, connect_retries=2, retry_wait_seconds=0))
         assert not result.success
-        retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
         assert result.dagster_run.job_name == "loan_engine_job"
-        assert [e.step_key for e in retries] == ["results_database", "results_database"]
+        retries = [e.message for e in instance.all_logs(result.run_id) if "results database unreachable, retry" in (e.message or "")]
+        assert len(retries) == 2
+        assert not instance.all_logs(result.run_id, of_type=dg.DagsterEventType.STEP_START)
         with Hook() as hook:
             tags = _run_failure_sensor(instance, result.run_id, f"sqlite:///{tmp_path / 'incidents.db'}", hook.url)
-        assert tags[PHASE_TAG] == "results_database" and tags[KIND_TAG] == "infra"
+        assert tags[PHASE_TAG] == "run" and tags[KIND_TAG] == "infra"
         assert hook.received[0]["error_type"] == "OperationalError"
-        assert (tmp_path / "out" / BATCH / "loan_decisions.csv").is_file()  # reports are in; only the save failed
+        assert not (tmp_path / "out").exists()  # no report of a run whose rows could not be saved
 
 
 @pytest.mark.slow
@@ -331,23 +330,32 @@ def test_dead_worker_sensor_spares_live_workers_and_fails_dead_ones(big_inbox, t
     env, results_url = {**{k: v for k, v in os.environ.items() if not k.startswith(("LOAN_ENGINE_", "DAGSTER_"))},
                         "DAGSTER_HOME": str(tmp_path)}, f"sqlite:///{tmp_path / 'r.db'}"
     shutil.copy(ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
-    monkeypatch.setenv("LOAN_ENGINE_DEAD_WORKER_SECONDS", "0")
+    grace = 4  # the worker beats every second (a quarter of the grace)
+    monkeypatch.setenv("LOAN_ENGINE_DEAD_WORKER_SECONDS", str(grace))
+    env["LOAN_ENGINE_DEAD_WORKER_SECONDS"] = str(grace)
     process = start_run(env, big_inbox, tmp_path / "out", results_url)
     run_id = kill_in_phase(process, env, "reference_data", kill=False)
     instance = instance_of(env)
+    resources = {"results_db": ResultsDatabase(url=results_url)}
     try:
-        result = dead_worker_sensor(dg.build_sensor_context(instance=instance))
+        time.sleep(grace + 1)
+        result = dead_worker_sensor(dg.build_sensor_context(instance=instance, cursor="{}", resources=resources))
         assert result.skip_reason.skip_message == "no dead workers"  # alive: left alone
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
-        result = dead_worker_sensor(dg.build_sensor_context(instance=instance))
+        time.sleep(grace + 1)
+        first = dead_worker_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        assert first.skip_reason.skip_message.startswith("first tick")  # a fresh daemon looks before it acts
+        result = dead_worker_sensor(dg.build_sensor_context(instance=instance, cursor="{}", resources=resources))
         assert result.skip_reason.skip_message == f"marked FAILED: {run_id}"
         run = instance.get_run_by_id(run_id)
         assert run.status == dg.DagsterRunStatus.FAILURE
         [failure] = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
-        assert f"process {process.pid} of run {run_id}" in failure.message
+        assert f"Run worker disappeared: run {run_id}" in failure.message
+        assert f"(worker process {process.pid} on " in failure.message
         # Finished runs are never touched again.
-        assert dead_worker_sensor(dg.build_sensor_context(instance=instance)).skip_reason.skip_message == "no dead workers"
+        again = dead_worker_sensor(dg.build_sensor_context(instance=instance, cursor="{}", resources=resources))
+        assert again.skip_reason.skip_message == "no dead workers"
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
@@ -357,7 +365,7 @@ def test_dead_worker_sensor_spares_live_workers_and_fails_dead_ones(big_inbox, t
 def test_dead_worker_setting_is_validated(monkeypatch):
     monkeypatch.setenv("LOAN_ENGINE_DEAD_WORKER_SECONDS", "two minutes")
     with dg.instance_for_test() as instance, pytest.raises(Exception, match="LOAN_ENGINE_DEAD_WORKER_SECONDS must be a number"):
-        dead_worker_sensor(dg.build_sensor_context(instance=instance))
+        dead_worker_sensor(dg.build_sensor_context(instance=instance, cursor="{}", resources={"results_db": ResultsDatabase(url="sqlite://")}))
 
 
 def test_failure_sensor_ignores_other_jobs(tmp_path):
@@ -386,7 +394,7 @@ def test_daemon_retries_a_run_whose_worker_died(big_inbox, tmp_path):
     results_url = f"sqlite:///{tmp_path / 'results.db'}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LOAN_ENGINE_", "DAGSTER_"))}
     env.update(DAGSTER_HOME=str(home), LOAN_ENGINE_INBOX=str(inbox), LOAN_ENGINE_OUTPUT_DIR=str(out),
-               LOAN_ENGINE_DATABASE_URL=results_url, LOAN_ENGINE_DEAD_WORKER_SECONDS="5")
+               LOAN_ENGINE_DATABASE_URL=results_url, LOAN_ENGINE_DEAD_WORKER_SECONDS="15")
     with running_daemon(env, tmp_path), instance_of(env) as instance:
         for path in big_inbox.iterdir():
             shutil.copy(path, inbox / path.name)

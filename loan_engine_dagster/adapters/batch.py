@@ -4,7 +4,9 @@ the tests use this to time and check the whole."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,19 +20,24 @@ from loan_engine_dagster.rules.purchase_plan import PurchasePlan
 from . import database
 from .inbox import find_batch
 from .loading import load_batch_inputs, load_reference
-from .outputs import publish_batch, write_csv, write_json, write_workbook
+from .outputs import clear_leftovers, stage_batch, swapped_in, write_csv, write_json, write_workbook
 
 
-def write_batch_outputs(
+SUMMARY_FILE = "run_summary.json"
+
+
+def stage_batch_outputs(
     output_root: Path, decisions: pipeline.Decisions, plan: PurchasePlan, *, batch: str, pdate: dt.date, rules: Rules,
-    input_files: list[dict],
+    input_files: list[dict], run_id: str = "local",
 ) -> tuple[Path, dict]:
-    """Every report of section 10 (and the purchase plan) into
-    `<output_root>/<batch>/`, atomically. Returns the folder and the run summary."""
+    """Every report of section 10 (and the purchase plan) into the run's
+    hidden staging folder, not yet published. Returns the staging folder and
+    the run summary."""
     summary = reports.run_summary(
         decisions.loans, decisions.exceptions, decisions.checks, batch=batch, pdate=pdate,
         rules_version=rules.version, input_files=input_files, plan=plan.platforms,
     )
+    summary["run_id"] = run_id
     eligibility = reports.eligibility_document(
         plan.checks, summarize_checks(decisions.checks), batch=batch, pdate=pdate, rules_version=rules.version,
         plan=plan.platforms,
@@ -46,9 +53,36 @@ def write_batch_outputs(
             write_workbook(frame, folder / name)
         write_workbook(reports.eligibility_sheet(plan.checks, plan.platforms), folder / "eligibility_checks_summary.xlsx", "checks")
         write_json(eligibility, folder / "eligibility_checks.json")
-        write_json(summary, folder / "run_summary.json")
+        write_json(summary, folder / SUMMARY_FILE)
 
-    return publish_batch(output_root, batch, write), summary
+    return stage_batch(output_root, batch, run_id, write), summary
+
+
+@contextlib.contextmanager
+def delivered(staging: Path, target: Path, run_id: str):
+    """Publish staged reports as `run_id`'s (a re-execution publishes reports
+    its parent run staged): the folder names the run whose rows go with it.
+    Called inside the fenced save transaction, so only the batch's writer
+    ever removes leftovers or swaps folders."""
+    clear_leftovers(target.parent, target.name, keep=staging)  # killed runs' staging folders
+    summary_path = staging / SUMMARY_FILE
+    summary = json.loads(summary_path.read_text())
+    if summary.get("run_id") != run_id:
+        summary["run_id"] = run_id
+        write_json(summary, summary_path)
+    with swapped_in(staging, target) as folder:
+        yield folder
+
+
+def write_batch_outputs(
+    output_root: Path, decisions: pipeline.Decisions, plan: PurchasePlan, *, batch: str, pdate: dt.date, rules: Rules,
+    input_files: list[dict], run_id: str = "local",
+) -> tuple[Path, dict]:
+    """Every report into `<output_root>/<batch>/` at once, for callers without a database."""
+    staging, summary = stage_batch_outputs(output_root, decisions, plan, batch=batch, pdate=pdate, rules=rules,
+                                           input_files=input_files, run_id=run_id)
+    with delivered(staging, output_root / batch, run_id) as folder:
+        return folder, summary
 
 
 @dataclass
@@ -76,14 +110,16 @@ def process_batch(
     comap = timer("comap", pipeline.run_comap, underwritten, reference.comap, rules)
     decisions = timer("eligibility", pipeline.run_eligibility, comap, normalized.existing, rules)
     plan = timer("purchase_plan", pipeline.run_purchase_plan, decisions, normalized.existing, rules)
-    folder, summary = timer(
-        "exports", write_batch_outputs, output_root, decisions, plan, batch=batch_key, pdate=purchase_date, rules=rules,
-        input_files=reference.files + inputs.files,
+    staging, summary = timer(
+        "exports", stage_batch_outputs, output_root, decisions, plan, batch=batch_key, pdate=purchase_date, rules=rules,
+        input_files=reference.files + inputs.files, run_id=run_id,
     )
+    folder = output_root / batch_key
     engine = database.engine_for(database_url)
     try:
         timer("save_db", database.save_batch, engine, batch_key=batch_key, run_id=run_id, rules_version=rules.version,
-              loans=decisions.loans, exceptions=decisions.exceptions, checks=decisions.checks)
+              loans=decisions.loans, exceptions=decisions.exceptions, checks=decisions.checks,
+              publish=lambda: delivered(staging, folder, run_id))
     finally:
         engine.dispose()
     return {"output_dir": str(folder), "summary": summary, "seconds": dict(timer.seconds)}

@@ -3,16 +3,19 @@ eligibility results per batch, replaced whole in one transaction."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 from sqlalchemy import (
-    Boolean, Column, Date, DateTime, Float, Integer, MetaData, String, Table, Text, create_engine, delete, func,
-    select,
+    Boolean, Column, Date, DateTime, Float, Integer, MetaData, String, Table, Text, UniqueConstraint, create_engine,
+    delete, event, func, select, text,
 )
 from sqlalchemy.engine import Connection, Engine
 
@@ -51,6 +54,8 @@ loan_facts = Table(
     Column("purchase_date", Date),
     Column("source_file", String(255)),
     Column("source_row", Integer),
+    # Each spreadsheet row of a batch is saved once: two runs' rows can never pile up.
+    UniqueConstraint("batch_key", "source_file", "source_row", name="uq_loan_facts_batch_row"),
 )
 
 loan_exceptions = Table(
@@ -81,6 +86,7 @@ eligibility_results = Table(
     Column("value_json", Text),
     Column("status", String(16)),
     Column("excess_balance", Float),
+    UniqueConstraint("batch_key", "platform", "check_id", "population", name="uq_eligibility_results_batch_check"),
 )
 
 incidents = Table(
@@ -96,13 +102,37 @@ incidents = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
+# One row per batch: which run may write the batch's results (see leases.py).
+batch_leases = Table(
+    "batch_leases", metadata,
+    Column("batch_key", String(32), primary_key=True),
+    Column("run_id", String(64)),
+    Column("token", Integer, nullable=False),  # fencing token: grows by one at every hand-over
+    Column("released", Boolean, nullable=False),
+    Column("acquired_at", Float),  # seconds since the epoch, by the database's clock
+    Column("heartbeat_at", Float),
+    Column("host", String(255)),
+    Column("pid", Integer),
+)
+
+SQLITE_BUSY_TIMEOUT_SECONDS = 60
+SCHEMA_LOCK_KEY = 0x10A7E5  # PostgreSQL advisory lock held while the tables are created
+
 BATCH_TABLES = (loan_facts, loan_exceptions, eligibility_results)
 FACT_COLUMNS = [c.name for c in loan_facts.columns if c.name not in ("id", "batch_key", "run_id", "rules_version")]
 
 
 def engine_for(url: str) -> Engine:
-    engine = create_engine(url, future=True, pool_pre_ping=True)
-    metadata.create_all(engine)
+    sqlite = url.startswith("sqlite")
+    connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS} if sqlite else {}
+    engine = create_engine(url, future=True, pool_pre_ping=True, connect_args=connect_args)
+    if sqlite:
+        _serialize_sqlite_writers(engine)
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Two first runs creating the tables at once would collide in PostgreSQL's catalog.
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        metadata.create_all(conn)
     return engine
 
 
@@ -159,6 +189,24 @@ def _bulk_insert(conn: Connection, table: Table, frame: pd.DataFrame) -> None:
     conn.exec_driver_sql(statement, rows)
 
 
+def _serialize_sqlite_writers(engine: Engine) -> None:
+    """SQLite transactions take the write lock when they begin (BEGIN IMMEDIATE),
+    so two writers queue instead of both reading a batch's lease as free."""
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself, below
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    clean = frame.astype(object).where(frame.notna(), None)
+    return clean.to_dict("records")
+
+
 def fact_rows(loans: pd.DataFrame) -> pd.DataFrame:
     facts = loans[FACT_COLUMNS].copy()
     for column in ("submit_date", "purchase_date"):
@@ -195,18 +243,33 @@ def eligibility_rows(checks: pd.DataFrame) -> pd.DataFrame:
 def save_batch(
     engine: Engine, *, batch_key: str, run_id: str, rules_version: str,
     loans: pd.DataFrame, exceptions: pd.DataFrame, checks: pd.DataFrame,
+    fence: Callable[[Connection], None] | None = None,
+    publish: Callable[[], AbstractContextManager] | None = None,
 ) -> dict[str, int]:
-    """Replace the batch's rows in one transaction; on any error nothing changes."""
+    """Replace the batch's rows in one transaction; on any error nothing changes.
+
+    `fence(conn)` runs first inside that transaction and raises when this run
+    may no longer write the batch (its lease was taken or revoked).
+    `publish()` runs last, still inside it: the reports folder is swapped in
+    just before the commit and swapped back if the commit fails, so the
+    folder and the rows always come from the same run."""
     stamp = {"batch_key": batch_key, "run_id": run_id}
     facts = fact_rows(loans).assign(**stamp, rules_version=rules_version)
     exc = exceptions[["seller_loan_number", "platform", "reason", "severity", "message"]].assign(**stamp)
     elig = eligibility_rows(checks).assign(**stamp, rules_version=rules_version)
-    with engine.begin() as conn:
+    with contextlib.ExitStack() as after_commit, engine.begin() as conn:
+        # 1. fencing: this run still holds the batch
+        if fence is not None:
+            fence(conn)
+        # 2. the batch's rows, replaced
         for table in BATCH_TABLES:
             conn.execute(delete(table).where(table.c.batch_key == batch_key))
         for table, frame in ((loan_facts, facts), (loan_exceptions, exc), (eligibility_results, elig)):
             if len(frame):
                 _bulk_insert(conn, table, frame)
+        # 3. the reports, swapped in; undone by the ExitStack if the commit fails
+        if publish is not None:
+            after_commit.enter_context(publish())
     return {"loan_facts": len(facts), "loan_exceptions": len(exc), "eligibility_results": len(elig)}
 
 

@@ -27,6 +27,7 @@ INFRA_ERROR_TYPES = {
     "OperationalError", "InterfaceError", "DisconnectionError", "TimeoutError", "ConnectionError",
     "ConnectionRefusedError", "ConnectionResetError", "BrokenPipeError", "MemoryError",
     "DagsterExecutionInterruptedError", "DeadWorker", "PreflightError",
+    "BatchLeaseHeld", "BatchLeaseLost",  # another run holds the batch, or this run was declared dead
 }
 INFRA_MARKERS = (
     "run worker", "worker disappeared", "maximum runtime", "max_runtime", "timed out", "timeout expired",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -169,13 +170,30 @@ def write_json(document: dict, path: Path) -> None:
     path.write_text(json.dumps(_finite(document), indent=2, default=_json_default, allow_nan=False) + "\n")
 
 
-def publish_batch(output_root: Path, batch_key: str, write) -> Path:
-    """Call `write(folder)` on a hidden temporary folder, then swap it in for
-    `<output_root>/<batch_key>` by rename: readers see the old batch or the
-    new one, never half of one. A failed write leaves the old batch alone."""
+def staging_folder(output_root: Path, batch_key: str, run_id: str) -> Path:
+    """Where a run writes the batch's reports before they are published:
+    hidden, beside the batch folder (a rename never crosses file systems)."""
+    return output_root / f".{batch_key}.staging-{run_id}"
+
+
+def clear_leftovers(output_root: Path, batch_key: str, keep: Path | None = None) -> list[Path]:
+    """Remove the batch's hidden staging and retired folders left by runs that
+    were killed. Only the run holding the batch calls this, so none of them
+    belongs to a live run."""
+    removed = []
+    for path in output_root.glob(f".{batch_key}.*"):
+        if path.is_dir() and path != keep:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def stage_batch(output_root: Path, batch_key: str, run_id: str, write) -> Path:
+    """Call `write(folder)` on the run's staging folder, flushed to disk.
+    A failed write leaves no staging folder."""
     output_root.mkdir(parents=True, exist_ok=True)
-    target = output_root / batch_key
-    staging = output_root / f".{batch_key}.tmp-{uuid.uuid4().hex}"
+    staging = staging_folder(output_root, batch_key, run_id)
+    shutil.rmtree(staging, ignore_errors=True)  # this same run's earlier attempt (a step retry)
     staging.mkdir()
     try:
         write(staging)
@@ -183,14 +201,42 @@ def publish_batch(output_root: Path, batch_key: str, write) -> Path:
             if path.is_file():
                 with open(path, "rb") as handle:
                     os.fsync(handle.fileno())
-        if target.exists():
-            retired = output_root / f".{batch_key}.old-{uuid.uuid4().hex}"
-            target.rename(retired)
-            staging.rename(target)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return target
+    return staging
+
+
+@contextlib.contextmanager
+def swapped_in(staging: Path, target: Path):
+    """Put `staging` in place of `target` by renames: readers see the old batch
+    or the new one, never half. If the with-block fails (the database commit
+    that goes with the reports), the old folder comes back and the staged one
+    is kept for a re-execution."""
+    retired = target.parent / f".{target.name}.old-{uuid.uuid4().hex}"
+    had_old = target.exists()
+    if had_old:
+        target.rename(retired)
+    try:
+        staging.rename(target)
+    except BaseException:
+        if had_old:
+            retired.rename(target)
+        raise
+    try:
+        yield target
+    except BaseException:
+        target.rename(staging)
+        if had_old:
+            retired.rename(target)
+        raise
+    if had_old:
+        shutil.rmtree(retired, ignore_errors=True)
+
+
+def publish_batch(output_root: Path, batch_key: str, write, run_id: str = "local") -> Path:
+    """Stage the reports and swap them in at once, for callers without a database."""
+    clear_leftovers(output_root, batch_key)
+    staging = stage_batch(output_root, batch_key, run_id, write)
+    with swapped_in(staging, output_root / batch_key) as target:
+        return target

@@ -1,10 +1,15 @@
 """One asset per phase of the weekly review, partitioned by batch. Each body
 reads its inputs, calls one phase of `loan_engine_dagster.rules`, and returns
-the result with what a reviewer wants to see in the UI."""
+the result with what a reviewer wants to see in the UI.
+
+Every phase takes `results_db`, even those that never write: a run holds its
+batch's writer lease (and sends its heartbeat) from before its first phase,
+whichever phases it runs."""
 
 
 import datetime as dt
 import time
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -12,7 +17,8 @@ import sqlalchemy.exc
 from pydantic import field_validator
 
 from loan_engine_dagster.adapters import database
-from loan_engine_dagster.adapters.batch import write_batch_outputs
+from loan_engine_dagster.adapters.batch import delivered, stage_batch_outputs
+from loan_engine_dagster.adapters.outputs import clear_leftovers
 from loan_engine_dagster.adapters.loading import load_batch_inputs, load_reference
 from loan_engine_dagster.rules import pipeline
 from loan_engine_dagster.rules.reports import empty_exhibits
@@ -129,7 +135,8 @@ def batch_inputs(
 
 @dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"}, check_specs=DATA_QUALITY_CHECKS["normalized_loans"])
 def normalized_loans(
-    config: BatchRunConfig, reference_data: pipeline.ReferenceData, batch_inputs: pipeline.BatchInputs, rules: RulesResource
+    config: BatchRunConfig, reference_data: pipeline.ReferenceData, batch_inputs: pipeline.BatchInputs, rules: RulesResource,
+    results_db: ResultsDatabase,
 ):
     """Offered loans joined to their program type, with the purchase date set.
 
@@ -160,7 +167,8 @@ def normalized_loans(
 
 @dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"})
 def underwriting(
-    reference_data: pipeline.ReferenceData, normalized_loans: pipeline.NormalizedBatch, rules: RulesResource
+    reference_data: pipeline.ReferenceData, normalized_loans: pipeline.NormalizedBatch, rules: RulesResource,
+    results_db: ResultsDatabase,
 ) -> dg.Output:
     """Purchase-price check and underwriting on the grid of each loan's platform and kind."""
     start = time.perf_counter()
@@ -179,7 +187,7 @@ def underwriting(
 
 
 @dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"}, check_specs=DATA_QUALITY_CHECKS["comap"])
-def comap(reference_data: pipeline.ReferenceData, underwriting: pd.DataFrame, rules: RulesResource):
+def comap(reference_data: pipeline.ReferenceData, underwriting: pd.DataFrame, rules: RulesResource, results_db: ResultsDatabase):
     """CoMAP: whether each price-checked loan's program may be bought at its FICO."""
     start = time.perf_counter()
     loaded = rules.load()
@@ -193,7 +201,9 @@ def comap(reference_data: pipeline.ReferenceData, underwriting: pd.DataFrame, ru
 
 
 @dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"}, check_specs=LIMIT_CHECK_SPECS)
-def eligibility(comap: pd.DataFrame, normalized_loans: pipeline.NormalizedBatch, rules: RulesResource):
+def eligibility(
+    comap: pd.DataFrame, normalized_loans: pipeline.NormalizedBatch, rules: RulesResource, results_db: ResultsDatabase
+):
     """Each loan's disposition, then the portfolio concentration limits.
 
     A breached limit does not stop the purchase by itself: it shows as a
@@ -244,20 +254,27 @@ def exports(
     batch_inputs: pipeline.BatchInputs,
     outputs: OutputsResource,
     rules: RulesResource,
+    results_db: ResultsDatabase,
 ) -> dg.Output:
     """The batch's reports: decisions CSV, exception workbooks, limits, purchase plan, run summary.
 
-    They appear in the output folder all at once, replacing an earlier run's."""
+    Written to a hidden staging folder; `results_database` publishes them
+    together with the database rows, so a failed save never replaces the
+    previous run's reports."""
     start = time.perf_counter()
     loaded = rules.load()
-    folder, summary = write_batch_outputs(
+    # Staging folders of killed runs go first, only while this run provably holds the batch.
+    results_db.under_lease(lambda: clear_leftovers(outputs.path, context.partition_key))
+    folder, summary = stage_batch_outputs(
         outputs.path, eligibility, purchase_plan, batch=context.partition_key, pdate=normalized_loans.pdate, rules=loaded,
-        input_files=reference_data.files + batch_inputs.files,
+        input_files=reference_data.files + batch_inputs.files, run_id=context.run.run_id,
     )
+    target = (outputs.path / context.partition_key).resolve()
     return dg.Output(
-        {"folder": str(folder.resolve()), "summary": summary},
+        {"folder": str(folder.resolve()), "target": str(target), "summary": summary},
         metadata={
-            "output_folder": dg.MetadataValue.path(str(folder.resolve())),
+            "output_folder": dg.MetadataValue.path(str(target)),  # where results_database publishes them
+            "staging_folder": dg.MetadataValue.path(str(folder.resolve())),
             "files": dg.MetadataValue.md("\n".join(f"- {p.relative_to(folder)}" for p in sorted(folder.rglob("*")) if p.is_file())),
             "to_purchase": summary["by_disposition"].get("to_purchase", {}).get("loans", 0),
             "rejected": summary["by_disposition"].get("rejected", {}).get("loans", 0),
@@ -267,22 +284,34 @@ def exports(
     )
 
 
-@dg.asset(partitions_def=batches, group_name=DELIVERY, deps=[exports], kinds={"sqlalchemy"})
+@dg.asset(partitions_def=batches, group_name=DELIVERY, kinds={"sqlalchemy"})
 def results_database(
-    context: dg.AssetExecutionContext, eligibility: pipeline.Decisions, results_db: ResultsDatabase, rules: RulesResource
+    context: dg.AssetExecutionContext, eligibility: pipeline.Decisions, exports: dict, results_db: ResultsDatabase,
+    rules: RulesResource,
 ) -> dg.MaterializeResult:
-    """Loan facts, exceptions and limit results of the batch, saved to the results database.
+    """Loan facts, exceptions and limit results of the batch, saved to the results database,
+    and the batch's reports published with them.
 
-    The batch's earlier rows are replaced in one transaction: a re-run never
-    duplicates and a failed write leaves the previous rows intact."""
+    The batch's earlier rows are replaced in one transaction that first checks
+    this run still holds the batch; the staged reports are swapped into the
+    output folder just before the commit and swapped back if it fails. A re-run
+    never duplicates, and a failed save leaves the previous run's rows and
+    reports in place, together."""
     start = time.perf_counter()
     loaded = rules.load()
+    staging, target = Path(exports["folder"]), Path(exports["target"])
+    if not staging.is_dir():
+        raise FileNotFoundError(
+            f"the staged reports {staging} are gone (a later run of batch {context.partition_key} replaced them); "
+            "re-run the whole batch"
+        )
     try:
         engine = results_db.engine()
         try:
             counts = database.save_batch(
                 engine, batch_key=context.partition_key, run_id=context.run.run_id, rules_version=loaded.version,
                 loans=eligibility.loans, exceptions=eligibility.exceptions, checks=eligibility.checks,
+                fence=results_db.fence, publish=lambda: delivered(staging, target, context.run.run_id),
             )
         finally:
             engine.dispose()
@@ -293,6 +322,7 @@ def results_database(
         metadata={
             **{f"rows_{k}": v for k, v in counts.items()},
             "database": engine.url.render_as_string(hide_password=True),
+            "output_folder": dg.MetadataValue.path(str(target)),
             "rules_version": loaded.version,
             **_elapsed(start),
         }

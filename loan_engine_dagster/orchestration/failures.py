@@ -1,21 +1,19 @@
 """No run left stuck: the run-failure sensor that explains every failure, and
-the dead-worker sensor that fails runs whose worker process is gone (the
+the dead-worker sensor that fails runs whose worker stopped its heartbeat (the
 default run launcher cannot tell, so such runs would stay STARTED)."""
 
 import json
-import os
 import time
 
 import dagster as dg
+import sqlalchemy.exc
 
-from loan_engine_dagster.adapters import incidents
-from loan_engine_dagster.adapters.workers import process_alive
+from loan_engine_dagster.adapters import incidents, leases
 
 from .resources import Notifier, ResultsDatabase
-from .run_records import INCIDENT_TAG, JOB_NAME, KIND_TAG, PHASE_TAG, batch_of, stop_point, worker_pid
+from .run_records import INCIDENT_TAG, JOB_NAME, KIND_TAG, PHASE_TAG, batch_of, dead_worker_seconds, stop_point
 
 DEAD_WORKER_POLL_SECONDS = 30
-DEFAULT_DEAD_WORKER_SECONDS = 60
 PENDING_INCIDENTS_POLL_SECONDS = 60
 
 
@@ -125,51 +123,72 @@ def loan_engine_timeout_sensor(
         report_incident(context, run, results_db, notifier, "run exceeded its maximum runtime")
 
 
-def dead_worker_seconds() -> float:
-    value = os.environ.get("LOAN_ENGINE_DEAD_WORKER_SECONDS", str(DEFAULT_DEAD_WORKER_SECONDS))
-    try:
-        return float(value)
-    except ValueError:
-        raise ValueError(f"LOAN_ENGINE_DEAD_WORKER_SECONDS must be a number of seconds, not {value!r}") from None
-
-
 @dg.sensor(
     minimum_interval_seconds=DEAD_WORKER_POLL_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Marks STARTED loan engine runs FAILED once their worker process has been gone for a while.",
+    description="Marks STARTED loan engine runs FAILED once their worker stopped renewing the batch's lease.",
 )
-def dead_worker_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-    if not isinstance(context.instance.run_launcher, dg.DefaultRunLauncher):
-        # Launchers that run workers elsewhere report worker health to run monitoring themselves.
-        return dg.SensorResult(skip_reason="run launcher is not the default one: worker health is left to run monitoring")
+def dead_worker_sensor(context: dg.SensorEvaluationContext, results_db: ResultsDatabase) -> dg.SensorResult:
+    """A live worker renews its batch's lease in the results database every
+    few seconds, from whatever host, container or PID namespace it runs in.
+    A run whose lease is silent for LOAN_ENGINE_DEAD_WORKER_SECONDS is failed
+    and its lease revoked, so that its worker, should it still live, can no
+    longer write; a STARTED run that holds no lease at all for that long
+    (killed before it took one) is failed too."""
     grace = dead_worker_seconds()
-    first_seen_dead: dict[str, float] = json.loads(context.cursor) if context.cursor else {}
+    if context.cursor is None:
+        # A daemon's first tick only looks: the failure sensor, starting at the
+        # same time, must already be watching when the first run is failed.
+        return dg.SensorResult(skip_reason="first tick: watching heartbeats from now on", cursor="{}")
+    no_lease_since: dict[str, float] = json.loads(context.cursor) if context.cursor else {}
     now = time.time()
-    still_dead, marked = {}, []
+    still_waiting, marked = {}, []
     filters = dg.RunsFilter(job_name=JOB_NAME, statuses=[dg.DagsterRunStatus.STARTED])
-    for record in context.instance.get_run_records(filters=filters):
-        run = record.dagster_run
-        pid = worker_pid(context.instance, run.run_id)
-        if pid is None or process_alive(pid, record.start_time):
+    runs = [record.dagster_run for record in context.instance.get_run_records(filters=filters)]
+    by_database: dict[str, tuple[ResultsDatabase, list[dg.DagsterRun]]] = {}
+    for run in runs:
+        database = _run_database(run, results_db)
+        by_database.setdefault(database.resolved_url, (database, []))[1].append(run)
+    for database, group in by_database.values():
+        try:
+            engine = database.engine()
+            held = leases.holders(engine, [run.run_id for run in group])
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            # Without the database nobody can tell a dead worker from a live one: fail nothing.
+            context.log.error(f"results database unreachable, {len(group)} run(s) not checked: {exc}")
+            still_waiting.update({run.run_id: no_lease_since[run.run_id] for run in group if run.run_id in no_lease_since})
             continue
-        seen = first_seen_dead.get(run.run_id, now)
-        if now - seen < grace:
-            still_dead[run.run_id] = seen
-            continue
-        current = context.instance.get_run_by_id(run.run_id)
-        if current is None or current.status != dg.DagsterRunStatus.STARTED:
-            continue  # it finished while we looked
-        phase = stop_point(context.instance, run.run_id).phase or "before any phase"
-        reason = (
-            f"Run worker disappeared: process {pid} of run {run.run_id} (batch {batch_of(run)}) is gone "
-            f"since at least {int(now - seen)}s, last phase {phase}. Marked FAILED by dead_worker_sensor."
-        )
-        context.instance.report_engine_event(reason, current)
-        context.instance.report_run_failed(current, message=reason)
-        context.log.warning(reason)
-        marked.append(run.run_id)
-    cursor = json.dumps(still_dead, sort_keys=True)
+        try:
+            for run in group:
+                holder = held.get(run.run_id)
+                if holder is not None:
+                    if holder.age <= grace:
+                        continue
+                    silence = f"sent no heartbeat for {holder.age:.0f}s (worker process {holder.pid} on {holder.host})"
+                else:
+                    seen = no_lease_since.get(run.run_id, now)
+                    if now - seen <= grace:
+                        still_waiting[run.run_id] = seen
+                        continue
+                    silence = f"has held no lease of its batch for {now - seen:.0f}s"
+                current = context.instance.get_run_by_id(run.run_id)
+                if current is None or current.status != dg.DagsterRunStatus.STARTED:
+                    continue  # it finished while we looked
+                # Revoke first: once the run is declared dead its worker must not write.
+                leases.revoke(engine, batch_of(run), run.run_id)
+                phase = stop_point(context.instance, run.run_id).phase or "before any phase"
+                reason = (
+                    f"Run worker disappeared: run {run.run_id} (batch {batch_of(run)}) {silence}, "
+                    f"last phase {phase}. Marked FAILED by dead_worker_sensor; its batch lease is revoked."
+                )
+                context.instance.report_engine_event(reason, current)
+                context.instance.report_run_failed(current, message=reason)
+                context.log.warning(reason)
+                marked.append(run.run_id)
+        finally:
+            engine.dispose()
+    cursor = json.dumps(still_waiting, sort_keys=True)
     if marked:
         return dg.SensorResult(skip_reason=f"marked FAILED: {', '.join(marked)}", cursor=cursor)
-    waiting = f"; {len(still_dead)} worker(s) gone, waiting {grace:g}s before failing" if still_dead else ""
+    waiting = f"; {len(still_waiting)} run(s) without a lease, waiting {grace:g}s before failing" if still_waiting else ""
     return dg.SensorResult(skip_reason=f"no dead workers{waiting}", cursor=cursor)

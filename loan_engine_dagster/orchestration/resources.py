@@ -3,20 +3,25 @@ the run starts, to its environment variable and then to a local default, so
 definitions load on any machine and nothing is read at import time."""
 
 
+import atexit
+import threading
+import time
 from pathlib import Path
 
 import dagster as dg
+import sqlalchemy.exc
 from pydantic import PrivateAttr
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
-from loan_engine_dagster.adapters import database, preflight
+from loan_engine_dagster.adapters import database, leases, preflight
 from loan_engine_dagster.adapters.inbox import BatchFiles, find_batch, reference_files, resolve_inbox, scan_inbox
 from loan_engine_dagster.adapters.notifications import WEBHOOK_DEADLINE_SECONDS, post_webhook
 from loan_engine_dagster.adapters.settings import setting
 from loan_engine_dagster.rules.config import Rules, RulesFileError, default_rules, load_rules, refuse_other_limits
 
 from .checks import declared_limit_ids
-from .run_records import RULES_TAG
+from .run_records import PARTITION_TAG, RULES_TAG, dead_worker_seconds
+
 
 class InboxResource(dg.ConfigurableResource):
     """The folder where the seller's and the buyer's files land."""
@@ -51,11 +56,107 @@ class OutputsResource(dg.ConfigurableResource):
 
 
 class ResultsDatabase(dg.ConfigurableResource):
-    """SQLAlchemy URL of the results database (SQLite file or PostgreSQL)."""
+    """SQLAlchemy URL of the results database (SQLite file or PostgreSQL).
+
+    In a run of a batch it also holds the batch's writer lease from before
+    the first phase to the end of the run, renewed every `heartbeat_seconds`:
+    one writer per batch, and the heartbeat that tells the dead-worker sensor
+    this run's worker lives, wherever it runs."""
 
     url: str | None = None
     connect_retries: int = 3  # step retries when the database cannot be reached
     retry_wait_seconds: float = 10.0
+    heartbeat_seconds: float = 5.0
+
+    _lease: leases.Lease | None = PrivateAttr(default=None)
+    _lease_engine: Engine | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        run = context.run
+        batch_key = run.tags.get(PARTITION_TAG) if run is not None else None
+        if batch_key is None or context.instance is None:
+            return  # a sensor, or a run that is not about one batch: nothing to hold
+        current = context.instance.get_run_by_id(run.run_id)
+        if current is not None and current.is_finished:
+            return  # Dagster reopening a finished run's resources to read its result
+
+        def finished(run_id: str) -> bool:
+            holder = context.instance.get_run_by_id(run_id)
+            return holder is not None and holder.is_finished
+
+        grace = dead_worker_seconds()
+        for attempt in range(self.connect_retries + 1):
+            try:
+                self._lease_engine = self.engine()
+                self._lease = leases.acquire(self._lease_engine, batch_key, run.run_id, stale_after=grace,
+                                             holder_finished=finished)
+                break
+            except leases.BatchLeaseHeld as exc:
+                self._lease_engine.dispose()
+                context.log.error(str(exc))
+                raise
+            except sqlalchemy.exc.OperationalError as exc:
+                if attempt == self.connect_retries:
+                    raise
+                context.log.warning(
+                    f"results database unreachable, retry {attempt + 1} of {self.connect_retries} "
+                    f"in {self.retry_wait_seconds:g}s: {str(exc).splitlines()[0]}"
+                )
+                time.sleep(self.retry_wait_seconds)
+        # A worker process that ends (the terminal's `loan-engine run`, a run
+        # worker) hands the batch back at once; a killed one leaves it to go stale.
+        atexit.register(_hand_back, self.resolved_url, self._lease)
+        # At least four beats within the grace, so one slow beat never looks like death.
+        interval = min(self.heartbeat_seconds, grace / 4)
+        threading.Thread(target=self._beat, args=(context.instance, interval), name=f"lease-heartbeat-{batch_key}",
+                         daemon=True).start()
+
+    def _beat(self, instance: dg.DagsterInstance, interval: float) -> None:
+        """Renew the lease until the run is over (then hand the batch back) or
+        the lease is lost (then the fence refuses this run's writes). A daemon
+        thread, so it never keeps a finished process alive; no teardown hook,
+        which keeps this resource usable in sensors as a plain value."""
+        lease, engine = self._lease, self._lease_engine
+        try:
+            while True:
+                time.sleep(interval)
+                try:
+                    run = instance.get_run_by_id(lease.run_id)
+                except Exception:
+                    run = None  # the instance was closed: the process is ending
+                if run is None or run.is_finished:
+                    leases.release(engine, lease)
+                    return
+                try:
+                    if not leases.renew(engine, lease):
+                        return
+                except sqlalchemy.exc.SQLAlchemyError:
+                    continue  # a missed beat; the next one may get through
+        except Exception:
+            return  # the lease lapses; the next run of the batch takes it over once it is stale
+        finally:
+            engine.dispose()
+
+    @property
+    def lease(self) -> leases.Lease | None:
+        return self._lease
+
+    def under_lease(self, action):
+        """`action()`, only while this run provably holds its batch (lease row locked, token checked)."""
+        if self._lease is None:
+            return action()
+        engine = self.engine()
+        try:
+            with engine.begin() as conn:
+                leases.check(conn, self._lease)
+                return action()
+        finally:
+            engine.dispose()
+
+    def fence(self, conn: Connection) -> None:
+        """Inside a write transaction: refuse the write unless this run still holds the batch."""
+        if self._lease is not None:
+            leases.check(conn, self._lease)
 
     @property
     def resolved_url(self) -> str:
@@ -69,6 +170,17 @@ class ResultsDatabase(dg.ConfigurableResource):
 
     def check_reachable(self) -> None:
         preflight.check_database(self.resolved_url)
+
+
+def _hand_back(url: str, lease: leases.Lease) -> None:
+    try:
+        engine = database.engine_for(url)
+        try:
+            leases.release(engine, lease)
+        finally:
+            engine.dispose()
+    except Exception:
+        pass  # the lease goes stale instead
 
 
 class RulesResource(dg.ConfigurableResource):

@@ -3,6 +3,7 @@ stopped, why, and which process ran it. Shared by the failure sensors and the
 `loan-engine runs` command, against whatever storage dagster.yaml configures."""
 
 import datetime as dt
+import os
 from dataclasses import dataclass
 
 import dagster as dg
@@ -34,6 +35,18 @@ STATUS_NAMES = {
 # our dead-worker sensor write them).
 WORKER_END_PHRASES = ("was terminated by signal", "unexpectedly exited", "Run worker disappeared", "Marked failed by hand",
                       "Marked canceled by hand", "maximum runtime")
+
+
+DEFAULT_DEAD_WORKER_SECONDS = 60
+
+
+def dead_worker_seconds() -> float:
+    """How long a run's heartbeat may be silent before its worker counts as dead."""
+    value = os.environ.get("LOAN_ENGINE_DEAD_WORKER_SECONDS", str(DEFAULT_DEAD_WORKER_SECONDS))
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"LOAN_ENGINE_DEAD_WORKER_SECONDS must be a number of seconds, not {value!r}") from None
 
 
 @dataclass(frozen=True)

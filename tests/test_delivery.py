@@ -1,0 +1,124 @@
+"""Reports and database rows move together: the output folder is published
+only with the commit of the batch's rows, and names the run they belong to."""
+
+import json
+import os
+import shutil
+import signal
+import time
+
+import dagster as dg
+import pytest
+from sqlalchemy import select, text
+
+from loan_engine_dagster.adapters import database
+from loan_engine_dagster.cli import _resolved_job
+from loan_engine_dagster.orchestration.failures import dead_worker_sensor
+from loan_engine_dagster.orchestration.resources import ResultsDatabase
+from loan_engine_dagster.orchestration.run_records import stop_point
+from test_failure_handling import ROOT, big_inbox, instance_of, kill_in_phase, start_run  # noqa: F401  (a fixture)
+
+BATCH = "2026-02-19"
+ABORT_TRIGGER = "CREATE TRIGGER refuse_facts BEFORE INSERT ON loan_facts BEGIN SELECT RAISE(ABORT, 'disk quota exceeded'); END"
+
+
+def run_config(inbox, out, results_url, pdate):
+    return {
+        "resources": {"inbox": {"config": {"path": str(inbox)}}, "outputs": {"config": {"root": str(out)}},
+                      "results_db": {"config": {"url": results_url, "connect_retries": 0}}},
+        "ops": {"normalized_loans": {"config": {"pdate": pdate}}},
+    }
+
+
+def execute(instance, config, **kwargs):
+    with dg.execute_job(dg.reconstructable(_resolved_job), instance=instance, run_config=config,
+                        tags={"dagster/partition": BATCH}, **kwargs) as result:
+        return result.run_id, result.success
+
+
+def delivered(out, results_url):
+    """(run id named by the folder, purchase date of the folder, run ids of the rows, hidden folders)"""
+    summary = json.loads((out / BATCH / "run_summary.json").read_text())
+    engine = database.engine_for(results_url)
+    with engine.connect() as conn:
+        rows = {table.name: set(conn.execute(select(table.c.run_id).where(table.c.batch_key == BATCH)).scalars())
+                for table in database.BATCH_TABLES}
+    engine.dispose()
+    hidden = sorted(p.name for p in out.iterdir() if p.name.startswith("."))
+    return summary["run_id"], summary["pdate"], rows, hidden
+
+
+@pytest.mark.slow
+def test_failed_save_keeps_the_previous_runs_reports_and_reexecution_publishes_both(sample_inbox, tmp_path):
+    out, results_url = tmp_path / "out", f"sqlite:///{tmp_path / 'results.db'}"
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("batches", [BATCH])
+        first, ok = execute(instance, run_config(sample_inbox, out, results_url, "2026-02-24"))
+        assert ok
+        assert delivered(out, results_url) == (first, "2026-02-24", {t.name: {first} for t in database.BATCH_TABLES}, [])
+
+        # A killed run's staging folder, and a database that refuses the next save.
+        (out / f".{BATCH}.staging-killed-run").mkdir()
+        (out / f".{BATCH}.staging-killed-run" / "loan_decisions.csv").write_text("half")
+        engine = database.engine_for(results_url)
+        with engine.begin() as conn:
+            conn.execute(text(ABORT_TRIGGER))
+        second, ok = execute(instance, run_config(sample_inbox, out, results_url, "2026-02-25"))
+        assert not ok
+        [failure] = instance.all_logs(second, of_type=dg.DagsterEventType.STEP_FAILURE)
+        assert failure.step_key == "results_database" and "disk quota exceeded" in str(failure.dagster_event.event_specific_data.error)
+        # Folder and rows still belong to the first run; the killed run's leftovers are gone.
+        assert delivered(out, results_url) == (
+            first, "2026-02-24", {t.name: {first} for t in database.BATCH_TABLES}, [f".{BATCH}.staging-{second}"]
+        )
+
+        # The database is fixed; re-executing from the failed step publishes the staged reports with the rows.
+        with engine.begin() as conn:
+            conn.execute(text("DROP TRIGGER refuse_facts"))
+        engine.dispose()
+        options = dg.ReexecutionOptions.from_failure(second, instance)
+        third, ok = execute(instance, run_config(sample_inbox, out, results_url, "2026-02-25"), reexecution_options=options)
+        assert ok
+        steps = {e.dagster_event.step_key for e in instance.all_logs(third, of_type=dg.DagsterEventType.STEP_START)}
+        assert steps == {"results_database"}
+        assert delivered(out, results_url) == (third, "2026-02-25", {t.name: {third} for t in database.BATCH_TABLES}, [])
+
+
+@pytest.mark.slow
+def test_a_worker_declared_dead_while_alive_writes_and_publishes_nothing(big_inbox, tmp_path, monkeypatch):
+    """A worker that stalls (paused VM, network cut) past the grace is declared
+    dead; when it wakes up its lease is gone: the save refuses, nothing is
+    published, and the run stays FAILED instead of turning SUCCESS."""
+    inbox = big_inbox  # seconds of reading: time to stall the worker mid-run
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    grace = 4
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOAN_ENGINE_", "DAGSTER_"))}
+    env.update(DAGSTER_HOME=str(home), LOAN_ENGINE_DEAD_WORKER_SECONDS=str(grace))
+    monkeypatch.setenv("LOAN_ENGINE_DEAD_WORKER_SECONDS", str(grace))
+    out, results_url = tmp_path / "out", f"sqlite:///{tmp_path / 'results.db'}"
+    process = start_run(env, inbox, out, results_url)
+    run_id = kill_in_phase(process, env, "reference_data", kill=False)
+    instance = instance_of(env)
+    try:
+        os.killpg(process.pid, signal.SIGSTOP)
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED
+        time.sleep(grace + 2)
+        result = dead_worker_sensor(dg.build_sensor_context(instance=instance, cursor="{}", resources={"results_db": ResultsDatabase(url=results_url)}))
+        assert result.skip_reason.skip_message == f"marked FAILED: {run_id}"
+        os.killpg(process.pid, signal.SIGCONT)
+        output = process.communicate(timeout=600)[0].decode()
+        assert process.returncode == 1, output
+        assert f"Run {run_id} no longer holds batch {BATCH}: its lease was revoked" in output
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
+        assert stop_point(instance, run_id).error_type == "BatchLeaseLost"
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGCONT)
+            os.killpg(process.pid, signal.SIGKILL)
+        instance.dispose()
+    assert not (out / BATCH).exists()  # nothing published
+    engine = database.engine_for(results_url)
+    assert database.batch_row_counts(engine, BATCH)["loan_facts"] == 0
+    engine.dispose()
