@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from sqlalchemy import text
+
+from loan_engine_dagster.adapters import database
 
 BIN = Path(sys.executable).parent
 BATCH = "2026-02-19"
@@ -41,27 +44,32 @@ def test_failed_run_reexecutes_from_its_failed_step_in_a_new_process(sample_inbo
     home = tmp_path / "dagster_home"
     home.mkdir()
     env["DAGSTER_HOME"] = str(home)
-    blocked = tmp_path / "out"
-    blocked.write_text("a file where the output folder should be")  # exports fails here
+    db = tmp_path / "results.db"
+    engine = database.engine_for(f"sqlite:///{db}")
+    with engine.begin() as conn:  # the save fails: the last step, after every phase was pickled
+        conn.execute(text("CREATE TRIGGER refuse_facts BEFORE INSERT ON loan_facts BEGIN SELECT RAISE(ABORT, 'disk full'); END"))
+    out = tmp_path / "out"
     run = subprocess.run(
-        [str(BIN / "loan-engine"), "run", BATCH, "--inbox", str(sample_inbox), "--output-dir", str(blocked),
-         "--database-url", f"sqlite:///{tmp_path / 'results.db'}"],
+        [str(BIN / "loan-engine"), "run", BATCH, "--inbox", str(sample_inbox), "--output-dir", str(out),
+         "--database-url", f"sqlite:///{db}"],
         capture_output=True, text=True, env=env, timeout=600,
     )
-    assert run.returncode == 1 and "FAILED in phase exports" in run.stderr, run.stdout + run.stderr
+    assert run.returncode == 1 and "FAILED in phase results_database" in run.stderr, run.stdout + run.stderr
     eligibility = home / "storage" / "eligibility" / BATCH
     written = pickle.loads(eligibility.read_bytes())
     assert len(written.loans) == 600  # the phases before the failure were kept on disk
 
-    blocked.unlink()
+    with engine.begin() as conn:
+        conn.execute(text("DROP TRIGGER refuse_facts"))
+    engine.dispose()
     os.environ["DAGSTER_HOME"] = str(home)
     try:
         with dg.DagsterInstance.get() as instance:
             [failed] = instance.get_runs()
         again = subprocess.run([sys.executable, "-c", REEXECUTE, failed.run_id], capture_output=True, text=True,
                                env=env, timeout=600)
-        assert again.stdout.split() == ["OK", "exports,results_database"], again.stdout + again.stderr
+        assert again.stdout.split() == ["OK", "results_database"], again.stdout + again.stderr
     finally:
         os.environ.pop("DAGSTER_HOME", None)
-    decisions = pd.read_csv(blocked / BATCH / "loan_decisions.csv", dtype=str, keep_default_na=False)
+    decisions = pd.read_csv(out / BATCH / "loan_decisions.csv", dtype=str, keep_default_na=False)
     assert decisions["seller_loan_number"].tolist() == written.loans["seller_loan_number"].tolist()

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
+import sqlalchemy.exc
 from sqlalchemy import (
     Boolean, Column, Date, DateTime, Float, Integer, MetaData, String, Table, Text, UniqueConstraint, create_engine,
     delete, event, func, select, text,
@@ -168,15 +169,19 @@ def _bulk_insert(conn: Connection, table: Table, frame: pd.DataFrame) -> None:
         # Every present value quoted, a missing one left bare: COPY reads the
         # bare empty field as NULL and "" as an empty text.
         buffer = pa.BufferOutputStream()
-        pa_csv.write_csv(pa.Table.from_pandas(typed, preserve_index=False), buffer,
+        # One chunk per column: Arrow's CSV writer pads a column of many chunks
+        # (a frame built by concatenation) with NUL bytes, which COPY refuses.
+        pa_csv.write_csv(pa.Table.from_pandas(typed, preserve_index=False).combine_chunks(), buffer,
                          pa_csv.WriteOptions(include_header=False, quoting_style="all_valid"))
         quote = conn.dialect.identifier_preparer.quote
         cursor = conn.connection.dbapi_connection.cursor()
+        statement = f"COPY {quote(table.name)} ({', '.join(quote(n) for n in names)}) FROM STDIN WITH (FORMAT csv)"
         try:
-            cursor.copy_expert(
-                f"COPY {quote(table.name)} ({', '.join(quote(n) for n in names)}) FROM STDIN WITH (FORMAT csv)",
-                io.BytesIO(buffer.getvalue().to_pybytes()),
-            )
+            cursor.copy_expert(statement, io.BytesIO(buffer.getvalue().to_pybytes()))
+        except conn.dialect.loaded_dbapi.Error as exc:
+            # The raw cursor bypasses SQLAlchemy: wrap as its execute would, so
+            # callers see IntegrityError / OperationalError as on every other path.
+            raise sqlalchemy.exc.DBAPIError.instance(statement, None, exc, conn.dialect.loaded_dbapi.Error) from exc
         finally:
             cursor.close()
         return
