@@ -321,7 +321,7 @@ def test_database_outage_is_retried_then_infra(sample_inbox, tmp_path):
         with Hook() as hook:
             tags = _run_failure_sensor(instance, result.run_id, f"sqlite:///{tmp_path / 'incidents.db'}", hook.url)
         assert tags[PHASE_TAG] == "run" and tags[KIND_TAG] == "infra"
-        assert hook.received[0]["error_type"] == "OperationalError"
+        assert hook.received[0]["error_type"] == "PreflightError"  # names the database, password hidden
         assert not (tmp_path / "out").exists()  # no report of a run whose rows could not be saved
 
 

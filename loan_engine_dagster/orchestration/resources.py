@@ -97,6 +97,8 @@ class ResultsDatabase(dg.ConfigurableResource):
                 raise
             except sqlalchemy.exc.OperationalError as exc:
                 if attempt == self.connect_retries:
+                    # Fail fast, before any phase, naming the database (password hidden).
+                    preflight.check_database(self.resolved_url)
                     raise
                 context.log.warning(
                     f"results database unreachable, retry {attempt + 1} of {self.connect_retries} "
