@@ -130,9 +130,9 @@ def run(batch_key: str, inbox, output_dir, database_url, pdate, irr_target, verb
     import dagster as dg
 
     from loan_engine_dagster.adapters.incidents import classify, one_line
-    from loan_engine_dagster.orchestration.partitions import batches
-    from loan_engine_dagster.orchestration.run_records import IN_PROGRESS, PARTITION_TAG, stop_point
-    from loan_engine_dagster.orchestration.sensors import batch_tags
+    from loan_engine_dagster.adapters.watch import batch_fingerprint
+    from loan_engine_dagster.orchestration.partitions import register_batches
+    from loan_engine_dagster.orchestration.run_records import IN_PROGRESS, PARTITION_TAG, batch_tags, stop_point
 
     run_config = {
         "resources": {
@@ -155,7 +155,9 @@ def run(batch_key: str, inbox, output_dir, database_url, pdate, irr_target, verb
                 err=True,
             )
             sys.exit(2)
-        instance.add_dynamic_partitions(batches.name, [batch_key])
+        register_batches(instance, [batch_key])
+        # Tagged like the sensor's runs, so the sensor never runs these exact files again.
+        tags = batch_tags(batch_key, str(inbox_path), batch_fingerprint(files))
         click.echo(f"Running loan_engine_job for batch {batch_key} (Dagster home {os.environ['DAGSTER_HOME']})")
         with dg.execute_job(
             dg.reconstructable(_resolved_job),
@@ -163,7 +165,7 @@ def run(batch_key: str, inbox, output_dir, database_url, pdate, irr_target, verb
             run_config=run_config,
             # The daemon cannot relaunch a run started from a terminal; whoever
             # started it sees the failure and re-runs.
-            tags={"dagster/partition": batch_key, "dagster/max_retries": "0", **batch_tags(batch_key, str(inbox_path))},
+            tags={PARTITION_TAG: batch_key, "dagster/max_retries": "0", **tags},
         ) as result:
             run_id = result.run_id
             if not result.success:

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from loan_engine_dagster.orchestration import assets
+from loan_engine_dagster.orchestration.checks import ASSET_CHECKS
 from loan_engine_dagster.orchestration.failures import (
     dead_worker_sensor,
     loan_engine_failure_sensor,
@@ -14,6 +15,7 @@ from loan_engine_dagster.orchestration.sensors import inbox_sensor, missing_batc
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules([assets]),
+    asset_checks=ASSET_CHECKS,
     jobs=[loan_engine_job],
     sensors=[inbox_sensor, missing_batch_alert_sensor, loan_engine_failure_sensor, loan_engine_timeout_sensor, dead_worker_sensor],
     resources=default_resources(),

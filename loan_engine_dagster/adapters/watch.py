@@ -14,6 +14,8 @@ from pathlib import Path
 
 from .inbox import REFERENCE_FILES, BatchFiles, sha256_file
 
+FINGERPRINT_RUN_KEY_CHARS = 16
+
 
 @dataclass
 class WatchState:
@@ -43,7 +45,7 @@ class ReadyBatch:
 
     @property
     def run_key(self) -> str:
-        return f"{self.key}:{self.fingerprint[:16]}"
+        return f"{self.key}:{self.fingerprint[:FINGERPRINT_RUN_KEY_CHARS]}"
 
 
 @dataclass
@@ -80,7 +82,18 @@ def _sha(path: Path, previous: WatchState, state: WatchState) -> str:
 
 
 def fingerprint(digests: dict[str, str]) -> str:
+    """One digest for a batch's own files (role -> SHA-256), reference files excluded."""
     return hashlib.sha256(json.dumps(sorted(digests.items())).encode()).hexdigest()
+
+
+def own_files(batch: BatchFiles) -> dict[str, Path]:
+    """The files that make a delivery: exhibits, tape, servicing files; not the buyer's reference files."""
+    return {role: path for role, path in batch.files.items() if role not in REFERENCE_FILES}
+
+
+def batch_fingerprint(batch: BatchFiles) -> str:
+    """The fingerprint the inbox sensor computes, for runs started another way."""
+    return fingerprint({role: sha256_file(path) for role, path in own_files(batch).items()})
 
 
 def evaluate(batches: dict[str, BatchFiles], reference: dict[str, Path], previous: WatchState) -> WatchResult:
@@ -115,8 +128,7 @@ def evaluate(batches: dict[str, BatchFiles], reference: dict[str, Path], previou
         if copying:
             pending[key] = "waiting for files to finish copying: " + ", ".join(copying)
             continue
-        own = {role: path for role, path in batch.files.items() if role not in REFERENCE_FILES}
-        fp = fingerprint({role: _sha(path, previous, state) for role, path in own.items()})
+        fp = fingerprint({role: _sha(path, previous, state) for role, path in own_files(batch).items()})
         if state.requested.get(key) == fp:
             already.append(key)
             continue

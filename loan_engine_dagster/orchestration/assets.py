@@ -9,6 +9,7 @@ import time
 import dagster as dg
 import pandas as pd
 import sqlalchemy.exc
+from pydantic import Field
 
 from loan_engine_dagster.adapters import database
 from loan_engine_dagster.adapters.batch import write_batch_outputs
@@ -16,10 +17,10 @@ from loan_engine_dagster.adapters.loading import load_batch_inputs, load_referen
 from loan_engine_dagster.rules import pipeline
 from loan_engine_dagster.rules.config import Rules
 
-from .checks import DATA_QUALITY_CHECKS, LIMIT_CHECK_SPECS, data_quality_results, limit_check_results
-from .metadata import balance_total, files_markdown, reasons_markdown
+from .metadata import balance_total, dollars, files_markdown, rejections_table, warnings_table
 from .partitions import batches
 from .resources import InboxResource, OutputsResource, ResultsDatabase, RulesResource
+from .run_tags import as_failure, tag_run_with_batch
 
 INTAKE, REVIEW, DELIVERY = "intake", "review", "delivery"  # business stages
 
@@ -27,8 +28,13 @@ INTAKE, REVIEW, DELIVERY = "intake", "review", "delivery"  # business stages
 class BatchRunConfig(dg.Config):
     """Per-run overrides, settable from the launchpad."""
 
-    pdate: str | None = None  # purchase date YYYY-MM-DD; default: first Tuesday after the notice, business-day adjusted
-    irr_target: float | None = None  # IRR Support Target written on the buy loans; default from the rules file
+    pdate: str | None = Field(
+        default=None,
+        description="Purchase date YYYY-MM-DD; empty: the first Tuesday after the notice, business-day adjusted.",
+    )
+    irr_target: float | None = Field(
+        default=None, description="IRR Support Target written on the buy loans; empty: the rules file's value."
+    )
 
 
 def _elapsed(start: float) -> dict:
@@ -49,14 +55,15 @@ def reference_data(context: dg.AssetExecutionContext, inbox: InboxResource, rule
     records exactly which versions it used."""
     start = time.perf_counter()
     loaded = rules.load()
-    data = load_reference(inbox.batch(context.partition_key, loaded).reference, loaded)
+    with as_failure():
+        data = load_reference(inbox.batch(context.partition_key, loaded).reference, loaded)
     return dg.Output(
         data,
         metadata={
             "programs": len(data.master),
             "notes_programs": len(data.notes_master),
             "existing_assets": len(data.existing),
-            "existing_balance": balance_total(data.existing),
+            "existing_balance": dollars(balance_total(data.existing)),
             "underwriting_grid_rows": len(data.grids),
             "comap_entries": len(data.comap),
             "input_files": dg.MetadataValue.md(files_markdown(data.files)),
@@ -71,7 +78,10 @@ def batch_inputs(context: dg.AssetExecutionContext, inbox: InboxResource, rules:
     """The seller's SFY and PRIME exhibits and the servicer tape of this batch."""
     start = time.perf_counter()
     loaded = rules.load()
-    data = load_batch_inputs(inbox.batch(context.partition_key, loaded), loaded)
+    files = inbox.batch(context.partition_key, loaded)
+    tag_run_with_batch(context, files, str(inbox.root))
+    with as_failure():
+        data = load_batch_inputs(files, loaded)
     invalid = int((data.exhibits["row_problems"] != "").sum())
     return dg.Output(
         data,
@@ -89,10 +99,10 @@ def batch_inputs(context: dg.AssetExecutionContext, inbox: InboxResource, rules:
     )
 
 
-@dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"}, check_specs=DATA_QUALITY_CHECKS["normalized_loans"])
+@dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"})
 def normalized_loans(
     config: BatchRunConfig, reference_data: pipeline.ReferenceData, batch_inputs: pipeline.BatchInputs, rules: RulesResource
-):
+) -> dg.Output:
     """Offered loans joined to their program type, with the purchase date set.
 
     Loans bought as HD notes are looked up in the notes master sheet; existing
@@ -102,11 +112,11 @@ def normalized_loans(
     pdate = pipeline.resolve_pdate(batch_inputs.notice_date, dt.date.fromisoformat(config.pdate) if config.pdate else None)
     data = pipeline.normalize(reference_data, batch_inputs, loaded, pdate)
     loans = data.loans
-    yield dg.Output(
+    return dg.Output(
         data,
         metadata={
             "loans": len(loans),
-            "balance": balance_total(loans),
+            "balance": dollars(balance_total(loans)),
             "invalid_rows": int(loans["invalid"].sum()),
             "unknown_programs": int((~loans["invalid"] & ~loans["known_program"]).sum()),
             "notes_loans": int((loans["loan_kind"] == "notes").sum()),
@@ -117,7 +127,6 @@ def normalized_loans(
             **_elapsed(start),
         },
     )
-    yield from data_quality_results("normalized_loans", loans)
 
 
 @dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"})
@@ -140,22 +149,21 @@ def underwriting(
     )
 
 
-@dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"}, check_specs=DATA_QUALITY_CHECKS["comap"])
-def comap(reference_data: pipeline.ReferenceData, underwriting: pd.DataFrame, rules: RulesResource):
+@dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"})
+def comap(reference_data: pipeline.ReferenceData, underwriting: pd.DataFrame, rules: RulesResource) -> dg.Output:
     """CoMAP: whether each price-checked loan's program may be bought at its FICO."""
     start = time.perf_counter()
     loaded = rules.load()
     loans = pipeline.run_comap(underwriting, reference_data.comap, loaded)
     counts = loans["comap_status"].value_counts()
-    yield dg.Output(
+    return dg.Output(
         loans,
         metadata={**{f"comap_{k}": int(v) for k, v in counts.items()}, "rules_version": loaded.version, **_elapsed(start)},
     )
-    yield from data_quality_results("comap", loans)
 
 
-@dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"}, check_specs=LIMIT_CHECK_SPECS)
-def eligibility(comap: pd.DataFrame, normalized_loans: pipeline.NormalizedBatch, rules: RulesResource):
+@dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"})
+def eligibility(comap: pd.DataFrame, normalized_loans: pipeline.NormalizedBatch, rules: RulesResource) -> dg.Output:
     """Each loan's disposition, then the portfolio concentration limits.
 
     A breached limit does not stop the purchase by itself: it shows as a
@@ -166,22 +174,22 @@ def eligibility(comap: pd.DataFrame, normalized_loans: pipeline.NormalizedBatch,
     loans = decisions.loans
     to_buy = loans["disposition"] == "to_purchase"
     failed = decisions.checks[decisions.checks["status"] == "fail"]
-    yield dg.Output(
+    return dg.Output(
         decisions,
         metadata={
             "loans": len(loans),
             "to_purchase": int(to_buy.sum()),
-            "to_purchase_balance": balance_total(loans[to_buy]),
+            "to_purchase_balance": dollars(balance_total(loans[to_buy])),
             "rejected": int((~to_buy).sum()),
-            "rejected_balance": balance_total(loans[~to_buy]),
-            "rejections_by_reason": dg.MetadataValue.md(reasons_markdown(decisions.exceptions, loans)),
+            "rejected_balance": dollars(balance_total(loans[~to_buy])),
+            "rejected_by_first_reason": rejections_table(loans),
+            "warnings_by_reason": warnings_table(decisions.exceptions, loans),
             "limits_failed": len(failed),
             "limits_failed_ids": ", ".join(failed["platform"] + ":" + failed["check_id"]) or "none",
             "rules_version": loaded.version,
             **_elapsed(start),
         },
     )
-    yield from limit_check_results(decisions.checks)
 
 
 @dg.asset(partitions_def=batches, group_name=DELIVERY)

@@ -126,6 +126,7 @@ def evaluate_checks(pop: pd.DataFrame, rules: Rules) -> pd.DataFrame:
                     "check_id": check.id,
                     "description": check.description,
                     "metric": check.metric,
+                    "column": check.column,
                     "op": check.op,
                     "limit": check.limit,
                     "value": value,
