@@ -17,6 +17,7 @@ from loan_engine_dagster.adapters.loading import load_batch_inputs, load_referen
 from loan_engine_dagster.rules import pipeline
 from loan_engine_dagster.rules.config import Rules
 
+from .checks import limits_table
 from .metadata import balance_total, dollars, files_markdown, rejections_table, warnings_table
 from .partitions import batches
 from .resources import InboxResource, OutputsResource, ResultsDatabase, RulesResource
@@ -186,6 +187,7 @@ def eligibility(comap: pd.DataFrame, normalized_loans: pipeline.NormalizedBatch,
             "warnings_by_reason": warnings_table(decisions.exceptions, loans),
             "limits_failed": len(failed),
             "limits_failed_ids": ", ".join(failed["platform"] + ":" + failed["check_id"]) or "none",
+            "limits": limits_table(decisions.checks),
             "rules_version": loaded.version,
             **_elapsed(start),
         },

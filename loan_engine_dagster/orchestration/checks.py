@@ -73,6 +73,34 @@ def _contributors_table(contributors: list[dict], programs: pd.Series) -> dg.Tab
     )
 
 
+_LIMITS_SCHEMA = dg.TableSchema(
+    columns=[
+        dg.TableColumn("status", "string"),
+        dg.TableColumn("limit", "string", description="platform, check and what it limits"),
+        dg.TableColumn("result", "string", description="value vs limit; excess or headroom"),
+    ]
+)
+_STATUS_ORDER = {"fail": 0, "no_data": 1, "pass": 2}
+
+
+def limits_table(checks: pd.DataFrame) -> dg.TableMetadataValue:
+    """Every limit of one batch on one screen, breaches first: the batch view
+    of the eligibility partition."""
+    limited = checks[checks["limit"].notna()]
+    rows = sorted(limited.to_dict("records"), key=lambda r: _STATUS_ORDER.get(r["status"], 3))
+    return dg.MetadataValue.table(
+        records=[
+            dg.TableRecord({
+                "status": r["status"],
+                "limit": check_title(r["platform"], r["check_id"], r["description"]),
+                "result": result_line(r, unit_of(r["metric"], r["column"])),
+            })
+            for r in rows
+        ],
+        schema=_LIMITS_SCHEMA,
+    )
+
+
 def limit_check_results(checks: pd.DataFrame, loans: pd.DataFrame):
     """One warning-severity result per limit the rules file defines. Only the
     numbers that move from batch to batch (value, before, to_purchase, the

@@ -20,10 +20,11 @@ class Unit:
     scale: float  # stored value x scale = displayed number
 
     def number(self, value) -> float | None:
-        """The displayed number, or None for a missing value."""
+        """The displayed number (to 4 decimals: enough to see a breach by a
+        hair, short enough to read), or None for a missing value."""
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return None
-        return float(value) * self.scale
+        return round(float(value) * self.scale, 4)
 
     def text(self, value, decimals: int | None = None) -> str:
         number = self.number(value)
