@@ -113,6 +113,14 @@ def test_structural_error_fails_in_its_phase_and_writes_nothing(sample_inbox, tm
         [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
         assert failure.step_key == "batch_inputs"
         assert "Status Codes" in str(failure.event_specific_data.error.cause.message)
+        # The run's own failure message leads with the cause, not a wrapper.
+        [run_failure] = instance.all_logs(result.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+        first_line = run_failure.dagster_event.event_specific_data.error.message.splitlines()[0]
+        assert "Data problem in file 'Tape20Loans_02-18-2026.csv', column 'Status Codes'" in first_line
+        assert failure.event_specific_data.user_failure_data.metadata["columns"].value == "Status Codes"
+        # and the run says which batch and files it read, though launched with only its partition
+        tags = instance.get_run_by_id(result.run_id).tags
+        assert tags["loan_engine/batch"] == BATCH and len(tags["loan_engine/fingerprint"]) == 16
     assert not (tmp_path / "outputs").exists()
     engine = database.engine_for(f"sqlite:///{tmp_path / 'results.db'}")
     assert database.batch_row_counts(engine, BATCH) == {"loan_facts": 0, "loan_exceptions": 0, "eligibility_results": 0}

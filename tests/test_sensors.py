@@ -41,7 +41,12 @@ class Ticker:
         result = inbox_sensor(context)
         self.cursor = result.cursor
         for request in result.dynamic_partitions_requests or []:
-            self.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+            if isinstance(request, dg.DeleteDynamicPartitionsRequest):
+                for key in request.partition_keys:
+                    self.instance.delete_dynamic_partition(request.partitions_def_name, key)
+            else:
+                new = [k for k in request.partition_keys if not self.instance.has_dynamic_partition(request.partitions_def_name, k)]
+                self.instance.add_dynamic_partitions(request.partitions_def_name, new)
         return result
 
 
@@ -212,5 +217,23 @@ def test_missing_batch_alert_once_with_webhook(tmp_path, monkeypatch):
         assert observation.partition == expected and "PRIME exhibit" in observation.metadata["missing"].value
         assert [m["batch"] for m in hook.received] == [expected]
         assert "missing" in hook.received[0]["text"]
+        # alerted, not registered: no phantom batch in the partitions list
+        assert result.dynamic_partitions_requests is None or list(result.dynamic_partitions_requests) == []
+        assert instance.get_dynamic_partitions("batches") == []
         again = missing_batch_alert_sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor, resources=resources))
         assert again.skip_reason.skip_message == "no alert due" and len(hook.received) == 1
+
+
+def test_batches_list_in_date_order_whoever_registers_them(inbox, tmp_path):
+    from loan_engine_dagster.adapters.sample import generate_inbox
+    from loan_engine_dagster.orchestration.partitions import register_batches
+
+    with dg.instance_for_test() as instance:
+        register_batches(instance, ["2026-03-05"])  # the CLI ran a later batch first
+        ticker = Ticker(instance, inbox)
+        ticker.tick()
+        assert ticker.tick().run_requests  # the sensor finds the earlier one
+        assert instance.get_dynamic_partitions("batches") == ["2026-02-19", "2026-03-05"]
+        register_batches(instance, ["2026-02-26", "2026-02-19"])
+        register_batches(instance, ["2026-02-26-offcycle"])
+        assert instance.get_dynamic_partitions("batches") == ["2026-02-19", "2026-02-26", "2026-02-26-offcycle", "2026-03-05"]
