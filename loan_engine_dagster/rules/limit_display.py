@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import pandas as pd
+
 from .config import SHARE_METRICS
 
 # What a column's number means: dealer fees are stored as fractions but read
@@ -101,3 +103,25 @@ def metric_phrase(metric: str, column: str | None) -> str:
     }
     phrase = names.get(metric, metric)
     return f"{phrase} of {column}" if column and metric in ("max", "mean", "wavg") else phrase
+
+
+CHART_METRICS = ("balance_share", "count_share")
+
+
+def share_limits(checks: pd.DataFrame, platform: str) -> pd.DataFrame:
+    """One platform's share limits in percent (value, before and to-purchase
+    against the limit): the data of the summary workbook's chart. Limits of
+    other units (FICO, dollars, lender price) would not share an axis."""
+    rows = checks[(checks["platform"] == platform) & checks["metric"].isin(CHART_METRICS) & checks["limit"].notna()]
+    percent = {name: pd.to_numeric(rows[name], errors="coerce").astype(float) * 100 for name in ("value", "before", "to_purchase")}
+    return pd.DataFrame(
+        {
+            "check": rows["check_id"].to_numpy(),
+            "description": rows["description"].to_numpy(),
+            "limit (%)": (rows["limit"].astype(float) * 100).to_numpy(),
+            "value (%)": percent["value"].to_numpy(),
+            "before (%)": percent["before"].to_numpy(),
+            "to_purchase (%)": percent["to_purchase"].to_numpy(),
+            "status": rows["status"].to_numpy(),
+        }
+    )
