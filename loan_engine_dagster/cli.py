@@ -177,7 +177,7 @@ def run(batch_key: str, inbox, output_dir, database_url, pdate, irr_target, verb
     folder = output_root / batch_key
     print_summary(json.loads((folder / "run_summary.json").read_text()), str(folder))
     click.echo(f"  run id:         {run_id}")
-    click.echo("  open the UI:    dagster dev   (then http://127.0.0.1:3000/runs)")
+    click.echo(f"  open the UI:    bash scripts/ui.sh   (then {setting(None, 'LOAN_ENGINE_UI_URL')}/runs/{run_id})")
 
 
 # ---------------------------------------------------------------- stuck runs

@@ -159,3 +159,43 @@ def test_analyst_reviews_batches_in_the_browser(batches, tmp_path):
     finally:
         stop(server)
         log.close()
+
+
+def _serving(port: int) -> bool:
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/server_info", timeout=5).ok
+    except requests.ConnectionError:
+        return False
+
+
+@pytest.mark.webserver
+@pytest.mark.slow
+def test_ui_script_starts_both_services_without_warnings(tmp_path):
+    """`scripts/ui.sh`, the README's UI command: webserver and daemon up, the
+    sensors ticking, and nothing on the terminal a person should worry about."""
+    home, inbox = tmp_path / "home", tmp_path / "inbox"
+    home.mkdir()
+    inbox.mkdir()
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOAN_ENGINE_")}
+    env.update(DAGSTER_HOME=str(home), LOAN_ENGINE_INBOX=str(inbox), LOAN_ENGINE_OUTPUT_DIR=str(tmp_path / "out"),
+               LOAN_ENGINE_DATABASE_URL=f"sqlite:///{tmp_path / 'results.db'}")
+    port = free_port()
+    output = tmp_path / "ui.log"
+    with open(output, "w") as log:
+        script = subprocess.Popen(["bash", str(ROOT / "scripts" / "ui.sh"), str(port)], env=env, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 300
+            while not ("Sensor inbox_sensor skipped: no batch in the inbox" in output.read_text() and _serving(port)):
+                assert script.poll() is None and time.monotonic() < deadline, output.read_text()[-3000:]
+                time.sleep(2)
+        finally:
+            stop(script)
+    text = output.read_text()
+    assert f"UI: http://127.0.0.1:{port}" in text
+    # The one warning left is true and happens once: a new instance's event-log
+    # consumer starts from now ("No cursor for event type ..., ignoring older events").
+    noise = [line for line in text.splitlines() if re.search(r"warning|deprecat|supersed", line, re.IGNORECASE)
+             and "No cursor for event type" not in line]
+    assert noise == [], noise
