@@ -14,6 +14,8 @@ mkdir -p "$DAGSTER_HOME"
 [ -e "$DAGSTER_HOME/dagster.yaml" ] || ln -s "$PWD/dagster.yaml" "$DAGSTER_HOME/dagster.yaml"
 # Links in alerts point at this UI.
 export LOAN_ENGINE_UI_URL=${LOAN_ENGINE_UI_URL:-http://127.0.0.1:$PORT}
+# Create the instance's storage once, before two processes race to create it.
+.venv/bin/dagster instance info > /dev/null
 .venv/bin/dagster-webserver -h 127.0.0.1 -p "$PORT" -w workspace.yaml &
 webserver=$!
 .venv/bin/dagster-daemon run -w workspace.yaml &
