@@ -237,3 +237,25 @@ def test_batches_list_in_date_order_whoever_registers_them(inbox, tmp_path):
         register_batches(instance, ["2026-02-26", "2026-02-19"])
         register_batches(instance, ["2026-02-26-offcycle"])
         assert instance.get_dynamic_partitions("batches") == ["2026-02-19", "2026-02-26", "2026-02-26-offcycle", "2026-03-05"]
+
+
+def test_cursor_is_one_short_line_and_reads_the_earlier_form(inbox):
+    with dg.instance_for_test() as instance:
+        ticker = Ticker(instance, inbox)
+        ticker.tick()
+        ticker.tick()
+        cursor = ticker.cursor
+        assert "\n" not in cursor and ", " not in cursor
+        data = json.loads(cursor)
+        assert set(data) == {"files", "runs", "ref"} and len(data["runs"][BATCH]) == 16
+        assert len(cursor) < 1200, len(cursor)  # about 1,000 characters for one batch; 1,600 in the earlier form
+        # A cursor stored by the earlier release still knows these files ran.
+        from loan_engine_dagster.adapters.watch import WatchState
+
+        state = WatchState.from_cursor(cursor)
+        earlier = json.dumps({"observed": state.observed, "hashes": state.hashes,
+                              "requested": {BATCH: state.requested[BATCH] + "0" * 48}, "reference": state.reference})
+        restarted = Ticker(instance, inbox)
+        restarted.cursor = earlier
+        result = restarted.tick()
+        assert not result.run_requests and "already run with these exact files: 2026-02-19" in skip(result)
