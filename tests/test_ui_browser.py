@@ -116,6 +116,9 @@ def test_analyst_reviews_batches_in_the_browser(batches, tmp_path):
             text = page.inner_text("body")
             assert BREACH_LINE.search(text), text[:3000]
             assert "PRIME check_a: Standard, Term <= 144, FICO < 700" in text
+            page.get_by_text("limits_failed_ids", exact=True).first.scroll_into_view_if_needed()
+            page.mouse.wheel(0, 350)  # the metadata scrolls in its own pane: bring the limits table up
+            page.wait_for_timeout(500)
             shot = tmp_path / "batch_breached.png"
             page.screenshot(path=str(shot))
             if os.environ.get("LOAN_ENGINE_UPDATE_SCREENSHOT"):
