@@ -16,9 +16,10 @@ from loan_engine_dagster.adapters.batch import write_batch_outputs
 from loan_engine_dagster.adapters.loading import load_batch_inputs, load_reference
 from loan_engine_dagster.rules import pipeline
 from loan_engine_dagster.rules.config import Rules
+from loan_engine_dagster.rules.limit_display import dollars_exact
 
 from .checks import limits_table
-from .metadata import balance_total, dollars, files_markdown, rejections_table, warnings_table
+from .metadata import balance_total, files_markdown, rejections_table, warnings_table
 from .partitions import batches
 from .resources import InboxResource, OutputsResource, ResultsDatabase, RulesResource
 from .run_tags import as_failure, tag_run_with_batch
@@ -64,7 +65,7 @@ def reference_data(context: dg.AssetExecutionContext, inbox: InboxResource, rule
             "programs": len(data.master),
             "notes_programs": len(data.notes_master),
             "existing_assets": len(data.existing),
-            "existing_balance": dollars(balance_total(data.existing)),
+            "existing_balance": dollars_exact(balance_total(data.existing)),
             "underwriting_grid_rows": len(data.grids),
             "comap_entries": len(data.comap),
             "input_files": dg.MetadataValue.md(files_markdown(data.files)),
@@ -117,7 +118,7 @@ def normalized_loans(
         data,
         metadata={
             "loans": len(loans),
-            "balance": dollars(balance_total(loans)),
+            "balance": dollars_exact(balance_total(loans)),
             "invalid_rows": int(loans["invalid"].sum()),
             "unknown_programs": int((~loans["invalid"] & ~loans["known_program"]).sum()),
             "notes_loans": int((loans["loan_kind"] == "notes").sum()),
@@ -180,9 +181,9 @@ def eligibility(comap: pd.DataFrame, normalized_loans: pipeline.NormalizedBatch,
         metadata={
             "loans": len(loans),
             "to_purchase": int(to_buy.sum()),
-            "to_purchase_balance": dollars(balance_total(loans[to_buy])),
+            "to_purchase_balance": dollars_exact(balance_total(loans[to_buy])),
             "rejected": int((~to_buy).sum()),
-            "rejected_balance": dollars(balance_total(loans[~to_buy])),
+            "rejected_balance": dollars_exact(balance_total(loans[~to_buy])),
             "limits_failed": len(failed),
             "limits_failed_ids": ", ".join(failed["platform"] + ":" + failed["check_id"]) or "none",
             # the batch view: every limit of this batch, breaches first

@@ -17,16 +17,12 @@ _REASON_SCHEMA = dg.TableSchema(
 )
 
 
-def dollars(amount: float) -> str:
-    return dollars_exact(amount)
-
-
 def rejections_table(loans: pd.DataFrame) -> dg.TableMetadataValue:
     """Rejected loans by their first reason, most loans first: the same
     figures as the CLI summary, adding up to the rejected count."""
     totals = sorted(rejections_by_criteria(loans).items(), key=lambda item: (-item[1]["loans"], item[0]))
     return dg.MetadataValue.table(
-        records=[dg.TableRecord({"reason": r, "loans": t["loans"], "balance": dollars(t["balance"])}) for r, t in totals],
+        records=[dg.TableRecord({"reason": r, "loans": t["loans"], "balance": dollars_exact(t["balance"])}) for r, t in totals],
         schema=_REASON_SCHEMA,
     )
 
@@ -40,7 +36,7 @@ def warnings_table(exceptions: pd.DataFrame, loans: pd.DataFrame) -> dg.TableMet
         .sort_values(["loans"], ascending=False, kind="stable")
     )
     return dg.MetadataValue.table(
-        records=[dg.TableRecord({"reason": str(r), "loans": int(row.loans), "balance": dollars(row.balance)})
+        records=[dg.TableRecord({"reason": str(r), "loans": int(row.loans), "balance": dollars_exact(row.balance)})
                  for r, row in table.iterrows()],
         schema=_REASON_SCHEMA,
     )

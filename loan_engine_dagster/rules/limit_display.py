@@ -70,7 +70,7 @@ def limit_text(op: str, limit: float, unit: Unit) -> str:
 
 def _value_text(value: float, limit: float, unit: Unit) -> str:
     """One decimal, more when one decimal would make a breach look like the limit itself."""
-    for decimals in (1, 2, 3, 4):
+    for decimals in ((None, 2) if unit.symbol == "$" else (1, 2, 3, 4)):
         if unit.text(value, decimals) != unit.text(limit, decimals):
             return unit.text(value, decimals)
     return unit.text(value, 4)
