@@ -15,6 +15,7 @@ from pathlib import Path
 from .inbox import REFERENCE_FILES, BatchFiles, sha256_file
 
 FINGERPRINT_RUN_KEY_CHARS = 16
+ALREADY_RUN_SHOWN = 3
 
 
 @dataclass
@@ -79,7 +80,10 @@ class WatchResult:
     def skip_message(self) -> str:
         lines = [f"{key}: {why}" for key, why in self.pending.items()]
         if self.already_run:
-            lines.append(f"already run with these exact files: {', '.join(self.already_run)}")
+            # The tick list shows this line: name the newest batches, count the rest.
+            done = sorted(self.already_run)
+            shown = ", ".join(done[-ALREADY_RUN_SHOWN:]) + (f" and {len(done) - ALREADY_RUN_SHOWN} earlier" if len(done) > ALREADY_RUN_SHOWN else "")
+            lines.append(f"already run with these exact files: {shown}")
         if self.reference_changed:
             lines.append(
                 "reference files replaced (" + ", ".join(self.reference_changed)
