@@ -156,9 +156,9 @@ def run(batch_key: str, inbox, output_dir, database_url, pdate, irr_target, verb
     import dagster as dg
 
     from loan_engine_dagster.adapters.incidents import classify, one_line
-    from loan_engine_dagster.orchestration.partitions import batches
-    from loan_engine_dagster.orchestration.run_records import IN_PROGRESS, PARTITION_TAG, stop_point
-    from loan_engine_dagster.orchestration.sensors import batch_tags
+    from loan_engine_dagster.adapters.watch import batch_fingerprint
+    from loan_engine_dagster.orchestration.partitions import register_batches
+    from loan_engine_dagster.orchestration.run_records import IN_PROGRESS, PARTITION_TAG, batch_tags, stop_point
 
     resources = {
         "inbox": {"config": {"path": str(inbox_path)}},
@@ -187,7 +187,9 @@ def run(batch_key: str, inbox, output_dir, database_url, pdate, irr_target, verb
                 err=True,
             )
             sys.exit(2)
-        instance.add_dynamic_partitions(batches.name, [batch_key])
+        register_batches(instance, [batch_key])
+        # Tagged like the sensor's runs, so the sensor never runs these exact files again.
+        tags = batch_tags(batch_key, str(inbox_path), batch_fingerprint(files))
         click.echo(f"Running loan_engine_job for batch {batch_key} (Dagster home {os.environ['DAGSTER_HOME']})")
         with dg.execute_job(
             dg.reconstructable(_resolved_job),
@@ -195,7 +197,7 @@ def run(batch_key: str, inbox, output_dir, database_url, pdate, irr_target, verb
             run_config=run_config,
             # The daemon cannot relaunch a run started from a terminal; whoever
             # started it sees the failure and re-runs.
-            tags={"dagster/partition": batch_key, "dagster/max_retries": "0", **batch_tags(batch_key, str(inbox_path))},
+            tags={PARTITION_TAG: batch_key, "dagster/max_retries": "0", **tags},
             raise_on_error=False,
         ) as result:
             run_id = result.run_id
@@ -208,7 +210,7 @@ def run(batch_key: str, inbox, output_dir, database_url, pdate, irr_target, verb
     folder = output_root / batch_key
     print_summary(json.loads((folder / "run_summary.json").read_text()), str(folder))
     click.echo(f"  run id:         {run_id}")
-    click.echo("  open the UI:    dagster dev   (then http://127.0.0.1:3000/runs)")
+    click.echo(f"  open the UI:    bash scripts/ui.sh   (then {setting(None, 'LOAN_ENGINE_UI_URL')}/runs/{run_id})")
 
 
 # ---------------------------------------------------------------- stuck runs

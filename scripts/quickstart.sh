@@ -9,4 +9,4 @@ export DAGSTER_HOME="$PWD/.dagster_home"
 .venv/bin/loan-engine run 2026-02-19
 echo
 echo "Results database: data/results.db (tables loan_facts, loan_exceptions, eligibility_results)"
-echo "Web UI and daemon (sensors): DAGSTER_HOME=$DAGSTER_HOME .venv/bin/dagster dev -h 127.0.0.1 -p 3000"
+echo "Web UI and daemon (sensors): bash scripts/ui.sh   (then http://127.0.0.1:3000)"

@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 
 import dagster as dg
@@ -7,13 +8,14 @@ import pytest
 
 from loan_engine_dagster.adapters import database
 from loan_engine_dagster.orchestration import assets
+from loan_engine_dagster.orchestration.checks import ASSET_CHECKS
 from loan_engine_dagster.orchestration.partitions import batches
 from loan_engine_dagster.orchestration.resources import (
     InboxResource, Notifier, OutputsResource, ResultsDatabase, RulesResource,
 )
 
 BATCH = "2026-02-19"
-ASSETS = dg.load_assets_from_modules([assets])
+ASSETS = [*dg.load_assets_from_modules([assets]), *ASSET_CHECKS]
 
 
 def resources_for(inbox, tmp_path):
@@ -44,7 +46,11 @@ def test_materialize_whole_batch(sample_inbox, tmp_path, rules):
         assert result.success
         elig = metadata(result, "eligibility")
         assert elig["loans"] == 600 and elig["to_purchase"] + elig["rejected"] == 600
-        assert "| error | invalid_data |" in elig["rejections_by_reason"]
+        reasons = {r.data["reason"]: r.data for r in elig["rejected_by_first_reason"].records}
+        assert "invalid_data" in reasons and sum(r["loans"] for r in reasons.values()) == elig["rejected"]
+        loans_order = [r.data["loans"] for r in elig["rejected_by_first_reason"].records]
+        assert loans_order == sorted(loans_order, reverse=True)
+        assert elig["to_purchase_balance"].startswith("$") and "," in elig["to_purchase_balance"]
         assert elig["rules_version"] == rules.version and elig["elapsed_seconds"] >= 0
         ref = metadata(result, "reference_data")
         assert "current_assets.csv" in ref["input_files"] and len(ref["input_files"].split("`")[1]) == 64
@@ -53,7 +59,10 @@ def test_materialize_whole_batch(sample_inbox, tmp_path, rules):
         exports = metadata(result, "exports")
         folder = tmp_path / "outputs" / BATCH
         assert exports["output_folder"] == str(folder.resolve())
-        assert json.loads((folder / "run_summary.json").read_text())["pdate"] == "2026-02-25"
+        summary = json.loads((folder / "run_summary.json").read_text())
+        assert summary["pdate"] == "2026-02-25"
+        # the UI's per-reason figures are the CLI summary's
+        assert {r: v["loans"] for r, v in summary["by_rejection_criteria"].items()} == {r: v["loans"] for r, v in reasons.items()}
         db = metadata(result, "results_database")
         assert db["rows_loan_facts"] == 600
         engine = database.engine_for(f"sqlite:///{tmp_path / 'results.db'}")
@@ -81,9 +90,13 @@ def test_limit_breach_shows_in_asset_checks(sample_inbox, tmp_path):
         a1 = checks["sfy_check_a1"]
         assert a1.passed is False and a1.severity == dg.AssetCheckSeverity.WARN
         meta = {k: v.value for k, v in a1.metadata.items()}
-        assert meta["status"] == "fail" and meta["limit"] == 0.85 and meta["value"] > 0.85
-        assert meta["before"] > 0.85 and meta["excess_balance"] > 0 and meta["contributors"] > 0
-        assert "| SFC_" in meta["top_contributors"]
+        assert meta["limit"] == "< 85.0%" and meta["value (%)"] > 85
+        assert meta["before (%)"] > 85 and float(meta["excess_balance"].strip("$").replace(",", "")) > 0
+        assert meta["contributing_loans"] > 0
+        assert re.fullmatch(r"\d+\.\d% vs < 85\.0%: fail, excess \$[\d.,]+[KMB]?", a1.description)
+        assert meta["result"] == a1.description
+        rows = [r.data for r in meta["top_contributors"].records]
+        assert rows and all(r["loan"].startswith("SFC_") and r["program"] and r["balance"].startswith("$") for r in rows)
         assert checks["prime_check_d"].passed is True
         assert "sfy:check_a1" in metadata(result, "eligibility")["limits_failed_ids"]
 
@@ -133,6 +146,14 @@ def test_structural_error_fails_in_its_phase_and_writes_nothing(sample_inbox, tm
         [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
         assert failure.step_key == "batch_inputs"
         assert "Status Codes" in str(failure.event_specific_data.error.cause.message)
+        # The run's own failure message leads with the cause, not a wrapper.
+        [run_failure] = instance.all_logs(result.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+        first_line = run_failure.dagster_event.event_specific_data.error.message.splitlines()[0]
+        assert "Data problem in file 'Tape20Loans_02-18-2026.csv', column 'Status Codes'" in first_line
+        assert failure.event_specific_data.user_failure_data.metadata["columns"].value == "Status Codes"
+        # and the run says which batch and files it read, though launched with only its partition
+        tags = instance.get_run_by_id(result.run_id).tags
+        assert tags["loan_engine/batch"] == BATCH and len(tags["loan_engine/fingerprint"]) == 16
     assert not (tmp_path / "outputs").exists()
     engine = database.engine_for(f"sqlite:///{tmp_path / 'results.db'}")
     assert database.batch_row_counts(engine, BATCH) == {"loan_facts": 0, "loan_exceptions": 0, "eligibility_results": 0}

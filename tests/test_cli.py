@@ -10,6 +10,11 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 import pytest
+from test_sensors import Ticker, skip
+
+from loan_engine_dagster.adapters.inbox import find_batch
+from loan_engine_dagster.adapters.watch import batch_fingerprint
+from loan_engine_dagster.rules.config import default_rules
 
 BIN = Path(sys.executable).parent
 BATCH = "2026-02-19"
@@ -54,6 +59,7 @@ def test_run_records_a_dagster_run_and_prints_summary(sample_inbox, tmp_path, ho
     for platform in ("SFY", "PRIME"):  # the purchase plan, two lines per platform
         [at] = [i for i, line in enumerate(lines) if line.startswith(f"  plan {platform}:")]
         assert "buy" in lines[at] and "hold back" in lines[at] and "binding:" in lines[at + 1]
+    assert "Warning" not in result.stdout + result.stderr  # e.g. Dagster's preview notice for per-batch checks
     os.environ["DAGSTER_HOME"] = home["DAGSTER_HOME"]
     try:
         with dg.DagsterInstance.get() as instance:
@@ -61,6 +67,13 @@ def test_run_records_a_dagster_run_and_prints_summary(sample_inbox, tmp_path, ho
             assert run.status == dg.DagsterRunStatus.SUCCESS and run.job_name == "loan_engine_job"
             assert run.tags["dagster/partition"] == BATCH and run.tags["loan_engine/inbox"] == str(sample_inbox)
             assert instance.get_dynamic_partitions("batches") == [BATCH]
+            # Tagged like the sensor's runs: the sensor sees these exact files already ran.
+            files = find_batch(sample_inbox, BATCH, default_rules().inbox.tape_lookback_days)
+            assert run.tags["loan_engine/fingerprint"] == batch_fingerprint(files)[:16]
+            sensor = Ticker(instance, sample_inbox)
+            assert not sensor.tick().run_requests
+            second = sensor.tick()
+            assert not second.run_requests and "already run with these exact files: 2026-02-19" in skip(second)
     finally:
         del os.environ["DAGSTER_HOME"]
 
@@ -103,3 +116,13 @@ def test_dagster_job_execute_once_batch_registered(sample_inbox, tmp_path, home)
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert json.loads((tmp_path / "out" / BATCH / "run_summary.json").read_text())["loans_offered"] == 600
+    os.environ["DAGSTER_HOME"] = home["DAGSTER_HOME"]
+    try:
+        with dg.DagsterInstance.get() as instance:
+            [run] = instance.get_runs()
+            # launched with only dagster/partition, it still carries the batch and its files' fingerprint
+            files = find_batch(sample_inbox, BATCH, default_rules().inbox.tape_lookback_days)
+            assert run.tags["loan_engine/batch"] == BATCH and run.tags["loan_engine/inbox"] == str(sample_inbox)
+            assert run.tags["loan_engine/fingerprint"] == batch_fingerprint(files)[:16]
+    finally:
+        del os.environ["DAGSTER_HOME"]

@@ -35,6 +35,9 @@ def test_asset_checks_one_per_limit_plus_data_quality(rules):
 
 def test_job_and_sensors():
     job = defs.resolve_job_def("loan_engine_job")
+    # the launchpad opens with the per-run overrides written out
+    assert job.partitioned_config.get_run_config_for_partition_key("2026-02-19") == {
+        "ops": {"normalized_loans": {"config": {"pdate": None, "irr_target": None}}}}
     assert job.executor_def.name == "in_process"
     assert job.partitions_def.name == "batches"
     for name in ("inbox_sensor", "missing_batch_alert_sensor", "loan_engine_failure_sensor", "loan_engine_timeout_sensor",

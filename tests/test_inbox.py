@@ -95,3 +95,11 @@ def test_bad_batch_keys(key):
 
 def test_batch_key_roundtrip():
     assert parse_batch_key("2026-02-19-offcycle") == (dt.date(2026, 2, 19), True)
+
+
+def test_skip_message_names_the_newest_batches_already_run():
+    from loan_engine_dagster.adapters.watch import WatchResult, WatchState
+
+    keys = ["2026-01-29", "2026-02-05", "2026-02-12", "2026-02-19", "2026-02-26"]
+    result = WatchResult(ready=[], pending={}, already_run=keys, reference_changed=[], state=WatchState())
+    assert result.skip_message() == "already run with these exact files: 2026-02-12, 2026-02-19, 2026-02-26 and 2 earlier"

@@ -208,3 +208,26 @@ def test_unusual_column_types_still_write(tmp_path):
     write_workbook(frame, tmp_path / "u.xlsx")
     _, cells = _cells(tmp_path / "u.xlsx")
     assert cells[1:] == [[("A", "s"), (1, "n"), (True, "b")], [("=B", "s"), (None, "n"), (None, "n")]]
+
+
+def test_summary_workbook_charts_each_platforms_share_limits(tmp_path, rules):
+    import zipfile
+
+    decisions = run_rules([loan("SFC_1"), loan("SFC_2", **{"Orig. Balance": 60000.0})], [loan("PRI_1")])
+    folder, _ = write_batch_outputs(tmp_path, decisions, batch="2026-02-19", pdate=dt.date(2026, 2, 24), rules=rules, input_files=[])
+    path = folder / "eligibility_checks_summary.xlsx"
+    book = openpyxl.load_workbook(path)
+    assert book.sheetnames == ["checks", "PRIME", "SFY"]
+    sfy = list(book["SFY"].values)
+    assert sfy[0][:6] == ("check", "description", "limit (%)", "value (%)", "before (%)", "to_purchase (%)")
+    shares = [c for c in rules.eligibility.sfy if c.metric in ("balance_share", "count_share") and c.limit is not None]
+    assert [r[0] for r in sfy[1:]] == [c.id for c in shares]
+    g1 = next(r for r in sfy[1:] if r[0] == "check_g1")  # Orig. Balance > 50,000: 60,000 of 70,000
+    assert g1[2] == pytest.approx(38.0) and g1[3] == pytest.approx(100 * 60000 / 70000)
+    with zipfile.ZipFile(path) as archive:
+        charts = sorted(n for n in archive.namelist() if n.startswith("xl/charts/chart"))
+        xml = {n: archive.read(n).decode() for n in charts}
+    assert len(charts) == 2  # one per platform
+    sfy_chart = next(x for x in xml.values() if "SFY!$D$2:$D$" in x)
+    for column in ("C", "D", "E", "F"):  # limit, value, before, to_purchase
+        assert f"SFY!${column}$2:${column}${len(shares) + 1}" in sfy_chart

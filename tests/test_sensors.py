@@ -41,7 +41,12 @@ class Ticker:
         result = inbox_sensor(context)
         self.cursor = result.cursor
         for request in result.dynamic_partitions_requests or []:
-            self.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+            if isinstance(request, dg.DeleteDynamicPartitionsRequest):
+                for key in request.partition_keys:
+                    self.instance.delete_dynamic_partition(request.partitions_def_name, key)
+            else:
+                new = [k for k in request.partition_keys if not self.instance.has_dynamic_partition(request.partitions_def_name, k)]
+                self.instance.add_dynamic_partitions(request.partitions_def_name, new)
         return result
 
 
@@ -212,5 +217,45 @@ def test_missing_batch_alert_once_with_webhook(tmp_path, monkeypatch):
         assert observation.partition == expected and "PRIME exhibit" in observation.metadata["missing"].value
         assert [m["batch"] for m in hook.received] == [expected]
         assert "missing" in hook.received[0]["text"]
+        # alerted, not registered: no phantom batch in the partitions list
+        assert result.dynamic_partitions_requests is None or list(result.dynamic_partitions_requests) == []
+        assert instance.get_dynamic_partitions("batches") == []
         again = missing_batch_alert_sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor, resources=resources))
         assert again.skip_reason.skip_message == "no alert due" and len(hook.received) == 1
+
+
+def test_batches_list_in_date_order_whoever_registers_them(inbox, tmp_path):
+    from loan_engine_dagster.adapters.sample import generate_inbox
+    from loan_engine_dagster.orchestration.partitions import register_batches
+
+    with dg.instance_for_test() as instance:
+        register_batches(instance, ["2026-03-05"])  # the CLI ran a later batch first
+        ticker = Ticker(instance, inbox)
+        ticker.tick()
+        assert ticker.tick().run_requests  # the sensor finds the earlier one
+        assert instance.get_dynamic_partitions("batches") == ["2026-02-19", "2026-03-05"]
+        register_batches(instance, ["2026-02-26", "2026-02-19"])
+        register_batches(instance, ["2026-02-26-offcycle"])
+        assert instance.get_dynamic_partitions("batches") == ["2026-02-19", "2026-02-26", "2026-02-26-offcycle", "2026-03-05"]
+
+
+def test_cursor_is_one_short_line_and_reads_the_earlier_form(inbox):
+    with dg.instance_for_test() as instance:
+        ticker = Ticker(instance, inbox)
+        ticker.tick()
+        ticker.tick()
+        cursor = ticker.cursor
+        assert "\n" not in cursor and ", " not in cursor
+        data = json.loads(cursor)
+        assert set(data) == {"files", "runs", "ref"} and len(data["runs"][BATCH]) == 16
+        assert len(cursor) < 1200, len(cursor)  # about 1,000 characters for one batch; 1,600 in the earlier form
+        # A cursor stored by the earlier release still knows these files ran.
+        from loan_engine_dagster.adapters.watch import WatchState
+
+        state = WatchState.from_cursor(cursor)
+        earlier = json.dumps({"observed": state.observed, "hashes": state.hashes,
+                              "requested": {BATCH: state.requested[BATCH] + "0" * 48}, "reference": state.reference})
+        restarted = Ticker(instance, inbox)
+        restarted.cursor = earlier
+        result = restarted.tick()
+        assert not result.run_requests and "already run with these exact files: 2026-02-19" in skip(result)

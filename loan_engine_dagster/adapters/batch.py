@@ -16,6 +16,7 @@ from loan_engine_dagster.rules import pipeline, reports
 from loan_engine_dagster.rules.config import Rules
 from loan_engine_dagster.rules.eligibility import summarize_checks
 from loan_engine_dagster.rules.purchase_plan import PurchasePlan
+from loan_engine_dagster.rules.limit_display import share_limits
 
 from . import database
 from .inbox import find_batch
@@ -51,7 +52,8 @@ def stage_batch_outputs(
         (folder / "share").mkdir()
         for name, frame in workbooks.items():
             write_workbook(frame, folder / name)
-        write_workbook(reports.eligibility_sheet(plan.checks, plan.platforms), folder / "eligibility_checks_summary.xlsx", "checks")
+        write_workbook(reports.eligibility_sheet(plan.checks, plan.platforms), folder / "eligibility_checks_summary.xlsx",
+                       "checks", charts={p.upper(): share_limits(plan.checks, p) for p in ("prime", "sfy")})
         write_json(eligibility, folder / "eligibility_checks.json")
         write_json(summary, folder / SUMMARY_FILE)
 

@@ -26,14 +26,17 @@ _WORKBOOK_OPTIONS = {
 }
 
 
-def write_workbook(frame: pd.DataFrame, path: Path, sheet: str = "loans") -> None:
+def write_workbook(
+    frame: pd.DataFrame, path: Path, sheet: str = "loans", charts: dict[str, pd.DataFrame] | None = None
+) -> None:
     """One sheet, header row first (bold, with a filter); an empty frame still
     gets its header. Text is always stored as text; a column holding text that
     starts like a formula has Excel's quote prefix on its cells, so that even a
-    cell edited later in Excel stays text."""
-    prepared = _columnar(frame)
+    cell edited later in Excel stays text. `charts`: more sheets, each its
+    table with a column chart beside it (small: written by XlsxWriter)."""
+    prepared = None if charts else _columnar(frame)
     if prepared is None:
-        _write_cell_by_cell(frame, path, sheet)
+        _write_cell_by_cell(frame, path, sheet, charts or {})
         return
     body, text_columns, date_columns = prepared
     quoted = rustpy_xlsxwriter.Format().set_quote_prefix()
@@ -104,31 +107,13 @@ def _columnar(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]] 
     return body, [str(c) for c in text], [str(c) for c in dates]
 
 
-def _write_cell_by_cell(frame: pd.DataFrame, path: Path, sheet: str) -> None:
+def _write_cell_by_cell(frame: pd.DataFrame, path: Path, sheet: str, charts: dict[str, pd.DataFrame]) -> None:
     workbook = xlsxwriter.Workbook(str(path), _WORKBOOK_OPTIONS)
     try:
-        worksheet = workbook.add_worksheet(sheet)
-        bold = workbook.add_format({"bold": True})
-        dates = workbook.add_format({"num_format": DATE_FORMAT})
-        quoted = workbook.add_format({"quote_prefix": True})
-        worksheet.write_row(0, 0, [str(c) for c in frame.columns], bold)
-        body = frame.astype(object).where(frame.notna(), None)
-        for r, row in enumerate(body.itertuples(index=False, name=None), start=1):
-            for c, value in enumerate(row):
-                if value is None:
-                    continue
-                if isinstance(value, str):
-                    worksheet.write_string(r, c, value, quoted if value.startswith(_FORMULA_STARTS) else None)
-                elif isinstance(value, (bool, np.bool_)):
-                    worksheet.write_boolean(r, c, bool(value))
-                elif isinstance(value, (int, float, np.integer, np.floating)):
-                    worksheet.write_number(r, c, float(value))
-                elif hasattr(value, "year"):
-                    worksheet.write_datetime(r, c, pd.Timestamp(value).to_pydatetime(), dates)
-                else:
-                    worksheet.write_string(r, c, str(value))
-        if len(frame.columns):
-            worksheet.autofilter(0, 0, max(len(frame), 1), len(frame.columns) - 1)
+        _write_sheet(workbook, frame, sheet)
+        for name, table in charts.items():
+            _write_sheet(workbook, table, name)
+            _limit_chart(workbook, workbook.get_worksheet_by_name(name), name, table)
     finally:
         workbook.close()
 
@@ -143,6 +128,59 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
         rustpy_xlsxwriter.write_csv(frame.reset_index(drop=True), str(path))
     else:
         frame.to_csv(path, index=False)
+
+
+def _limit_chart(workbook, worksheet, name: str, table: pd.DataFrame) -> None:
+    """Value, before and to-purchase as columns, the limit as a marker, per check."""
+    if table.empty:
+        worksheet.write_string(len(table) + 2, 0, "no share limits to chart")
+        return
+    last = len(table)
+    categories = [name, 1, 0, last, 0]
+    columns = list(table.columns)
+    chart = workbook.add_chart({"type": "column"})
+    for series in ("value (%)", "before (%)", "to_purchase (%)"):
+        col = columns.index(series)
+        chart.add_series({"name": [name, 0, col], "categories": categories, "values": [name, 1, col, last, col]})
+    limit = workbook.add_chart({"type": "line"})
+    col = columns.index("limit (%)")
+    limit.add_series({
+        "name": [name, 0, col], "categories": categories, "values": [name, 1, col, last, col],
+        "line": {"none": True}, "marker": {"type": "dash", "size": 14, "border": {"color": "#C00000"}, "fill": {"color": "#C00000"}},
+    })
+    chart.combine(limit)
+    chart.set_title({"name": f"{name}: share limits (%)"})
+    chart.set_y_axis({"name": "% of the platform's base", "num_format": "0"})
+    chart.set_legend({"position": "bottom"})
+    chart.set_size({"width": 960, "height": 420})
+    worksheet.insert_chart(0, len(columns) + 1, chart)
+
+
+def _write_sheet(workbook, frame: pd.DataFrame, sheet: str) -> None:
+    worksheet = workbook.add_worksheet(sheet)
+    bold = workbook.add_format({"bold": True})
+    dates = workbook.add_format({"num_format": DATE_FORMAT})
+    # Leading = + - @ cells also get Excel's quote prefix, so even a cell
+    # edited later in Excel stays text.
+    quoted = workbook.add_format({"quote_prefix": True})
+    worksheet.write_row(0, 0, [str(c) for c in frame.columns], bold)
+    body = frame.astype(object).where(frame.notna(), None)
+    for r, row in enumerate(body.itertuples(index=False, name=None), start=1):
+        for c, value in enumerate(row):
+            if value is None:
+                continue
+            if isinstance(value, str):
+                worksheet.write_string(r, c, value, quoted if value.startswith(_FORMULA_STARTS) else None)
+            elif isinstance(value, (bool, np.bool_)):
+                worksheet.write_boolean(r, c, bool(value))
+            elif isinstance(value, (int, float, np.integer, np.floating)):
+                worksheet.write_number(r, c, float(value))
+            elif hasattr(value, "year"):
+                worksheet.write_datetime(r, c, pd.Timestamp(value).to_pydatetime(), dates)
+            else:
+                worksheet.write_string(r, c, str(value))
+    if len(frame.columns):
+        worksheet.autofilter(0, 0, max(len(frame), 1), len(frame.columns) - 1)
 
 
 def _json_default(value):

@@ -14,6 +14,9 @@ from pathlib import Path
 
 from .inbox import REFERENCE_FILES, BatchFiles, sha256_file
 
+FINGERPRINT_RUN_KEY_CHARS = 16
+ALREADY_RUN_SHOWN = 3
+
 
 @dataclass
 class WatchState:
@@ -21,18 +24,38 @@ class WatchState:
 
     observed: dict[str, list] = field(default_factory=dict)  # name -> [size, mtime_ns]
     hashes: dict[str, list] = field(default_factory=dict)  # name -> [size, mtime_ns, sha256]
-    requested: dict[str, str] = field(default_factory=dict)  # batch -> fingerprint last requested
-    reference: str | None = None  # fingerprint of the reference files
+    requested: dict[str, str] = field(default_factory=dict)  # batch -> fingerprint (run key part) last requested
+    reference: str | None = None  # fingerprint (short) of the reference files
 
     @classmethod
     def from_cursor(cls, cursor: str | None) -> "WatchState":
         if not cursor:
             return cls()
         data = json.loads(cursor)
-        return cls(**{k: data.get(k, v) for k, v in cls().__dict__.items()})
+        if "files" not in data:  # the earlier, longer cursor
+            return cls(**{k: data.get(k, v) for k, v in cls().__dict__.items()})
+        files = data["files"]
+        return cls(
+            observed={name: entry[:2] for name, entry in files.items()},
+            hashes={name: entry for name, entry in files.items() if len(entry) == 3},
+            requested=dict(data.get("runs", {})),
+            reference=data.get("ref"),
+        )
 
     def to_cursor(self) -> str:
-        return json.dumps(self.__dict__, sort_keys=True)
+        """One short line (the UI shows the cursor on the sensor's page): each
+        file once, with its digest when it was hashed at that size and time."""
+        files = {name: list(seen) for name, seen in self.observed.items()}
+        for name, (size, mtime, digest) in self.hashes.items():
+            if files.get(name, [size, mtime]) == [size, mtime]:
+                files[name] = [size, mtime, digest]
+        document = {"files": files, "runs": {k: short(v) for k, v in self.requested.items()}, "ref": short(self.reference)}
+        return json.dumps(document, sort_keys=True, separators=(",", ":"))
+
+
+def short(fingerprint: str | None) -> str | None:
+    """The part of a fingerprint that names a delivery (run keys, tags, the cursor)."""
+    return fingerprint[:FINGERPRINT_RUN_KEY_CHARS] if fingerprint else fingerprint
 
 
 @dataclass
@@ -43,7 +66,7 @@ class ReadyBatch:
 
     @property
     def run_key(self) -> str:
-        return f"{self.key}:{self.fingerprint[:16]}"
+        return f"{self.key}:{short(self.fingerprint)}"
 
 
 @dataclass
@@ -57,7 +80,10 @@ class WatchResult:
     def skip_message(self) -> str:
         lines = [f"{key}: {why}" for key, why in self.pending.items()]
         if self.already_run:
-            lines.append(f"already run with these exact files: {', '.join(self.already_run)}")
+            # The tick list shows this line: name the newest batches, count the rest.
+            done = sorted(self.already_run)
+            shown = ", ".join(done[-ALREADY_RUN_SHOWN:]) + (f" and {len(done) - ALREADY_RUN_SHOWN} earlier" if len(done) > ALREADY_RUN_SHOWN else "")
+            lines.append(f"already run with these exact files: {shown}")
         if self.reference_changed:
             lines.append(
                 "reference files replaced (" + ", ".join(self.reference_changed)
@@ -80,7 +106,18 @@ def _sha(path: Path, previous: WatchState, state: WatchState) -> str:
 
 
 def fingerprint(digests: dict[str, str]) -> str:
+    """One digest for a batch's own files (role -> SHA-256), reference files excluded."""
     return hashlib.sha256(json.dumps(sorted(digests.items())).encode()).hexdigest()
+
+
+def own_files(batch: BatchFiles) -> dict[str, Path]:
+    """The files that make a delivery: exhibits, tape, servicing files; not the buyer's reference files."""
+    return {role: path for role, path in batch.files.items() if role not in REFERENCE_FILES}
+
+
+def batch_fingerprint(batch: BatchFiles) -> str:
+    """The fingerprint the inbox sensor computes, for runs started another way."""
+    return fingerprint({role: sha256_file(path) for role, path in own_files(batch).items()})
 
 
 def evaluate(batches: dict[str, BatchFiles], reference: dict[str, Path], previous: WatchState) -> WatchResult:
@@ -98,7 +135,7 @@ def evaluate(batches: dict[str, BatchFiles], reference: dict[str, Path], previou
     if set(reference) == set(REFERENCE_FILES) and all(p.name in stable for p in reference.values()):
         ref_digests = {role: _sha(path, previous, state) for role, path in reference.items()}
         ref_fp = fingerprint(ref_digests)
-        if previous.reference and previous.reference != ref_fp:
+        if previous.reference and short(previous.reference) != short(ref_fp):
             reference_changed = [
                 p.name for role, p in reference.items() if previous.hashes.get(p.name, [None] * 3)[2] != ref_digests[role]
             ]
@@ -115,9 +152,8 @@ def evaluate(batches: dict[str, BatchFiles], reference: dict[str, Path], previou
         if copying:
             pending[key] = "waiting for files to finish copying: " + ", ".join(copying)
             continue
-        own = {role: path for role, path in batch.files.items() if role not in REFERENCE_FILES}
-        fp = fingerprint({role: _sha(path, previous, state) for role, path in own.items()})
-        if state.requested.get(key) == fp:
+        fp = fingerprint({role: _sha(path, previous, state) for role, path in own_files(batch).items()})
+        if short(state.requested.get(key)) == short(fp):
             already.append(key)
             continue
         state.requested[key] = fp

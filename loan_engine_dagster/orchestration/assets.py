@@ -14,7 +14,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 import sqlalchemy.exc
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from loan_engine_dagster.adapters import database
 from loan_engine_dagster.adapters.batch import delivered, stage_batch_outputs
@@ -23,16 +23,15 @@ from loan_engine_dagster.adapters.loading import load_batch_inputs, load_referen
 from loan_engine_dagster.rules import pipeline
 from loan_engine_dagster.rules.reports import empty_exhibits
 from loan_engine_dagster.rules.config import Rules
+from loan_engine_dagster.rules.limit_display import dollars_exact
 from loan_engine_dagster.rules.purchase_plan import PurchasePlan
 from loan_engine_dagster.rules.run_options import check_irr_target, parse_pdate
 
-from .checks import (
-    DATA_QUALITY_CHECKS, EMPTY_EXHIBITS_CHECK, LIMIT_CHECK_SPECS, data_quality_results, empty_exhibits_result,
-    limit_check_results,
-)
-from .metadata import balance_total, files_markdown, plan_metadata, reasons_markdown
+from .checks import limits_table
+from .metadata import balance_total, files_markdown, plan_metadata, rejections_table, warnings_table
 from .partitions import batches
 from .resources import InboxResource, OutputsResource, ResultsDatabase, RulesResource
+from .run_tags import as_failure, tag_run_with_batch
 
 INTAKE, REVIEW, DELIVERY = "intake", "review", "delivery"  # business stages
 
@@ -40,8 +39,13 @@ INTAKE, REVIEW, DELIVERY = "intake", "review", "delivery"  # business stages
 class BatchRunConfig(dg.Config):
     """Per-run overrides, settable from the launchpad."""
 
-    pdate: str | None = None  # purchase date YYYY-MM-DD; default: first Tuesday after the notice, business-day adjusted
-    irr_target: float | None = None  # IRR Support Target written on the buy loans; default from the rules file
+    pdate: str | None = Field(
+        default=None,
+        description="Purchase date YYYY-MM-DD; empty: the first Tuesday after the notice, business-day adjusted.",
+    )
+    irr_target: float | None = Field(
+        default=None, description="IRR Support Target written on the buy loans; empty: the rules file's value."
+    )
 
     # A bad value raises RunOptionError (a data problem naming the option) as
     # soon as the config is built, before it can reach the rules.
@@ -86,14 +90,15 @@ def reference_data(
     start = time.perf_counter()
     _check_destinations(outputs, results_db)
     loaded = rules.load()
-    data = load_reference(inbox.batch(context.partition_key, loaded).reference, loaded)
+    with as_failure():
+        data = load_reference(inbox.batch(context.partition_key, loaded).reference, loaded)
     return dg.Output(
         data,
         metadata={
             "programs": len(data.master),
             "notes_programs": len(data.notes_master),
             "existing_assets": len(data.existing),
-            "existing_balance": balance_total(data.existing),
+            "existing_balance": dollars_exact(balance_total(data.existing)),
             "underwriting_grid_rows": len(data.grids),
             "comap_entries": len(data.comap),
             "input_files": dg.MetadataValue.md(files_markdown(data.files)),
@@ -103,19 +108,22 @@ def reference_data(
     )
 
 
-@dg.asset(partitions_def=batches, group_name=INTAKE, kinds={"pandas"}, check_specs=[EMPTY_EXHIBITS_CHECK])
+@dg.asset(partitions_def=batches, group_name=INTAKE, kinds={"pandas"})
 def batch_inputs(
     context: dg.AssetExecutionContext, inbox: InboxResource, rules: RulesResource, outputs: OutputsResource,
     results_db: ResultsDatabase,
-):
+) -> dg.Output:
     """The seller's SFY and PRIME exhibits and the servicer tape of this batch."""
     start = time.perf_counter()
     _check_destinations(outputs, results_db)
     loaded = rules.load()
-    data = load_batch_inputs(inbox.batch(context.partition_key, loaded), loaded)
+    files = inbox.batch(context.partition_key, loaded)
+    tag_run_with_batch(context, files, str(inbox.root))
+    with as_failure():
+        data = load_batch_inputs(files, loaded)
     invalid = int((data.exhibits["row_problems"] != "").sum())
     empty = empty_exhibits(data.exhibits, data.files)
-    yield dg.Output(
+    return dg.Output(
         data,
         metadata={
             "loans_offered": len(data.exhibits),
@@ -130,14 +138,13 @@ def batch_inputs(
             **_elapsed(start),
         },
     )
-    yield empty_exhibits_result(empty)
 
 
-@dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"}, check_specs=DATA_QUALITY_CHECKS["normalized_loans"])
+@dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"})
 def normalized_loans(
     config: BatchRunConfig, reference_data: pipeline.ReferenceData, batch_inputs: pipeline.BatchInputs, rules: RulesResource,
     results_db: ResultsDatabase,
-):
+) -> dg.Output:
     """Offered loans joined to their program type, with the purchase date set.
 
     Loans bought as HD notes are looked up in the notes master sheet; existing
@@ -147,11 +154,11 @@ def normalized_loans(
     pdate = pipeline.resolve_pdate(batch_inputs.notice_date, parse_pdate(config.pdate))
     data = pipeline.normalize(reference_data, batch_inputs, loaded, pdate)
     loans = data.loans
-    yield dg.Output(
+    return dg.Output(
         data,
         metadata={
             "loans": len(loans),
-            "balance": balance_total(loans),
+            "balance": dollars_exact(balance_total(loans)),
             "invalid_rows": int(loans["invalid"].sum()),
             "unknown_programs": int((~loans["invalid"] & ~loans["known_program"]).sum()),
             "notes_loans": int((loans["loan_kind"] == "notes").sum()),
@@ -162,7 +169,6 @@ def normalized_loans(
             **_elapsed(start),
         },
     )
-    yield from data_quality_results("normalized_loans", loans)
 
 
 @dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"})
@@ -186,24 +192,25 @@ def underwriting(
     )
 
 
-@dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"}, check_specs=DATA_QUALITY_CHECKS["comap"])
-def comap(reference_data: pipeline.ReferenceData, underwriting: pd.DataFrame, rules: RulesResource, results_db: ResultsDatabase):
+@dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"})
+def comap(
+    reference_data: pipeline.ReferenceData, underwriting: pd.DataFrame, rules: RulesResource, results_db: ResultsDatabase
+) -> dg.Output:
     """CoMAP: whether each price-checked loan's program may be bought at its FICO."""
     start = time.perf_counter()
     loaded = rules.load()
     loans = pipeline.run_comap(underwriting, reference_data.comap, loaded)
     counts = loans["comap_status"].value_counts()
-    yield dg.Output(
+    return dg.Output(
         loans,
         metadata={**{f"comap_{k}": int(v) for k, v in counts.items()}, "rules_version": loaded.version, **_elapsed(start)},
     )
-    yield from data_quality_results("comap", loans)
 
 
-@dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"}, check_specs=LIMIT_CHECK_SPECS)
+@dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"})
 def eligibility(
     comap: pd.DataFrame, normalized_loans: pipeline.NormalizedBatch, rules: RulesResource, results_db: ResultsDatabase
-):
+) -> dg.Output:
     """Each loan's disposition, then the portfolio concentration limits.
 
     A breached limit does not stop the purchase by itself: it shows as a
@@ -214,26 +221,31 @@ def eligibility(
     loans = decisions.loans
     to_buy = loans["disposition"] == "to_purchase"
     failed = decisions.checks[decisions.checks["status"] == "fail"]
-    yield dg.Output(
+    return dg.Output(
         decisions,
         metadata={
             "loans": len(loans),
             "to_purchase": int(to_buy.sum()),
-            "to_purchase_balance": balance_total(loans[to_buy]),
+            "to_purchase_balance": dollars_exact(balance_total(loans[to_buy])),
             "rejected": int((~to_buy).sum()),
-            "rejected_balance": balance_total(loans[~to_buy]),
-            "rejections_by_reason": dg.MetadataValue.md(reasons_markdown(decisions.exceptions, loans)),
+            "rejected_balance": dollars_exact(balance_total(loans[~to_buy])),
             "limits_failed": len(failed),
             "limits_failed_ids": ", ".join(failed["platform"] + ":" + failed["check_id"]) or "none",
+            # the batch view: every limit of this batch, breaches first
+            "limits": limits_table(decisions.checks),
+            "rejected_by_first_reason": rejections_table(loans),
+            "warnings_by_reason": warnings_table(decisions.exceptions, loans),
             "rules_version": loaded.version,
             **_elapsed(start),
         },
     )
-    yield from limit_check_results(decisions.checks)
 
 
 @dg.asset(partitions_def=batches, group_name=DELIVERY, kinds={"scipy"})
-def purchase_plan(eligibility: pipeline.Decisions, normalized_loans: pipeline.NormalizedBatch, rules: RulesResource) -> dg.Output:
+def purchase_plan(
+    eligibility: pipeline.Decisions, normalized_loans: pipeline.NormalizedBatch, rules: RulesResource,
+    results_db: ResultsDatabase,
+) -> dg.Output:
     """Which loans to hold back so that every limit holds, losing the least balance.
 
     Per platform, the largest purchase among the loans to buy that keeps every

@@ -1,15 +1,32 @@
-"""Asset checks: one per concentration limit, plus data-quality checks. All
-are warnings: a breach is for the reviewer to judge, not a reason to stop."""
+"""Asset checks: one per concentration limit, plus data-quality checks, each
+recorded against its batch partition. All are warnings: a breach is for the
+reviewer to judge, not a reason to stop.
+
+Each group is one `multi_asset_check` that reads its asset once: checks
+declared with `check_specs=` on a partitioned asset are recorded without a
+partition, so the UI could only ever show the latest batch's results."""
 
 
-import math
+import warnings
 
 import dagster as dg
 import pandas as pd
 
+from loan_engine_dagster.rules import pipeline
 from loan_engine_dagster.rules.config import default_rules, limit_check_name
+from loan_engine_dagster.rules.limit_display import (
+    check_title, dollars_exact, limit_text, metric_phrase, result_line, unit_of,
+)
+from loan_engine_dagster.rules.reports import empty_exhibits
+
+from .partitions import batches
 
 TOP_CONTRIBUTORS = 10
+
+# Per-partition check specs are a Dagster preview feature; we rely on it on
+# purpose (it is what records each batch's results), so its notice is noise
+# on every start of the UI and the CLI.
+warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec", category=dg.PreviewWarning)
 
 
 def _limit_specs() -> list[dg.AssetCheckSpec]:
@@ -19,12 +36,15 @@ def _limit_specs() -> list[dg.AssetCheckSpec]:
         for check in checks:
             if check.limit is None:
                 continue  # informational metrics have nothing to breach
+            unit = unit_of(check.metric, check.column)
             specs.append(
                 dg.AssetCheckSpec(
                     name=limit_check_name(platform, check.id),
                     asset="eligibility",
-                    description=f"{platform.upper()} {check.id}: {check.description} ({check.metric} {check.op} {check.limit:g})",
+                    description=f"{check_title(platform, check.id, check.description)} "
+                    f"({metric_phrase(check.metric, check.column)} {limit_text(check.op, check.limit, unit)})",
                     blocking=False,
+                    partitions_def=batches,
                 )
             )
     return specs
@@ -37,43 +57,89 @@ def declared_limit_ids() -> frozenset[str]:
     """The limit checks this code location shows; a run's rules file must have exactly these."""
     return frozenset(spec.name for spec in LIMIT_CHECK_SPECS)
 
+_CONTRIBUTOR_SCHEMA = dg.TableSchema(
+    columns=[
+        dg.TableColumn("loan", "string", description="SELLER Loan #"),
+        dg.TableColumn("program", "string", description="Loan Program"),
+        dg.TableColumn("balance", "string", description="Orig. Balance"),
+    ]
+)
 
-def _number(value):
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return float(value)
+
+def _contributors_table(contributors: list[dict], programs: pd.Series) -> dg.TableMetadataValue:
+    top = contributors[:TOP_CONTRIBUTORS]
+    return dg.MetadataValue.table(
+        records=[
+            dg.TableRecord({"loan": str(c["seller_loan_number"]), "program": str(programs.get(c["seller_loan_number"], "")),
+                            "balance": dollars_exact(c["orig_balance"])})
+            for c in top
+        ],
+        schema=_CONTRIBUTOR_SCHEMA,
+    )
 
 
-def limit_check_results(checks: pd.DataFrame):
-    """Yield one warning-severity result per limit the rules file defines."""
+_LIMITS_SCHEMA = dg.TableSchema(
+    columns=[
+        dg.TableColumn("status", "string"),
+        dg.TableColumn("limit", "string", description="platform, check and what it limits"),
+        dg.TableColumn("result", "string", description="value vs limit; excess or headroom"),
+    ]
+)
+_STATUS_ORDER = {"fail": 0, "no_data": 1, "pass": 2}
+
+
+def limits_table(checks: pd.DataFrame) -> dg.TableMetadataValue:
+    """Every limit of one batch on one screen, breaches first: the batch view
+    of the eligibility partition."""
+    limited = checks[checks["limit"].notna()]
+    rows = sorted(limited.to_dict("records"), key=lambda r: _STATUS_ORDER.get(r["status"], 3))
+    return dg.MetadataValue.table(
+        records=[
+            dg.TableRecord({
+                "status": r["status"],
+                "limit": check_title(r["platform"], r["check_id"], r["description"]),
+                "result": result_line(r, unit_of(r["metric"], r["column"])),
+            })
+            for r in rows
+        ],
+        schema=_LIMITS_SCHEMA,
+    )
+
+
+def limit_check_results(checks: pd.DataFrame, loans: pd.DataFrame):
+    """One warning-severity result per limit the rules file defines. Only the
+    numbers that move from batch to batch (value, before, to_purchase, the
+    contributing loans) are numeric metadata, so the Plots tab shows them
+    over batches; the limit and the verdict are text."""
+    valid = loans[~loans["invalid"]].drop_duplicates("seller_loan_number")
+    programs = pd.Series(valid["loan_program"].to_numpy(), index=valid["seller_loan_number"].to_numpy())
     for row in checks.to_dict("records"):
-        if _number(row["limit"]) is None:
+        if row["limit"] is None or pd.isna(row["limit"]):
             continue  # informational metrics have nothing to breach
         name = limit_check_name(row["platform"], row["check_id"])
-        top = row["contributors"][:TOP_CONTRIBUTORS]
-        table = "\n".join(
-            ["| SELLER Loan # | Orig. Balance |", "|---|---:|"]
-            + [f"| {c['seller_loan_number']} | {c['orig_balance']:,.2f} |" for c in top]
-        )
+        unit = unit_of(row["metric"], row["column"])
+        line = result_line(row, unit)
         metadata = {
-            "status": row["status"],
-            "metric": row["metric"],
-            "op": row["op"],
-            "limit": float(row["limit"]),
-            "value": _number(row["value"]),
-            "before": _number(row["before"]),
-            "to_purchase": _number(row["to_purchase"]),
-            "excess_balance": _number(row["excess_balance"]),
-            "contributors": len(row["contributors"]),
-            "top_contributors": dg.MetadataValue.md(table if top else "none"),
+            "result": line,
+            "limit": limit_text(row["op"], row["limit"], unit),
+            f"value{unit.label}": unit.number(row["value"]),
+            f"before{unit.label}": unit.number(row["before"]),
+            f"to_purchase{unit.label}": unit.number(row["to_purchase"]),
         }
+        if row["contributors"]:
+            metadata["excess_balance"] = dollars_exact(row["excess_balance"]) if unit.number(row["excess_balance"]) is not None else None
+            metadata["contributing_loans"] = len(row["contributors"])
+            metadata["top_contributors"] = _contributors_table(row["contributors"], programs)
+        headroom = unit.number(row.get("headroom_balance")) if "headroom_balance" in row else None
+        if headroom is not None:
+            metadata["headroom_balance"] = dollars_exact(row["headroom_balance"])
         yield dg.AssetCheckResult(
             asset_key="eligibility",
             check_name=name,
             passed=row["status"] != "fail",
             severity=dg.AssetCheckSeverity.WARN,
             metadata={k: v for k, v in metadata.items() if v is not None},
-            description=None if row["status"] != "no_data" else "no loans of this platform in the base",
+            description=line,
         )
 
 
@@ -109,32 +175,43 @@ _QUALITY = {
     },
 }
 DATA_QUALITY_CHECKS = {
-    asset: [dg.AssetCheckSpec(name=name, asset=asset, description=desc, blocking=False) for name, (desc, _) in checks.items()]
+    asset: [
+        dg.AssetCheckSpec(name=name, asset=asset, description=desc, blocking=False, partitions_def=batches)
+        for name, (desc, _) in checks.items()
+    ]
     for asset, checks in _QUALITY.items()
 }
+_EXAMPLE_SCHEMA = dg.TableSchema(
+    columns=[dg.TableColumn("loan", "string"), dg.TableColumn("file", "string"), dg.TableColumn("row", "int")]
+)
 
 
 def data_quality_results(asset: str, loans: pd.DataFrame):
     for name, (_, select) in _QUALITY[asset].items():
         mask = select(loans)
         flagged = loans.loc[mask, ["seller_loan_number", "source_file", "source_row"]].head(TOP_CONTRIBUTORS)
-        sample = "\n".join(
-            ["| SELLER Loan # | file | row |", "|---|---|---:|"]
-            + [f"| {r.seller_loan_number} | {r.source_file} | {r.source_row} |" for r in flagged.itertuples()]
-        )
+        count = int(mask.sum())
+        metadata = {"loans": count}
+        if count:
+            metadata["examples"] = dg.MetadataValue.table(
+                records=[dg.TableRecord({"loan": str(r.seller_loan_number), "file": str(r.source_file), "row": int(r.source_row)})
+                         for r in flagged.itertuples()],
+                schema=_EXAMPLE_SCHEMA,
+            )
         yield dg.AssetCheckResult(
             asset_key=asset,
             check_name=name,
-            passed=not mask.any(),
+            passed=not count,
             severity=dg.AssetCheckSeverity.WARN,
-            metadata={"loans": int(mask.sum()), "examples": dg.MetadataValue.md(sample if len(flagged) else "none")},
+            metadata=metadata,
+            description=f"{count:,} loan{'s' if count != 1 else ''}" if count else "none",
         )
 
 
 # An exhibit with a header and no loan rows is legal but almost always a
 # seller's mistake (the wrong tab, an export that failed): say so loudly.
 EMPTY_EXHIBITS_CHECK = dg.AssetCheckSpec(
-    name="exhibits_have_loans", asset="batch_inputs", blocking=False,
+    name="exhibits_have_loans", asset="batch_inputs", blocking=False, partitions_def=batches,
     description="Each exhibit of the batch lists at least one loan.",
 )
 
@@ -148,3 +225,30 @@ def empty_exhibits_result(empty_files: list[str]) -> dg.AssetCheckResult:
         metadata={"empty_exhibits": ", ".join(empty_files) or "none"},
         description="exhibit with no loan rows: " + ", ".join(empty_files) if empty_files else None,
     )
+
+
+@dg.multi_asset_check(specs=LIMIT_CHECK_SPECS, name="eligibility_limits",
+                      description="The concentration limits of the batch, from its eligibility result.")
+def eligibility_limits(eligibility: pipeline.Decisions):
+    yield from limit_check_results(eligibility.checks, eligibility.loans)
+
+
+@dg.multi_asset_check(specs=DATA_QUALITY_CHECKS["normalized_loans"], name="normalized_loans_quality",
+                      description="Data-quality counts of the offered loans.")
+def normalized_loans_quality(normalized_loans: pipeline.NormalizedBatch):
+    yield from data_quality_results("normalized_loans", normalized_loans.loans)
+
+
+@dg.multi_asset_check(specs=DATA_QUALITY_CHECKS["comap"], name="comap_quality",
+                      description="Programs CoMAP could not place.")
+def comap_quality(comap: pd.DataFrame):
+    yield from data_quality_results("comap", comap)
+
+
+@dg.multi_asset_check(specs=[EMPTY_EXHIBITS_CHECK], name="batch_inputs_quality",
+                      description="Exhibits of the batch that list no loan.")
+def batch_inputs_quality(batch_inputs: pipeline.BatchInputs):
+    yield empty_exhibits_result(empty_exhibits(batch_inputs.exhibits, batch_inputs.files))
+
+
+ASSET_CHECKS = [eligibility_limits, normalized_loans_quality, comap_quality, batch_inputs_quality]

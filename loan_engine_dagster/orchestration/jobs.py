@@ -7,4 +7,7 @@ loan_engine_job = dg.define_asset_job(
     selection=dg.AssetSelection.all(),
     executor_def=dg.in_process_executor,
     description="Weekly pre-funding review of one batch, from the inbox files to reports and the results database.",
+    # Shown in the launchpad so the two per-run overrides are visible; empty
+    # means the rule's default (first Tuesday after the notice; the rules file's IRR target).
+    config={"ops": {"normalized_loans": {"config": {"pdate": None, "irr_target": None}}}},
 )

@@ -2,19 +2,44 @@
 
 from __future__ import annotations
 
+import dagster as dg
 import pandas as pd
 
+from loan_engine_dagster.rules.limit_display import dollars_exact
+from loan_engine_dagster.rules.reports import rejections_by_criteria
 
-def reasons_markdown(exceptions: pd.DataFrame, loans: pd.DataFrame) -> str:
-    """Rejections (and warnings) by reason with loan counts and balances."""
-    if exceptions.empty:
-        return "No rejections or warnings."
-    balance = loans["orig_balance"].fillna(0.0)
-    frame = exceptions.assign(balance=balance.reindex(exceptions["loan"]).to_numpy())
-    table = frame.groupby(["severity", "reason"], sort=False).agg(loans=("loan", "size"), balance=("balance", "sum"))
-    lines = ["| severity | reason | loans | balance |", "|---|---|---:|---:|"]
-    lines += [f"| {s} | {r} | {int(row.loans)} | {row.balance:,.2f} |" for (s, r), row in table.iterrows()]
-    return "\n".join(lines)
+_REASON_SCHEMA = dg.TableSchema(
+    columns=[
+        dg.TableColumn("reason", "string"),
+        dg.TableColumn("loans", "int"),
+        dg.TableColumn("balance", "string"),
+    ]
+)
+
+
+def rejections_table(loans: pd.DataFrame) -> dg.TableMetadataValue:
+    """Rejected loans by their first reason, most loans first: the same
+    figures as the CLI summary, adding up to the rejected count."""
+    totals = sorted(rejections_by_criteria(loans).items(), key=lambda item: (-item[1]["loans"], item[0]))
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord({"reason": r, "loans": t["loans"], "balance": dollars_exact(t["balance"])}) for r, t in totals],
+        schema=_REASON_SCHEMA,
+    )
+
+
+def warnings_table(exceptions: pd.DataFrame, loans: pd.DataFrame) -> dg.TableMetadataValue:
+    """Warnings (which do not reject a loan) by reason, most loans first."""
+    warned = exceptions[exceptions["severity"] == "warning"]
+    balance = loans["orig_balance"].fillna(0.0).reindex(warned["loan"]).to_numpy()
+    table = (
+        warned.assign(balance=balance).groupby("reason").agg(loans=("loan", "size"), balance=("balance", "sum"))
+        .sort_values(["loans"], ascending=False, kind="stable")
+    )
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord({"reason": str(r), "loans": int(row.loans), "balance": dollars_exact(row.balance)})
+                 for r, row in table.iterrows()],
+        schema=_REASON_SCHEMA,
+    )
 
 
 def files_markdown(files: list[dict]) -> str:

@@ -8,11 +8,14 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from loan_engine_dagster.adapters.watch import FINGERPRINT_RUN_KEY_CHARS
+
 JOB_NAME = "loan_engine_job"
 PHASE_TAG = "loan_engine/failed_phase"
 KIND_TAG = "loan_engine/failure_kind"
 BATCH_TAG = "loan_engine/batch"
 INBOX_TAG = "loan_engine/inbox"
+FINGERPRINT_TAG = "loan_engine/fingerprint"
 PARTITION_TAG = "dagster/partition"
 RULES_TAG = "loan_engine/rules_fingerprint"  # the rules a run used; its re-executions must use the same
 # Whether a failed run's `incidents` row is written (`written`) or still owed
@@ -107,6 +110,29 @@ def worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
     for record in connection.records:
         return record.event_log_entry.dagster_event.pid
     return None
+
+
+def batch_tags(key: str, inbox_root: str, fingerprint: str | None = None) -> dict[str, str]:
+    """The tags that say which delivery a run reads, whoever starts it
+    (inbox sensor, `loan-engine run`, the UI or a backfill)."""
+    tags = {BATCH_TAG: key, INBOX_TAG: inbox_root}
+    if fingerprint:
+        tags[FINGERPRINT_TAG] = short_fingerprint(fingerprint)
+    return tags
+
+
+def short_fingerprint(fingerprint: str) -> str:
+    return fingerprint[:FINGERPRINT_RUN_KEY_CHARS]
+
+
+def run_with_files(instance: dg.DagsterInstance, key: str, fingerprint: str) -> dg.DagsterRun | None:
+    """A run of these exact files that succeeded or is still going, whoever started it."""
+    filters = dg.RunsFilter(
+        job_name=JOB_NAME, statuses=[dg.DagsterRunStatus.SUCCESS, *IN_PROGRESS],
+        tags={BATCH_TAG: key, FINGERPRINT_TAG: short_fingerprint(fingerprint)},
+    )
+    runs = instance.get_runs(filters=filters, limit=1)
+    return runs[0] if runs else None
 
 
 def batch_of(run: dg.DagsterRun) -> str:

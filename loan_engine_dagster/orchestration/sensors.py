@@ -11,19 +11,13 @@ from loan_engine_dagster.adapters.alerts import AlertPolicy, due_batch
 from loan_engine_dagster.adapters.inbox import BatchKeyError, parse_batch_key
 
 from .jobs import loan_engine_job
-from .partitions import batches
+from .partitions import registration_requests
 from .resources import InboxResource, Notifier, RulesResource
+from .run_records import batch_tags, run_with_files
 
 INBOX_POLL_SECONDS = 30
 ALERT_POLL_SECONDS = 300
 WEBHOOK_PENDING = " (webhook pending)"  # cursor suffix: alert recorded, webhook owed
-
-
-def batch_tags(key: str, inbox_root: str, fingerprint: str | None = None) -> dict[str, str]:
-    tags = {"loan_engine/batch": key, "loan_engine/inbox": inbox_root}
-    if fingerprint:
-        tags["loan_engine/fingerprint"] = fingerprint[:16]
-    return tags
 
 
 @dg.sensor(
@@ -44,20 +38,32 @@ def inbox_sensor(context: dg.SensorEvaluationContext, inbox: InboxResource, rule
     result = watch.evaluate(found, inbox.reference(), watch.WatchState.from_cursor(context.cursor))
     if result.reference_changed:
         context.log.warning(result.skip_message())
+    ready = []
+    for batch in result.ready:
+        # The same files may already have run from `loan-engine run` or the UI.
+        earlier = run_with_files(context.instance, batch.key, batch.fingerprint)
+        if earlier is None:
+            ready.append(batch)
+        else:
+            result.already_run.append(batch.key)
+            context.log.info(f"{batch.key}: these exact files already ran in run {earlier.run_id} ({earlier.status.value})")
     requests = [
         dg.RunRequest(
-            run_key=ready.run_key,
-            partition_key=ready.key,
-            tags=batch_tags(ready.key, str(inbox.root), ready.fingerprint),
+            run_key=batch.run_key,
+            partition_key=batch.key,
+            tags=batch_tags(batch.key, str(inbox.root), batch.fingerprint),
         )
-        for ready in result.ready
+        for batch in ready
     ]
-    new_partitions = [r.key for r in result.ready if not context.instance.has_dynamic_partition(batches.name, r.key)]
+    for batch in ready:
+        context.log.info(f"{batch.key}: starting a run for run key {batch.run_key}")
+    if not requests:
+        context.log.info(result.skip_message())
     return dg.SensorResult(
         run_requests=requests,
         skip_reason=None if requests else "; ".join([*refused, result.skip_message()]),
         cursor=result.state.to_cursor(),
-        dynamic_partitions_requests=[batches.build_add_request(new_partitions)] if new_partitions else None,
+        dynamic_partitions_requests=registration_requests(context.instance, [b.key for b in ready]) or None,
     )
 
 
@@ -91,15 +97,17 @@ def missing_batch_alert_sensor(
     cursor = key + WEBHOOK_PENDING if webhook.startswith("failed") else key
     if retrying:
         return dg.SensorResult(skip_reason=f"ALERT (already recorded): {text}; webhook {webhook}", cursor=cursor)
-    new_partitions = [] if context.instance.has_dynamic_partition(batches.name, key) else [key]
+    # The alert is an observation of batch_inputs for the expected batch key,
+    # marked as missing files. It registers no partition: a batch that never
+    # came must not look like one that exists.
     return dg.SensorResult(
         skip_reason=f"ALERT: {text}" + {"sent": "", "not set": " (no LOAN_ENGINE_WEBHOOK_URL set)"}.get(webhook, f"; webhook {webhook}"),
         cursor=cursor,
-        dynamic_partitions_requests=[batches.build_add_request(new_partitions)] if new_partitions else None,
         asset_events=[
             dg.AssetObservation(
                 asset_key="batch_inputs", partition=key,
-                metadata={"alert": "missing files", "missing": missing, "inbox": str(inbox.root), "webhook": webhook},
+                metadata={"alert": "expected batch missing", "batch": key, "missing": missing, "inbox": str(inbox.root),
+                          "webhook": webhook},
             )
         ],
     )

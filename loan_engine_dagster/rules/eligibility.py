@@ -187,6 +187,7 @@ def evaluate_checks(pop: pd.DataFrame, rules: Rules, *, value_only: bool = False
                     "check_id": check.id,
                     "description": check.description,
                     "metric": check.metric,
+                    "column": check.column,
                     "op": check.op,
                     "limit": check.limit,
                     "value": value,

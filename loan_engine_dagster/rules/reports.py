@@ -167,6 +167,12 @@ def empty_exhibits(loans: pd.DataFrame, input_files: list[dict]) -> list[str]:
     return [f["name"] for f in input_files if f["role"].endswith("_exhibit") and f["role"].removesuffix("_exhibit") not in offered]
 
 
+def rejections_by_criteria(loans: pd.DataFrame) -> dict:
+    """Rejected loans and balance by their first reason (`rejection_criteria`):
+    each rejected loan counted once, so the figures add up to the rejected total."""
+    return _totals(loans.assign(orig_balance=loans["orig_balance"].fillna(0.0)), "rejection_criteria")
+
+
 def run_summary(
     loans: pd.DataFrame, exceptions: pd.DataFrame, checks: pd.DataFrame, *, batch: str, pdate: dt.date,
     rules_version: str, input_files: list[dict], plan: dict,
@@ -182,7 +188,7 @@ def run_summary(
         "balance_offered": round(float(balance.sum()), 2),
         "by_platform": _totals(loans.assign(orig_balance=balance), "platform"),
         "by_disposition": _totals(loans.assign(orig_balance=balance), "disposition"),
-        "by_rejection_criteria": _totals(loans.assign(orig_balance=balance), "rejection_criteria"),
+        "by_rejection_criteria": rejections_by_criteria(loans),
         "reasons": {str(r): int(n) for (s, r), n in reason_counts.items() if s == "error"},
         "warnings": {str(r): int(n) for (s, r), n in reason_counts.items() if s == "warning"},
         "empty_exhibits": empty_exhibits(loans, input_files),
