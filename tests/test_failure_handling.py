@@ -71,6 +71,17 @@ def instance_of(env):
 
 
 @pytest.fixture(scope="module")
+def huge_inbox(tmp_path_factory):
+    """Large enough that a run lasts well beyond a short dead-worker grace after
+    its first phase starts (the engine reads 20,000 loans in a few seconds)."""
+    from loan_engine_dagster.adapters.sample import generate_inbox
+
+    folder = tmp_path_factory.mktemp("huge_inbox")
+    generate_inbox(folder, loans=100_000, existing=500_000, seed=5)
+    return folder
+
+
+@pytest.fixture(scope="module")
 def big_inbox(tmp_path_factory):
     """Large enough that loading takes a second or two: time to kill a worker mid-phase."""
     from loan_engine_dagster.adapters.sample import generate_inbox
@@ -326,14 +337,14 @@ def test_database_outage_is_retried_then_infra(sample_inbox, tmp_path):
 
 
 @pytest.mark.slow
-def test_dead_worker_sensor_spares_live_workers_and_fails_dead_ones(big_inbox, tmp_path, monkeypatch):
+def test_dead_worker_sensor_spares_live_workers_and_fails_dead_ones(huge_inbox, tmp_path, monkeypatch):
     env, results_url = {**{k: v for k, v in os.environ.items() if not k.startswith(("LOAN_ENGINE_", "DAGSTER_"))},
                         "DAGSTER_HOME": str(tmp_path)}, f"sqlite:///{tmp_path / 'r.db'}"
     shutil.copy(ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
     grace = 4  # the worker beats every second (a quarter of the grace)
     monkeypatch.setenv("LOAN_ENGINE_DEAD_WORKER_SECONDS", str(grace))
     env["LOAN_ENGINE_DEAD_WORKER_SECONDS"] = str(grace)
-    process = start_run(env, big_inbox, tmp_path / "out", results_url)
+    process = start_run(env, huge_inbox, tmp_path / "out", results_url)
     run_id = kill_in_phase(process, env, "reference_data", kill=False)
     instance = instance_of(env)
     resources = {"results_db": ResultsDatabase(url=results_url)}
@@ -341,6 +352,7 @@ def test_dead_worker_sensor_spares_live_workers_and_fails_dead_ones(big_inbox, t
         time.sleep(grace + 1)
         result = dead_worker_sensor(dg.build_sensor_context(instance=instance, cursor="{}", resources=resources))
         assert result.skip_reason.skip_message == "no dead workers"  # alive: left alone
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED  # still working, not done
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
         time.sleep(grace + 1)
