@@ -17,7 +17,7 @@ from loan_engine_dagster.orchestration.failures import dead_worker_sensor
 from loan_engine_dagster.orchestration.resources import ResultsDatabase
 from loan_engine_dagster.orchestration.run_records import KIND_TAG, PHASE_TAG, worker_pid
 from test_failure_handling import (  # noqa: F401  (big_inbox is a fixture)
-    BATCH, BIN, DEAD_WORKER_BOUND_SECONDS, ROOT, big_inbox, cli, instance_of, kill_in_phase, running_daemon,
+    BATCH, BIN, DEAD_WORKER_BOUND_SECONDS, ROOT, big_inbox, huge_inbox, cli, instance_of, kill_in_phase, running_daemon,
 )
 
 
@@ -54,12 +54,12 @@ def start_in_namespace(env, inbox, out, results_url):
     )
 
 
-def test_healthy_run_in_another_pid_namespace_stays_started_and_succeeds(big_inbox, tmp_path, home, monkeypatch):
+def test_healthy_run_in_another_pid_namespace_stays_started_and_succeeds(huge_inbox, tmp_path, home, monkeypatch):
     env, results_url = home
-    grace = 12  # the worker beats every 3 s
+    grace = 8  # the worker beats every 2 s; the run lasts well beyond the grace
     env["LOAN_ENGINE_DEAD_WORKER_SECONDS"] = str(grace)
     monkeypatch.setenv("LOAN_ENGINE_DEAD_WORKER_SECONDS", str(grace))
-    process = start_in_namespace(env, big_inbox, tmp_path / "out", results_url)
+    process = start_in_namespace(env, huge_inbox, tmp_path / "out", results_url)
     run_id = kill_in_phase(process, env, "reference_data", kill=False)
     instance = instance_of(env)
     try:

@@ -1,6 +1,7 @@
 from collections.abc import Iterable, Sequence
 
 import dagster as dg
+import sqlalchemy.exc
 
 # One partition per batch; the key is the batch key (2026-02-19, or
 # 2026-02-19-offcycle). Partitions are added by the inbox sensor and the CLI,
@@ -24,14 +25,22 @@ def registration(existing: Sequence[str], new: Iterable[str]) -> tuple[list[str]
     return later, sorted(fresh + later)
 
 
-def register_batches(instance: dg.DagsterInstance, keys: Iterable[str]) -> None:
+def register_batches(instance: dg.DagsterInstance, keys: Iterable[str], attempts: int = 5) -> None:
     """Register batches in date order (the CLI's path; the sensor sends the same
-    change as partition requests)."""
-    remove, add = registration(instance.get_dynamic_partitions(batches.name), keys)
-    for key in remove:
-        instance.delete_dynamic_partition(batches.name, key)
-    if add:
-        instance.add_dynamic_partitions(batches.name, add)
+    change as partition requests). Two terminals registering the same batch
+    at once race here: the one that finds its key just added looks again."""
+    keys = list(keys)
+    for attempt in range(attempts):
+        remove, add = registration(instance.get_dynamic_partitions(batches.name), keys)
+        try:
+            for key in remove:
+                instance.delete_dynamic_partition(batches.name, key)
+            if add:
+                instance.add_dynamic_partitions(batches.name, add)
+            return
+        except sqlalchemy.exc.IntegrityError:
+            if attempt == attempts - 1:
+                raise
 
 
 def registration_requests(instance: dg.DagsterInstance, keys: Iterable[str]) -> list:
