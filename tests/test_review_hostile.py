@@ -2,12 +2,16 @@
 the purchase plan: each test pins a fault found by feeding the engine what a
 tired operator or an odd seller file would, and failed before its fix."""
 
+import datetime as dt
 import subprocess
 import sys
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 import pytest
+
+from conftest import exhibit_raw, loan
 
 from loan_engine_dagster.adapters.incidents import classify
 from loan_engine_dagster.orchestration import assets
@@ -15,6 +19,7 @@ from loan_engine_dagster.orchestration.assets import BatchRunConfig
 from loan_engine_dagster.orchestration.partitions import batches
 from loan_engine_dagster.orchestration.resources import InboxResource, Notifier, OutputsResource, ResultsDatabase, RulesResource
 from loan_engine_dagster.orchestration.run_records import stop_point
+from loan_engine_dagster.rules import parsing
 from loan_engine_dagster.rules.run_options import RunOptionError
 
 BATCH = "2026-02-19"
@@ -62,3 +67,44 @@ def test_cli_refuses_a_pdate_out_of_range_saying_so(sample_inbox, tmp_path):
     assert result.returncode == 2, result.stderr
     assert "Invalid value for '--pdate': '9999-12-31' is out of range (a date must fall between" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- dates typed as text
+
+def _submit_dates(rules, cells: list) -> pd.DataFrame:
+    raw = exhibit_raw([loan("SFC_GOOD")] + [loan(f"SFC_{i}", **{"Submit Date": c}) for i, c in enumerate(cells)])
+    frame = parsing.parse_exhibit(raw, platform="sfy", file="SFY.xlsx", sheet="Exhibit A", rules=rules)
+    assert frame.set_index("seller_loan_number").at["SFC_GOOD", "row_problems"] == ""
+    return frame.iloc[1:].reset_index(drop=True)
+
+
+@pytest.mark.parametrize("cells", [
+    ["2026-02-19T10:00:00+05:00"],  # alone: a time-zone-aware column could not become a plain date
+    ["2026-02-19T10:00:00Z", "2026-02-19"],
+    ["2026-02-19 23:30:00-05:00", "02/19/2026"],  # with a naive neighbour: "Mixed timezones detected"
+])
+def test_a_date_written_with_a_time_zone_is_the_date_as_written(rules, cells):
+    # Past bug: a ValueError/TypeError out of the exhibit reader failed the whole batch, naming no row.
+    frame = _submit_dates(rules, cells)
+    assert (frame["submit_date"] == pd.Timestamp("2026-02-19")).all()
+    assert (frame["row_problems"] == "").all()
+
+
+@pytest.mark.parametrize("cell", ["now", "today", "12:30 PM", "2026-02", "02-2026", "1 2 3", "Feb 19"])
+def test_text_that_is_no_whole_date_is_invalid_data(rules, cell):
+    # Past bug: the parser filled what the text left out from the clock, so
+    # "now" or "12:30 PM" became the day the batch ran (another CoMAP era on
+    # another day) and "2026-02" the first of the month, without a word.
+    frame = _submit_dates(rules, [cell])
+    assert pd.isna(frame.at[0, "submit_date"])
+    assert frame.at[0, "row_problems"].startswith(f"Submit Date '{cell}' is not a date")
+
+
+@pytest.mark.parametrize("cell", [
+    "2026-02-19", "2026/02/19", "2026-02-19 00:00:00", "2026-02-19T00:00:00.000", "02/19/2026", "2/19/26",
+    "19.02.2026", "19-Feb-26", "19 February 2026", "Feb 19, 2026", "February 19 2026", " 2026-02-19 ",
+    "2/19/2026 3:45 pm", dt.datetime(2026, 2, 19), dt.date(2026, 2, 19), 46072,
+])
+def test_whole_dates_in_the_usual_forms_still_read(rules, cell):
+    frame = _submit_dates(rules, [cell])
+    assert frame.at[0, "submit_date"] == pd.Timestamp("2026-02-19") and frame.at[0, "row_problems"] == ""

@@ -215,12 +215,34 @@ def number_out_of_range(series: pd.Series) -> pd.Series:
     return values.notna() & ~(values.abs() <= LARGEST_NUMBER)
 
 
+# A date typed as text must name its day, month and year (the parser would
+# take the rest from the clock: "now", "12:30 PM" or "2026-02" would become a
+# date nobody wrote). A time and a time zone may follow; the date is the one
+# written, whatever the zone.
+_MONTH = r"[a-z]{3,9}\.?"
+_ORDINAL = r"(?:st|nd|rd|th)?"
+_WHOLE_DATES = (
+    r"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}",  # 2026-02-19, 2026/02/19
+    r"\d{1,2}[-/.]\d{1,2}[-/.](?:\d{4}|\d{2})",  # 02/19/2026, 2/19/26, 19.02.2026
+    rf"\d{{1,2}}{_ORDINAL}[- ]?{_MONTH}[-, ]*(?:\d{{4}}|\d{{2}})",  # 19-Feb-26, 19 February 2026
+    rf"{_MONTH} ?\d{{1,2}}{_ORDINAL},? ?\d{{4}}",  # Feb 19, 2026
+)
+_TIME_AND_ZONE = r"(?:(?:T|\s+)\d{1,2}:\d{2}(?::\d{2}(?:\.\d*)?)?(?:\s*[ap]\.?m\.?)?(?:\s*(?:z|utc|gmt|[+-]\d{2}(?::?\d{2})?))?)?"
+TEXT_DATE = rf"(?i)^\s*((?:{'|'.join(_WHOLE_DATES)})){_TIME_AND_ZONE}\s*$"
+
+
 def _read_dates(series: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Each cell's date, unbounded, as datetime64[us] (NaT when unreadable),
     and the mask of Excel serial numbers too far out to be dates at all."""
     serial = pd.to_numeric(series, errors="coerce").astype("float64")
     serial_ok = serial.between(*SERIAL_RANGE)
     textual = series.where(serial.isna())
+    if textual.dtype == object:  # workbook cells: text among dates and numbers
+        is_text = textual.map(type).eq(str)
+    else:  # a CSV column: text throughout, or no text at all
+        is_text = textual.notna() & pd.api.types.is_string_dtype(textual.dtype)
+    if is_text.any():  # only the whole date of a text cell is parsed; NaN when it names none
+        textual = textual.where(~is_text, textual[is_text].astype("string").str.extract(TEXT_DATE, expand=False))
     parsed = pd.to_datetime(textual, errors="coerce", format="mixed").astype("datetime64[us]")
     from_serial = (EXCEL_EPOCH + pd.to_timedelta(serial.where(serial_ok), unit="D")).astype("datetime64[us]")
     return parsed.where(serial.isna(), from_serial), serial.notna() & ~serial_ok
