@@ -108,3 +108,45 @@ def test_text_that_is_no_whole_date_is_invalid_data(rules, cell):
 def test_whole_dates_in_the_usual_forms_still_read(rules, cell):
     frame = _submit_dates(rules, [cell])
     assert frame.at[0, "submit_date"] == pd.Timestamp("2026-02-19") and frame.at[0, "row_problems"] == ""
+
+
+# ---------------------------------------------------------------- purchase plan edges
+
+def test_a_strict_limit_no_plan_can_meet_on_an_empty_base_is_not_curable():
+    # A platform with no existing assets whose loans to buy all fall inside a
+    # strict `<` filter: buying nothing gives 0 < 0, false, so section 12 calls
+    # the limit not curable. Past bug: it was kept in the plan, which then
+    # reported the platform `infeasible` with that one limit "conflicting".
+    from test_purchase_plan import HYBRID, check, held_back, plan_for, row
+
+    plan = plan_for([check("hybrid", "balance_share", "<", 0.35, HYBRID)],
+                    [{"type": "hybrid", "orig_balance": 1000}, {"type": "hybrid", "orig_balance": 2000}], [])
+    sfy = plan.platforms["sfy"]
+    assert sfy["not_curable_checks"] == ["hybrid"] and sfy["conflicting_checks"] == []
+    assert sfy["status"] == "not_needed" and held_back(plan) == []
+    assert row(plan, "hybrid")["plan_status"] == "not_curable"
+
+
+def test_a_non_strict_limit_on_an_empty_base_is_met_by_holding_everything_back():
+    # Its best case, buying nothing, gives 0 <= 0: curable, and the plan says
+    # so honestly (nothing bought, the limit then has no data).
+    from test_purchase_plan import HYBRID, check, held_back, plan_for, row
+
+    plan = plan_for([check("hybrid", "balance_share", "<=", 0.35, HYBRID)],
+                    [{"type": "hybrid", "orig_balance": 1000}, {"type": "hybrid", "orig_balance": 2000}], [])
+    sfy = plan.platforms["sfy"]
+    assert (sfy["status"], sfy["bought_balance"], sfy["not_curable_checks"]) == ("optimal", 0.0, [])
+    assert held_back(plan) == ["B1", "B2"] and row(plan, "hybrid")["plan_status"] == "no_data"
+
+
+@pytest.mark.parametrize("existing", [[{"type": "hybrid", "orig_balance": 5000}], [{"type": "hybrid", "orig_balance": 0.0}], []])
+def test_no_loans_to_buy_needs_no_plan(existing):
+    # Every buy loan rejected: nothing to choose; a breach of the existing book alone is not curable.
+    from test_purchase_plan import HYBRID, check, plan_for
+
+    plan = plan_for([check("hybrid", "balance_share", "<", 0.25, HYBRID)],
+                    [{"type": "hybrid", "orig_balance": 1000, "disposition": "rejected"}], existing)
+    sfy = plan.platforms["sfy"]
+    assert sfy["status"] == "not_needed" and plan.loans.empty
+    assert (sfy["bought_balance"], sfy["held_back_loans"]) == (0.0, 0)
+    assert sfy["not_curable_checks"] == (["hybrid"] if existing and existing[0]["orig_balance"] else [])

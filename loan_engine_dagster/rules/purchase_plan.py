@@ -143,7 +143,8 @@ def limit_rows(
             continue
         w = _weights(check, pop, match, balance, _tightened(check))
         c, a = float(w[existing].sum()), w[variables]
-        if c + np.minimum(a, 0.0).sum() > 0:
+        best = c + np.minimum(a, 0.0).sum()
+        if best > 0 or (check.op in ("<", ">") and best >= 0):  # a strict limit needs its best case strictly inside
             not_curable.append(check.id)
             continue
         steps = tighten.get(check.id, 0) + (check.op in ("<", ">"))
