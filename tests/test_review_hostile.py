@@ -3,8 +3,10 @@ the purchase plan: each test pins a fault found by feeding the engine what a
 tired operator or an odd seller file would, and failed before its fix."""
 
 import datetime as dt
+import re
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 
 import dagster as dg
@@ -20,6 +22,7 @@ from loan_engine_dagster.orchestration.partitions import batches
 from loan_engine_dagster.orchestration.resources import InboxResource, Notifier, OutputsResource, ResultsDatabase, RulesResource
 from loan_engine_dagster.orchestration.run_records import stop_point
 from loan_engine_dagster.rules import parsing
+from loan_engine_dagster.rules.config import RulesFileError, default_rules, load_rules, parse_rules
 from loan_engine_dagster.rules.run_options import RunOptionError
 
 BATCH = "2026-02-19"
@@ -150,3 +153,43 @@ def test_no_loans_to_buy_needs_no_plan(existing):
     assert sfy["status"] == "not_needed" and plan.loans.empty
     assert (sfy["bought_balance"], sfy["held_back_loans"]) == (0.0, 0)
     assert sfy["not_curable_checks"] == (["hybrid"] if existing and existing[0]["orig_balance"] else [])
+
+
+# ---------------------------------------------------------------- the rules file's column spellings
+
+def _rules_data() -> dict:
+    return default_rules().model_dump(mode="json")
+
+
+@pytest.mark.parametrize(("columns", "message"), [
+    # Past bug: both entries were accepted and the second one's spellings silently ignored,
+    # so a file headed 'Yearly Income' was refused with "did you mean 'Yearly Income'?".
+    ({"exhibit": {"Income": ["Annual Income"], "INCOME ": ["Yearly Income"]}},
+     "columns.exhibit: 'INCOME ' and 'Income' are the same column: give its spellings in one entry"),
+    ({"exhibit": {"Income": [" "]}}, "columns.exhibit: 'Income' has a blank spelling"),
+])
+def test_a_column_given_twice_or_a_blank_spelling_refuses_the_rules_file(columns, message):
+    with pytest.raises(RulesFileError, match=re.escape(message)):
+        parse_rules({**_rules_data(), "columns": columns})
+
+
+def test_a_key_written_twice_in_the_rules_file_refuses_it(tmp_path):
+    # Past bug: YAML keeps the last of two equal keys without a word, so the
+    # analyst's first mapping (or a first irr_target) vanished.
+    text = (resources.files("loan_engine_dagster.rules") / "rules.yaml").read_text()
+    path = tmp_path / "rules.yaml"
+    assert text.count("\n  exhibit: {}") == 1
+    path.write_text(text.replace("\n  exhibit: {}", "\n  exhibit:\n    Income: [Annual Income]\n    Income: [Yearly Income]"))
+    with pytest.raises(RulesFileError, match=re.escape(f"rules file {path}") + ".*key 'Income' appears twice.*line"):
+        load_rules(path)
+
+
+@pytest.mark.parametrize("content", [b"version: [1\n", b"\xff\xfe\x00", None])
+def test_an_unreadable_rules_file_is_named_in_a_rules_error(tmp_path, content):
+    # Past behaviour: a bare FileNotFoundError, yaml ParserError ("in <unicode string>")
+    # or UnicodeDecodeError, naming no rules file, reached the CLI and the run.
+    path = tmp_path / "rules.yaml"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(RulesFileError, match=re.escape(f"rules file {path}")):
+        load_rules(path)

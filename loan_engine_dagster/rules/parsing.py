@@ -153,6 +153,7 @@ def alias_problems(columns: Mapping[str, Aliases]) -> list[str]:
         fields = FIELDS_BY_KIND[kind]
         own = {header_key(f.header): f.header for f in fields}
         named_by = dict(own)  # spelling key -> the column it names
+        entries: dict[str, str] = {}  # column -> the entry that gave its spellings
         for header, spellings in by_header.items():
             target = own.get(header_key(header))
             if target is None:
@@ -161,6 +162,13 @@ def alias_problems(columns: Mapping[str, Aliases]) -> list[str]:
                     f"(its columns: {', '.join(repr(f.header) for f in fields)})"
                 )
                 continue
+            if target in entries:  # only one entry would be read, the other silently ignored
+                problems.append(f"columns.{kind}: {header!r} and {entries[target]!r} are the same column: "
+                                "give its spellings in one entry")
+                continue
+            entries[target] = header
+            if any(not header_key(s) for s in spellings):
+                problems.append(f"columns.{kind}: {header!r} has a blank spelling")
             for spelling in spellings:
                 owner = named_by.get(header_key(spelling))
                 if owner is None and _loose_key(spelling) in LOOSE_HEADERS:
