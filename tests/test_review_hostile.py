@@ -193,3 +193,23 @@ def test_an_unreadable_rules_file_is_named_in_a_rules_error(tmp_path, content):
         path.write_bytes(content)
     with pytest.raises(RulesFileError, match=re.escape(f"rules file {path}")):
         load_rules(path)
+
+
+# ---------------------------------------------------------------- headroom in the UI
+
+def test_limit_checks_in_the_ui_show_headroom():
+    # Issue 11 asks for headroom in the JSON, the workbook and the UI's limit
+    # checks; the checks frame carried it but the UI's metadata left it out.
+    from test_purchase_plan import HYBRID, check, frame
+
+    from loan_engine_dagster.orchestration.checks import limit_check_results
+    from loan_engine_dagster.rules.config import Eligibility
+    from loan_engine_dagster.rules.eligibility import build_population, evaluate_checks
+
+    rules = default_rules().model_copy(update={"eligibility": Eligibility(
+        prime=[], sfy=[check("hybrid", "balance_share", "<", 0.25, HYBRID), check("mean_fico", "mean", ">=", 700, column="fico")])})
+    checks = evaluate_checks(build_population(frame([{"type": "hybrid", "orig_balance": 10000}], buy=True),
+                                              frame([{"orig_balance": 80000}], buy=False)), rules)
+    results = {r.check_name: {k: v.value for k, v in r.metadata.items()} for r in limit_check_results(checks)}
+    assert results["sfy_hybrid"]["headroom_balance"] == pytest.approx((0.25 * 90000 - 10000) / 0.75)
+    assert "headroom_balance" not in results["sfy_mean_fico"]  # only balance shares have one

@@ -64,6 +64,7 @@ def limit_check_results(checks: pd.DataFrame):
             "before": _number(row["before"]),
             "to_purchase": _number(row["to_purchase"]),
             "excess_balance": _number(row["excess_balance"]),
+            "headroom_balance": _number(row.get("headroom_balance")),
             "contributors": len(row["contributors"]),
             "top_contributors": dg.MetadataValue.md(table if top else "none"),
         }
