@@ -455,7 +455,7 @@ def parse_exhibit(raw: pd.DataFrame, *, platform: str, file: str, sheet: str, ru
     headers = {f.name: mapping.get(f.name, f.header) for f in fields}
     problems = pd.Series("", index=out.index, dtype="string")
     for name, mask in invalid.items():
-        if name not in mapping:
+        if name not in mapping or not mask.any():  # the column scans below cost a full parse each
             continue
         cells = frame[mapping[name]]
         is_date = name == "submit_date"
