@@ -23,6 +23,7 @@ from loan_engine_dagster.orchestration.resources import InboxResource, Notifier,
 from loan_engine_dagster.orchestration.run_records import stop_point
 from loan_engine_dagster.rules import parsing
 from loan_engine_dagster.rules.config import RulesFileError, default_rules, load_rules, parse_rules
+from loan_engine_dagster.rules.errors import StructuralError
 from loan_engine_dagster.rules.run_options import RunOptionError
 
 BATCH = "2026-02-19"
@@ -213,3 +214,25 @@ def test_limit_checks_in_the_ui_show_headroom():
     results = {r.check_name: {k: v.value for k, v in r.metadata.items()} for r in limit_check_results(checks)}
     assert results["sfy_hybrid"]["headroom_balance"] == pytest.approx((0.25 * 90000 - 10000) / 0.75)
     assert "headroom_balance" not in results["sfy_mean_fico"]  # only balance shares have one
+
+
+# ---------------------------------------------------------------- a header written twice
+
+@pytest.mark.parametrize("second", ["Income", "income "])
+def test_a_required_header_written_twice_is_refused_like_two_spellings(rules, second):
+    # Past bug: `income ` next to `Income` was refused as ambiguous, but an
+    # exact second `Income` (say, a monthly figure) was silently dropped and
+    # the first one used: the same ambiguity, two answers.
+    raw = exhibit_raw([loan("SFC_1")], title_rows=1)
+    raw[len(raw.columns)] = ["", second, 15000]
+    with pytest.raises(StructuralError, match="2 columns name 'Income'") as err:
+        parsing.parse_exhibit(raw, platform="sfy", file="SFY.xlsx", sheet="Exhibit A", rules=rules)
+    assert err.value.columns == ["Income", second.strip()]
+
+
+def test_an_unknown_header_written_twice_is_carried_once(rules):
+    raw = exhibit_raw([loan("SFC_1")], title_rows=1)
+    raw[len(raw.columns)] = ["", "Dealer Name", "first"]
+    raw[len(raw.columns)] = ["", "Dealer Name", "second"]
+    frame = parsing.parse_exhibit(raw, platform="sfy", file="SFY.xlsx", sheet="Exhibit A", rules=rules)
+    assert frame.loc[0, "Dealer Name"] == "first" and frame.loc[0, "row_problems"] == ""

@@ -315,6 +315,9 @@ def find_header_row(
     return int(np.flatnonzero(hits.to_numpy())[0])
 
 
+REPEATED_HEADERS = "repeated_headers"
+
+
 def frame_below_header(raw: pd.DataFrame, header_row: int) -> pd.DataFrame:
     """Rows under the header, with `source_row` holding spreadsheet row numbers.
     Fully empty rows are dropped; columns with an empty header are dropped."""
@@ -324,11 +327,16 @@ def frame_below_header(raw: pd.DataFrame, header_row: int) -> pd.DataFrame:
     keep = [i for i, h in enumerate(headers) if h and h.lower() != "nan"]
     body = body[keep]
     body.columns = [headers[i] for i in keep]
-    body = body.loc[:, ~pd.Index(body.columns).duplicated()]
+    repeated = pd.Index(body.columns).duplicated()
+    body = body.loc[:, ~repeated]
     body["source_row"] = body.index.to_numpy() + 1
     content = body.drop(columns="source_row")
     nonempty = ~content.apply(is_blank).all(axis=1) if not content.empty else pd.Series(False, index=body.index)
-    return body[nonempty].reset_index(drop=True)
+    out = body[nonempty].reset_index(drop=True)
+    # A header written twice keeps its first column; `resolve_columns` refuses
+    # it when it names a field, as it does for two spellings of one field.
+    out.attrs[REPEATED_HEADERS] = sorted(set(pd.Index(headers)[keep][repeated]))
+    return out
 
 
 def resolve_columns(
@@ -344,6 +352,7 @@ def resolve_columns(
     for field in fields:
         keys = _header_keys(field, aliases or {})
         columns = [c for c in frame.columns if c != "source_row" and _names_field(c, field, keys)]
+        columns += [c for c in columns if c in frame.attrs.get(REPEATED_HEADERS, ())]
         if len(columns) > 1:
             raise StructuralError(
                 f"{len(columns)} columns name {field.header!r} (its header or another spelling the rules file "
