@@ -236,3 +236,24 @@ def test_an_unknown_header_written_twice_is_carried_once(rules):
     raw[len(raw.columns)] = ["", "Dealer Name", "second"]
     frame = parsing.parse_exhibit(raw, platform="sfy", file="SFY.xlsx", sheet="Exhibit A", rules=rules)
     assert frame.loc[0, "Dealer Name"] == "first" and frame.loc[0, "row_problems"] == ""
+
+
+def test_rows_of_very_different_sizes_still_get_the_best_plan():
+    # Past bug: a FICO-weighted row (coefficients ~1e9) beside a balance-share
+    # row (~1e7), with balances from a cent to 50 million: HiGHS's presolve
+    # returned 104,012,345.68 as `optimal`, half the best plan (found here by
+    # brute force over all 2,048 choices). The rows are now scaled first.
+    from test_purchase_plan import _brute_force, check, held_back, plan_for
+
+    checks = [check("wavg_fico", "wavg", "<", 707.0, column="fico"),
+              check("long_term", "balance_share", "<=", 0.53, [("term", ">", 120)])]
+    loans = [(689, 1e6, 144), (792, 5e7, 120), (674, 1e6, 144), (747, 1e6, 120), (775, 5e7, 144), (645, 5e7, 144),
+             (666, 5e7, 120), (635, 0.01, 144), (771, 1e6, 120), (684, 5e7, 144), (635, 12345.67, 144)]
+    buy = [{"fico": f, "orig_balance": b, "term": t} for f, b, t in loans]
+    existing = [{"fico": 643, "orig_balance": 1e7}]
+    best, _, _ = _brute_force(checks, buy, existing)
+    plan = plan_for(checks, buy, existing)
+    sfy = plan.platforms["sfy"]
+    assert best == pytest.approx(204012345.68)
+    assert sfy["status"] == "optimal" and sfy["bought_balance"] == pytest.approx(best)
+    assert held_back(plan) == ["B5"]

@@ -19,7 +19,7 @@ relaxation's bound than the cost of flipping any loan outside the kernel.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -239,6 +239,16 @@ def _repair(x: np.ndarray, rows: LimitRows, balance: np.ndarray) -> np.ndarray |
     return None
 
 
+def _scaled(rows: LimitRows) -> LimitRows:
+    """The same limits with each row divided by its largest loan coefficient.
+    A limit row weighs loans by balance times a metric (FICO, price), so rows
+    differ by orders of magnitude; HiGHS's presolve was seen to report a
+    plan of half the best balance as `optimal` on such unscaled rows."""
+    scale = np.abs(rows.a).max(axis=1, initial=0.0) if rows.a.size else np.ones(len(rows.g0))
+    scale = np.where(scale > 0, scale, 1.0)
+    return replace(rows, g0=rows.g0 / scale, a=rows.a / scale[:, None], rhs=rows.rhs / scale)
+
+
 def _in_cents(balance: np.ndarray) -> bool:
     return bool(np.all(np.abs(balance * 100 - np.round(balance * 100)) < 1e-6))
 
@@ -255,6 +265,7 @@ def solve_rows(rows: LimitRows, balance: np.ndarray, time_limit: float = TIME_LI
     obj = _objective(balance)
     if n == 0:
         return Solution(np.zeros(0, dtype=bool), "optimal", 0.0)
+    rows = _scaled(rows)
     lp = _lp(obj, rows)
     if lp.status == 2:
         return _infeasible_solution(n, obj, rows, False, "the limits cannot hold together even buying fractions of loans")
