@@ -257,3 +257,19 @@ def test_rows_of_very_different_sizes_still_get_the_best_plan():
     assert best == pytest.approx(204012345.68)
     assert sfy["status"] == "optimal" and sfy["bought_balance"] == pytest.approx(best)
     assert held_back(plan) == ["B5"]
+
+
+@pytest.mark.parametrize("value", [0.0805, 0.5, 0.999])
+def test_an_irr_target_written_as_a_fraction_is_refused(value):
+    # Past bug: the docs said 0.0805 (8.05 % typed as a fraction) is caught;
+    # it lay inside 0..100 and went through, a target a hundred times too low.
+    with pytest.raises(RunOptionError, match=f"run option irr_target: {value!r} looks like a fraction"):
+        BatchRunConfig(irr_target=value)
+    assert BatchRunConfig(irr_target=1.0).irr_target == 1.0
+
+
+def test_a_rules_file_irr_target_written_as_a_fraction_is_refused():
+    data = _rules_data()
+    data["normalization"]["irr_target"] = 0.0805
+    with pytest.raises(RulesFileError, match=r"normalization\.irr_target: .*0\.0805 looks like a fraction"):
+        parse_rules(data)

@@ -55,4 +55,6 @@ def check_irr_target(value: float | None) -> float | None:
     low, high = IRR_TARGET_RANGE
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or not low < value < high:
         raise RunOptionError("irr_target", f"{value!r} is not a percentage between {low:g} and {high:g} (e.g. 8.05)")
+    if value < 1:  # 8.05 % typed as the fraction 0.0805: a target a hundred times too low
+        raise RunOptionError("irr_target", f"{value!r} looks like a fraction: give the percentage (8.05 for 8.05 %)")
     return float(value)
