@@ -107,7 +107,8 @@ def test_text_that_is_no_whole_date_is_invalid_data(rules, cell):
 @pytest.mark.parametrize("cell", [
     "2026-02-19", "2026/02/19", "2026-02-19 00:00:00", "2026-02-19T00:00:00.000", "02/19/2026", "2/19/26",
     "19.02.2026", "19-Feb-26", "19 February 2026", "Feb 19, 2026", "February 19 2026", " 2026-02-19 ",
-    "2/19/2026 3:45 pm", dt.datetime(2026, 2, 19), dt.date(2026, 2, 19), 46072,
+    "2/19/2026 3:45 pm", "Thu, 19 Feb 2026 10:00:00 +0000", "Thursday, February 19, 2026",
+    dt.datetime(2026, 2, 19), dt.date(2026, 2, 19), 46072,
 ])
 def test_whole_dates_in_the_usual_forms_still_read(rules, cell):
     frame = _submit_dates(rules, [cell])

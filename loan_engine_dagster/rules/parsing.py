@@ -236,7 +236,8 @@ _WHOLE_DATES = (
     rf"{_MONTH} ?\d{{1,2}}{_ORDINAL},? ?\d{{4}}",  # Feb 19, 2026
 )
 _TIME_AND_ZONE = r"(?:(?:T|\s+)\d{1,2}:\d{2}(?::\d{2}(?:\.\d*)?)?(?:\s*[ap]\.?m\.?)?(?:\s*(?:z|utc|gmt|[+-]\d{2}(?::?\d{2})?))?)?"
-TEXT_DATE = rf"(?i)^\s*((?:{'|'.join(_WHOLE_DATES)})){_TIME_AND_ZONE}\s*$"
+_WEEKDAY = r"(?:(?:mon|tue|wed|thu|fri|sat|sun)[a-z]*\.?,?\s+)?"  # Thu, 19 Feb 2026
+TEXT_DATE = rf"(?i)^\s*{_WEEKDAY}((?:{'|'.join(_WHOLE_DATES)})){_TIME_AND_ZONE}\s*$"
 
 
 def _read_dates(series: pd.Series) -> tuple[pd.Series, pd.Series]:
