@@ -274,3 +274,26 @@ def test_a_rules_file_irr_target_written_as_a_fraction_is_refused():
     data["normalization"]["irr_target"] = 0.0805
     with pytest.raises(RulesFileError, match=r"normalization\.irr_target: .*0\.0805 looks like a fraction"):
         parse_rules(data)
+
+
+@pytest.mark.parametrize("header", ["Account Number,Loan Group,Status Codes,Status Codes",
+                                    "Account Number,Loan Group,Status Codes, Status Codes "])
+def test_a_csv_header_written_twice_is_refused_like_a_workbook_one(tmp_path, header):
+    # Past bug: pandas renamed the second `Status Codes` to `Status Codes.1`,
+    # the first was used without a word, and the repurchase in the second missed.
+    from loan_engine_dagster.adapters.files import read_csv
+
+    path = tmp_path / "Tape20Loans_02-18-2026.csv"
+    path.write_text(header + "\n5000001,FX3,,REPURCHASE\n")
+    with pytest.raises(StructuralError, match="2 columns name 'Status Codes'") as err:
+        parsing.parse_tape(read_csv(path), file=path.name)
+    assert err.value.file == path.name and err.value.columns == ["Status Codes", "Status Codes"]
+
+
+def test_a_csv_with_a_header_that_only_looks_renamed_reads_as_written(tmp_path):
+    from loan_engine_dagster.adapters.files import read_csv
+
+    path = tmp_path / "Tape20Loans_02-18-2026.csv"
+    path.write_text("Account Number,Loan Group,Status Codes,Status Codes.1\n5000001,FX3,REPURCHASE,\n")
+    assert list(read_csv(path).columns) == ["Account Number", "Loan Group", "Status Codes", "Status Codes.1"]
+    assert parsing.parse_tape(read_csv(path), file=path.name)["repurchased"].tolist() == [True]
