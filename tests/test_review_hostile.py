@@ -212,8 +212,10 @@ def test_limit_checks_in_the_ui_show_headroom():
         prime=[], sfy=[check("hybrid", "balance_share", "<", 0.25, HYBRID), check("mean_fico", "mean", ">=", 700, column="fico")])})
     checks = evaluate_checks(build_population(frame([{"type": "hybrid", "orig_balance": 10000}], buy=True),
                                               frame([{"orig_balance": 80000}], buy=False)), rules)
-    results = {r.check_name: {k: v.value for k, v in r.metadata.items()} for r in limit_check_results(checks)}
-    assert results["sfy_hybrid"]["headroom_balance"] == pytest.approx((0.25 * 90000 - 10000) / 0.75)
+    loans = pd.DataFrame({"seller_loan_number": ["L1"], "loan_program": ["P"], "invalid": [False]})
+    results = {r.check_name: {k: v.value for k, v in r.metadata.items()} for r in limit_check_results(checks, loans)}
+    headroom = (0.25 * 90000 - 10000) / 0.75
+    assert results["sfy_hybrid"]["headroom_balance"] == f"${headroom:,.2f}"  # dollars, as every balance in the UI
     assert "headroom_balance" not in results["sfy_mean_fico"]  # only balance shares have one
 
 
