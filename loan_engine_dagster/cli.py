@@ -32,8 +32,8 @@ def ensure_dagster_home() -> Path:
 def _date(ctx, param, value: str | None) -> dt.date | None:
     try:
         return parse_pdate(value)
-    except RunOptionError:
-        raise click.BadParameter(f"{value!r} is not a date in YYYY-MM-DD form") from None
+    except RunOptionError as exc:
+        raise click.BadParameter(exc.problem if exc.well_written else f"{value!r} is not a date in YYYY-MM-DD form") from None
 
 
 def _irr_target(ctx, param, value: float | None) -> float | None:

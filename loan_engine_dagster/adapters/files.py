@@ -3,12 +3,14 @@ that name the file and sheet."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pandas as pd
 from python_calamine import CalamineWorkbook
 
 from loan_engine_dagster.rules.errors import StructuralError
+from loan_engine_dagster.rules.parsing import REPEATED_HEADERS
 
 
 def open_workbook(path: Path) -> CalamineWorkbook:
@@ -54,7 +56,7 @@ def read_csv(path: Path) -> pd.DataFrame:
         except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
             raise StructuralError(f"not a readable CSV file ({exc})", file=path.name) from None
     frame.columns = [str(c).strip() for c in frame.columns]
-    return frame
+    return _without_renamed_repeats(frame, path)
 
 
 def _read_csv_fast(path: Path) -> pd.DataFrame | None:
@@ -71,3 +73,19 @@ def _read_csv_fast(path: Path) -> pd.DataFrame | None:
         if frame[name].str.startswith((" ", "\t")).any():
             return None
     return frame
+
+
+def _without_renamed_repeats(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """pandas renames a header written twice (`Status Codes.1`), which would
+    let the first column be used without a word. Keep the first under its own
+    name and mark the header as repeated, as for workbooks, so that parsing
+    refuses it when it names a field."""
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
+        names = [h.strip() for h in next(csv.reader(handle, skipinitialspace=True), [])]
+    repeated = pd.Index(names).duplicated()
+    if len(names) != frame.shape[1] or not repeated.any():
+        return frame
+    out = frame.iloc[:, ~repeated].copy()
+    out.columns = [n for n, r in zip(names, repeated, strict=True) if not r]
+    out.attrs[REPEATED_HEADERS] = sorted(set(pd.Index(names)[repeated]))
+    return out

@@ -203,16 +203,45 @@ def parse_rules(data: dict) -> Rules:
         raise RulesFileError("invalid rules file: " + "; ".join(problems)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key written twice in one mapping: plain YAML keeps
+    the last one without a word, and an analyst's first entry would vanish."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        try:
+            if key in seen and key != "<<":
+                raise RulesFileError(f"key {key!r} appears twice in one mapping (lines {seen[key]} and {line})")
+            seen[key] = line
+        except TypeError:
+            pass  # an unhashable key: the mapping constructor below names it
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def load_rules(path: str | Path | None = None) -> Rules:
-    """Load and validate the rules file (the packaged one by default)."""
-    if path is None:
-        text = resources.files(__package__).joinpath("rules.yaml").read_text()
-    else:
-        text = Path(path).read_text()
-    data = yaml.safe_load(text)
-    if not isinstance(data, dict):
-        raise RulesFileError("invalid rules file: the top level must be a mapping")
-    return parse_rules(data)
+    """Load and validate the rules file (the packaged one by default). Every
+    problem, down to a file that cannot be read, is a RulesFileError naming it."""
+    source = "rules.yaml (packaged)" if path is None else str(path)
+    try:
+        if path is None:
+            text = resources.files(__package__).joinpath("rules.yaml").read_text()
+        else:
+            text = Path(path).read_text()
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+        if not isinstance(data, dict):
+            raise RulesFileError("invalid rules file: the top level must be a mapping")
+        return parse_rules(data)
+    except RulesFileError as exc:
+        raise RulesFileError(f"rules file {source}: {exc}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise RulesFileError(f"rules file {source} cannot be read: {exc}") from None
 
 
 @lru_cache(maxsize=1)

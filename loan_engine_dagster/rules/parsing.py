@@ -155,6 +155,7 @@ def alias_problems(columns: Mapping[str, Aliases]) -> list[str]:
         fields = FIELDS_BY_KIND[kind]
         own = {header_key(f.header): f.header for f in fields}
         named_by = dict(own)  # spelling key -> the column it names
+        entries: dict[str, str] = {}  # column -> the entry that gave its spellings
         for header, spellings in by_header.items():
             target = own.get(header_key(header))
             if target is None:
@@ -163,6 +164,13 @@ def alias_problems(columns: Mapping[str, Aliases]) -> list[str]:
                     f"(its columns: {', '.join(repr(f.header) for f in fields)})"
                 )
                 continue
+            if target in entries:  # only one entry would be read, the other silently ignored
+                problems.append(f"columns.{kind}: {header!r} and {entries[target]!r} are the same column: "
+                                "give its spellings in one entry")
+                continue
+            entries[target] = header
+            if any(not header_key(s) for s in spellings):
+                problems.append(f"columns.{kind}: {header!r} has a blank spelling")
             for spelling in spellings:
                 owner = named_by.get(header_key(spelling))
                 if owner is None and _loose_key(spelling) in LOOSE_HEADERS:
@@ -262,12 +270,35 @@ def number_out_of_range(series: pd.Series) -> pd.Series:
     return values.notna() & ~(values.abs() <= LARGEST_NUMBER)
 
 
+# A date typed as text must name its day, month and year (the parser would
+# take the rest from the clock: "now", "12:30 PM" or "2026-02" would become a
+# date nobody wrote). A time and a time zone may follow; the date is the one
+# written, whatever the zone.
+_MONTH = r"[a-z]{3,9}\.?"
+_ORDINAL = r"(?:st|nd|rd|th)?"
+_WHOLE_DATES = (
+    r"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}",  # 2026-02-19, 2026/02/19
+    r"\d{1,2}[-/.]\d{1,2}[-/.](?:\d{4}|\d{2})",  # 02/19/2026, 2/19/26, 19.02.2026
+    rf"\d{{1,2}}{_ORDINAL}[- ]?{_MONTH}[-, ]*(?:\d{{4}}|\d{{2}})",  # 19-Feb-26, 19 February 2026
+    rf"{_MONTH} ?\d{{1,2}}{_ORDINAL},? ?\d{{4}}",  # Feb 19, 2026
+)
+_TIME_AND_ZONE = r"(?:(?:T|\s+)\d{1,2}:\d{2}(?::\d{2}(?:\.\d*)?)?(?:\s*[ap]\.?m\.?)?(?:\s*(?:z|utc|gmt|[+-]\d{2}(?::?\d{2})?))?)?"
+_WEEKDAY = r"(?:(?:mon|tue|wed|thu|fri|sat|sun)[a-z]*\.?,?\s+)?"  # Thu, 19 Feb 2026
+TEXT_DATE = rf"(?i)^\s*{_WEEKDAY}((?:{'|'.join(_WHOLE_DATES)})){_TIME_AND_ZONE}\s*$"
+
+
 def _read_dates(series: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Each cell's date, unbounded, as datetime64[us] (NaT when unreadable),
     and the mask of Excel serial numbers too far out to be dates at all."""
     serial = pd.to_numeric(series, errors="coerce").astype("float64")
     serial_ok = serial.between(*SERIAL_RANGE)
     textual = series.where(serial.isna())
+    if textual.dtype == object:  # workbook cells: text among dates and numbers
+        is_text = textual.map(type).eq(str)
+    else:  # a CSV column: text throughout, or no text at all
+        is_text = textual.notna() & pd.api.types.is_string_dtype(textual.dtype)
+    if is_text.any():  # only the whole date of a text cell is parsed; NaN when it names none
+        textual = textual.where(~is_text, textual[is_text].astype("string").str.extract(TEXT_DATE, expand=False))
     parsed = pd.to_datetime(textual, errors="coerce", format="mixed").astype("datetime64[us]")
     from_serial = (EXCEL_EPOCH + pd.to_timedelta(serial.where(serial_ok), unit="D")).astype("datetime64[us]")
     return parsed.where(serial.isna(), from_serial), serial.notna() & ~serial_ok
@@ -348,6 +379,9 @@ def find_header_row(
     return int(np.flatnonzero(hits.to_numpy())[0])
 
 
+REPEATED_HEADERS = "repeated_headers"
+
+
 def frame_below_header(raw: pd.DataFrame, header_row: int) -> pd.DataFrame:
     """Rows under the header, with `source_row` holding spreadsheet row numbers.
     Fully empty rows are dropped; columns with an empty header are dropped."""
@@ -357,11 +391,16 @@ def frame_below_header(raw: pd.DataFrame, header_row: int) -> pd.DataFrame:
     keep = [i for i, h in enumerate(headers) if h and h.lower() != "nan"]
     body = body[keep]
     body.columns = [headers[i] for i in keep]
-    body = body.loc[:, ~pd.Index(body.columns).duplicated()]
+    repeated = pd.Index(body.columns).duplicated()
+    body = body.loc[:, ~repeated]
     body["source_row"] = body.index.to_numpy() + 1
     content = body.drop(columns="source_row")
     nonempty = ~content.apply(is_blank).all(axis=1) if not content.empty else pd.Series(False, index=body.index)
-    return body[nonempty].reset_index(drop=True)
+    out = body[nonempty].reset_index(drop=True)
+    # A header written twice keeps its first column; `resolve_columns` refuses
+    # it when it names a field, as it does for two spellings of one field.
+    out.attrs[REPEATED_HEADERS] = sorted(set(pd.Index(headers)[keep][repeated]))
+    return out
 
 
 def resolve_columns(
@@ -377,6 +416,7 @@ def resolve_columns(
     for field in fields:
         keys = _header_keys(field, aliases or {})
         columns = [c for c in frame.columns if c != "source_row" and _names_field(c, field, keys)]
+        columns += [c for c in columns if c in frame.attrs.get(REPEATED_HEADERS, ())]
         if len(columns) > 1:
             raise StructuralError(
                 f"{len(columns)} columns name {field.header!r} (its header or another spelling the rules file "
@@ -498,7 +538,7 @@ def parse_exhibit(raw: pd.DataFrame, *, platform: str, file: str, sheet: str, ru
         problems = problems.mask(mask, problems[mask] + text + "; ")
 
     for name, mask in invalid.items():
-        if name not in mapping:
+        if name not in mapping or not mask.any():  # the column scans below cost a full parse each
             continue
         cells = frame[mapping[name]]
         is_date = name == "submit_date"
