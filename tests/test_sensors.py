@@ -259,3 +259,15 @@ def test_cursor_is_one_short_line_and_reads_the_earlier_form(inbox):
         restarted.cursor = earlier
         result = restarted.tick()
         assert not result.run_requests and "already run with these exact files: 2026-02-19" in skip(result)
+
+
+def test_a_broken_rules_file_gives_a_readable_tick_not_a_traceback(tmp_path):
+    """Found by the hostile pass: the tick raised, and the UI showed a stack trace."""
+    broken = tmp_path / "rules.yaml"
+    broken.write_text("version: [unclosed\n")
+    resources = {"inbox": InboxResource(path=str(tmp_path)), "rules": RulesResource(path=str(broken)), "notifier": Notifier()}
+    with dg.instance_for_test() as instance:
+        for sensor in (inbox_sensor, missing_batch_alert_sensor):
+            result = sensor(dg.build_sensor_context(instance=instance, cursor="kept", resources=resources))
+            assert result.skip_reason.skip_message.startswith("rules file refused, nothing checked: ")
+            assert "rules.yaml" in result.skip_reason.skip_message and result.cursor == "kept"

@@ -198,9 +198,11 @@ class RulesResource(dg.ConfigurableResource):
     _rules: Rules | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        rules = self._read()
         run = context.run
-        if run is not None and context.instance is not None:
+        if run is None:
+            return  # a sensor tick reads the file when it asks (`load`), so a broken file is its message, not a crash
+        rules = self._read()
+        if context.instance is not None:
             _pin_rules(context.instance, run, rules)
         self._rules = rules
 

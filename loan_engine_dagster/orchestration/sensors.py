@@ -10,6 +10,8 @@ from loan_engine_dagster.adapters import watch
 from loan_engine_dagster.adapters.alerts import AlertPolicy, due_batch
 from loan_engine_dagster.adapters.inbox import BatchKeyError, parse_batch_key
 
+from loan_engine_dagster.rules.config import RulesFileError
+
 from .jobs import loan_engine_job
 from .partitions import registration_requests
 from .resources import InboxResource, Notifier, RulesResource
@@ -20,6 +22,14 @@ ALERT_POLL_SECONDS = 300
 WEBHOOK_PENDING = " (webhook pending)"  # cursor suffix: alert recorded, webhook owed
 
 
+def _rules_refused(context: dg.SensorEvaluationContext, exc: RulesFileError) -> dg.SensorResult:
+    """A rules file that every run would refuse: the tick says why, in one
+    line and in its log, instead of failing with a traceback; the cursor stays."""
+    message = f"rules file refused, nothing checked: {exc}"
+    context.log.error(message)
+    return dg.SensorResult(skip_reason=message, cursor=context.cursor)
+
+
 @dg.sensor(
     job=loan_engine_job,
     minimum_interval_seconds=INBOX_POLL_SECONDS,
@@ -27,7 +37,10 @@ WEBHOOK_PENDING = " (webhook pending)"  # cursor suffix: alert recorded, webhook
     description="Starts one run per complete batch in the inbox, once its files stopped changing.",
 )
 def inbox_sensor(context: dg.SensorEvaluationContext, inbox: InboxResource, rules: RulesResource) -> dg.SensorResult:
-    loaded = rules.load()
+    try:
+        loaded = rules.load()
+    except RulesFileError as exc:
+        return _rules_refused(context, exc)
     found, refused = {}, []
     for key, files in inbox.batches(loaded).items():
         try:
@@ -81,7 +94,10 @@ def missing_batch_alert_sensor(
     if context.cursor == key:
         return dg.SensorResult(skip_reason="no alert due")
     retrying = context.cursor == key + WEBHOOK_PENDING
-    files = inbox.batch(key, rules.load())
+    try:
+        files = inbox.batch(key, rules.load())
+    except RulesFileError as exc:
+        return _rules_refused(context, exc)
     if files.complete:
         return dg.SensorResult(skip_reason=f"{key}: complete", cursor=key)
     missing = ", ".join(files.missing)
