@@ -9,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 import pytest
+from test_assets import resources_for
 
 from loan_engine_dagster.adapters.files import open_workbook, read_sheet
 from loan_engine_dagster.adapters.inbox import BatchFiles, BatchKeyError, parse_batch_key
@@ -18,7 +19,7 @@ from loan_engine_dagster.orchestration import assets
 from loan_engine_dagster.orchestration.assets import BatchRunConfig
 from loan_engine_dagster.orchestration.checks import ASSET_CHECKS
 from loan_engine_dagster.orchestration.partitions import batches
-from loan_engine_dagster.orchestration.resources import InboxResource, Notifier, OutputsResource, ResultsDatabase, RulesResource
+from loan_engine_dagster.orchestration.resources import InboxResource, RulesResource
 from loan_engine_dagster.orchestration.run_records import stop_point
 from loan_engine_dagster.orchestration.sensors import inbox_sensor
 from loan_engine_dagster.rules.run_options import RunOptionError, check_irr_target, parse_pdate
@@ -93,16 +94,6 @@ def test_cli_refuses_bad_run_options(sample_inbox, tmp_path):
         result = subprocess.run([str(BIN / "loan-engine"), "run", BATCH, "--inbox", str(sample_inbox), option, value],
                                 capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert result.returncode == 2 and f"Invalid value for '{option}'" in result.stderr, result.stderr
-
-
-def resources_for(inbox, tmp_path):
-    return {
-        "inbox": InboxResource(path=str(inbox)),
-        "outputs": OutputsResource(root=str(tmp_path / "outputs")),
-        "results_db": ResultsDatabase(url=f"sqlite:///{tmp_path / 'results.db'}"),
-        "rules": RulesResource(),
-        "notifier": Notifier(),
-    }
 
 
 def _materialize(instance, inbox, tmp_path, key=BATCH, run_config=None):
