@@ -195,28 +195,48 @@ def text_key(series: pd.Series) -> pd.Series:
     return pd.Series(out, index=series.index, dtype="string")
 
 
-def is_blank(series: pd.Series, numbers: pd.Series | None = None) -> pd.Series:
-    """Empty or white space only. `numbers`, the column's `to_number`, saves
-    converting it twice."""
-    if series.dtype == object and pd.api.types.infer_dtype(series, skipna=True) != "string":
-        # A workbook column of numbers: only its non-number cells can be blank
-        # text, and turning every number into text to find out is the slow part.
-        values = series.to_numpy()
-        out = pd.isna(values)
-        numeric = numbers if numbers is not None else pd.to_numeric(series, errors="coerce")
-        other = ~out & numeric.isna().to_numpy()
-        if other.any():
-            out[other] = _blank_text(pd.Series(values[other], dtype=object)).to_numpy()
+# Kinds of workbook column (pandas' `infer_dtype`, missing cells skipped) that
+# hold no text at all: only their missing cells can be blank.
+_NO_TEXT_KINDS = frozenset({"floating", "integer", "mixed-integer-float", "boolean", "datetime", "date", "timedelta", "time", "empty"})
+
+
+def is_blank(series: pd.Series) -> pd.Series:
+    """Empty or white space only."""
+    if series.dtype != object:  # a CSV column: text throughout
+        return _blank_text(series)
+    # Workbook cells: only a text cell can be blank text, and turning every
+    # number or date into text to find out is the slow part. A column of
+    # numbers or dates (by far the most) needs no look at its cells' text.
+    values = series.to_numpy()
+    kind = pd.api.types.infer_dtype(values, skipna=True)
+    out = pd.isna(values)
+    if kind in _NO_TEXT_KINDS:
         return pd.Series(out, index=series.index)
-    return _blank_text(series)
+    text = ~out if kind == "string" else series.map(type).to_numpy() == str
+    if text.any():
+        out[text] = _trimmed_empty(pa.array(values[text], type=pa.string()))
+    return pd.Series(out, index=series.index)
 
 
 def _blank_text(series: pd.Series) -> pd.Series:
+    return pd.Series(_trimmed_empty(pa.array(series.astype("string").array)), index=series.index, dtype=bool)
+
+
+def _trimmed_empty(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
     # Arrow's trim is what pandas' .str.strip() runs on Arrow-backed text;
     # called directly it skips pandas' boxing of the intermediate results.
-    values = pa.array(series.astype("string").array)
     blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(values), ""), True)
-    return pd.Series(blank.to_numpy(zero_copy_only=False), index=series.index, dtype=bool)
+    return blank.to_numpy(zero_copy_only=False).astype(bool, copy=False)
+
+
+def _blank_among(series: pd.Series, maybe: pd.Series) -> pd.Series:
+    """`is_blank` of the cells flagged in `maybe`, False elsewhere: a cell that
+    converted to a number or a date is not blank, so only the others need a look."""
+    out = np.zeros(len(series), dtype=bool)
+    where = maybe.to_numpy(dtype=bool)
+    if where.any():
+        out[where] = is_blank(series[where]).to_numpy()
+    return pd.Series(out, index=series.index)
 
 
 def _arrow_text(series: pd.Series) -> pa.ChunkedArray | None:
@@ -290,6 +310,11 @@ TEXT_DATE = rf"(?i)^\s*{_WEEKDAY}((?:{'|'.join(_WHOLE_DATES)})){_TIME_AND_ZONE}\
 def _read_dates(series: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Each cell's date, unbounded, as datetime64[us] (NaT when unreadable),
     and the mask of Excel serial numbers too far out to be dates at all."""
+    if series.dtype == object and pd.api.types.infer_dtype(series, skipna=True) in ("date", "datetime"):
+        # Workbook dates throughout (the usual column): no serial numbers or
+        # text to look for, and asking each date whether it is a number is slow.
+        parsed = pd.to_datetime(series, errors="coerce", format="mixed").astype("datetime64[us]")
+        return parsed, pd.Series(False, index=series.index)
     serial = pd.to_numeric(series, errors="coerce").astype("float64")
     serial_ok = serial.between(*SERIAL_RANGE)
     textual = series.where(serial.isna())
@@ -333,27 +358,33 @@ _TRUE = ["true", "1", "1.0", "yes", "y", "t"]
 _FALSE = ["false", "0", "0.0", "no", "n", "f", ""]
 
 
-def _bool_key(series: pd.Series) -> pd.Series:
-    """Trimmed, case-folded text of a flag column, computed once per distinct
-    value (a flag column holds a handful)."""
+def _bool_key(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Trimmed, case-folded text of a flag column's distinct values (a flag
+    column holds a handful), with "" last for missing cells, and each cell's
+    index into them."""
     codes, uniques = pd.factorize(series, use_na_sentinel=True)
     keys = pd.Series(np.asarray(uniques, dtype=object), dtype=object).astype("string").str.strip().str.casefold().fillna("")
-    out = np.append(keys.to_numpy(dtype=object), "")[codes]  # code -1 (missing) picks the trailing ""
-    return pd.Series(out, index=series.index, dtype=object)
+    return np.append(keys.to_numpy(dtype=object), ""), codes  # code -1 (missing) picks the trailing ""
+
+
+def _read_bool(series: pd.Series, default: bool) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """A flag column's values, its unreadable cells and its blank ones, worked
+    out once per distinct value."""
+    keys, codes = _bool_key(series)
+    truthy, falsy = np.isin(keys, _TRUE), np.isin(keys, _FALSE)
+    empty = keys == ""
+    value = np.where(truthy, True, np.where(falsy & ~empty, False, default))
+    index = series.index
+    return (pd.Series(value[codes], index=index, dtype=bool), pd.Series(~(truthy | falsy)[codes], index=index),
+            pd.Series(empty[codes], index=index))
 
 
 def to_bool(series: pd.Series, default: bool = False) -> pd.Series:
-    key = _bool_key(series)
-    truthy = key.isin(_TRUE)
-    falsy = key.isin(_FALSE)
-    out = pd.Series(default, index=series.index, dtype=bool)
-    out[truthy] = True
-    out[falsy & (key != "")] = False
-    return out
+    return _read_bool(series, default)[0]
 
 
 def bool_invalid(series: pd.Series) -> pd.Series:
-    return ~_bool_key(series).isin(_TRUE + _FALSE)
+    return _read_bool(series, False)[1]
 
 
 def find_header_row(
@@ -394,9 +425,16 @@ def frame_below_header(raw: pd.DataFrame, header_row: int) -> pd.DataFrame:
     repeated = pd.Index(body.columns).duplicated()
     body = body.loc[:, ~repeated]
     body["source_row"] = body.index.to_numpy() + 1
-    content = body.drop(columns="source_row")
-    nonempty = ~content.apply(is_blank).all(axis=1) if not content.empty else pd.Series(False, index=body.index)
-    out = body[nonempty].reset_index(drop=True)
+    # A row is empty when every cell is blank. Column by column, only the rows
+    # still empty so far are looked at: after the first filled column of a
+    # real sheet (the loan number) hardly any are left.
+    empty = np.ones(len(body), dtype=bool)
+    for position in range(body.shape[1] - 1):  # the last column is source_row
+        rows = np.flatnonzero(empty)
+        if not len(rows):
+            break
+        empty[rows] = is_blank(body.iloc[rows, position]).to_numpy()
+    out = body[~empty].reset_index(drop=True)
     # A header written twice keeps its first column; `resolve_columns` refuses
     # it when it names a field, as it does for two spellings of one field.
     out.attrs[REPEATED_HEADERS] = sorted(set(pd.Index(headers)[keep][repeated]))
@@ -467,22 +505,28 @@ def typed_frame(
             out[field.name] = field.default if field.kind != "carry" else None
             continue
         raw = frame[mapping[field.name]]
-        numbers = to_number(raw) if field.kind == "number" else None
-        blank = is_blank(raw, numbers)
+        # Each column is converted once; whether a cell is blank follows from
+        # the conversion (an empty text, a flag's empty key), or is asked only
+        # of the cells that did not convert.
         if field.kind == "text":
-            out[field.name] = to_text(raw)
+            values = to_text(raw)
+            blank = pd.Series(values.to_numpy(dtype=object) == "", index=frame.index)
+            out[field.name] = values
         elif field.kind == "number":
-            values = numbers
+            values = to_number(raw)
+            blank = _blank_among(raw, values.isna())
             invalid[field.name] = values.isna() & ~blank
             out[field.name] = values.fillna(field.default) if not field.required and field.default is not None else values
         elif field.kind == "date":
             values = to_date(raw)
+            blank = _blank_among(raw, values.isna())
             invalid[field.name] = values.isna() & ~blank
             out[field.name] = values
         elif field.kind == "bool":
-            invalid[field.name] = bool_invalid(raw)
-            out[field.name] = to_bool(raw, default=bool(field.default))
+            values, invalid[field.name], blank = _read_bool(raw, bool(field.default))
+            out[field.name] = values
         else:
+            blank = is_blank(raw)
             out[field.name] = raw.where(~blank, None)
         if field.required:
             invalid[field.name] = invalid.get(field.name, pd.Series(False, index=frame.index)) | blank
