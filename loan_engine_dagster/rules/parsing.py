@@ -188,11 +188,19 @@ def text_key(series: pd.Series) -> pd.Series:
     """How program and type names are matched: trimmed, inner runs of spaces
     folded to one, case-insensitive. Sellers type program names by hand.
     Computed once per distinct name: a column holds few of them."""
-    codes, uniques = pd.factorize(series.astype(object), use_na_sentinel=True)
-    keys = pd.Series(uniques, dtype=object).astype("string").str.strip().str.replace(r"\s+", " ", regex=True).str.casefold()
-    out = keys.to_numpy(dtype=object, na_value=None)[codes] if len(keys) else np.full(len(codes), None, dtype=object)
-    out[codes < 0] = None
-    return pd.Series(out, index=series.index, dtype="string")
+    values = series if isinstance(series.dtype, pd.StringDtype) else series.astype(object)
+    return _map_per_distinct(
+        values, lambda names: names.astype("string").str.strip().str.replace(r"\s+", " ", regex=True).str.casefold()
+    )
+
+
+def _map_per_distinct(series: pd.Series, transform) -> pd.Series:
+    """A text transform run once per distinct value of a column (a program
+    or platform column of 500k rows holds a handful), spread back to every
+    row; missing cells stay missing."""
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    mapped = transform(pd.Series(uniques, dtype=series.dtype))
+    return pd.Series(mapped.array.take(codes, allow_fill=True), index=series.index)
 
 
 # Kinds of workbook column (pandas' `infer_dtype`, missing cells skipped) that
@@ -510,7 +518,7 @@ def typed_frame(
         # of the cells that did not convert.
         if field.kind == "text":
             values = to_text(raw)
-            blank = pd.Series(values.to_numpy(dtype=object) == "", index=frame.index)
+            blank = pd.Series(pc.equal(pa.array(values.array), "").to_numpy(zero_copy_only=False), index=frame.index)
             out[field.name] = values
         elif field.kind == "number":
             values = to_number(raw)
@@ -657,7 +665,7 @@ def _reject_rows(mask: pd.Series, problem: str, out: pd.DataFrame, column: str, 
 
 
 def _platform_and_type(out: pd.DataFrame, mapping: dict, *, file: str, sheet: str | None) -> None:
-    out["platform"] = out["platform"].str.casefold()
+    out["platform"] = _map_per_distinct(out["platform"], lambda platforms: platforms.str.casefold())
     _reject_rows(~out["platform"].isin(["sfy", "prime"]), "platform must be SFY or PRIME", out, mapping["platform"],
                  file=file, sheet=sheet)
     out["type"] = text_key(out["type"])
@@ -692,10 +700,14 @@ def parse_tape(frame: pd.DataFrame, *, file: str, aliases: Aliases | None = None
         out["status_codes"], lambda codes: codes.str.upper().str.contains(r"(?:^|;)\s*REPURCHASE\s*(?:;|$)", regex=True)
     )
     sfy = _per_distinct(out["loan_group"], lambda group: group.str.upper().str.contains("FX3|FX1", regex=True))
+    # Built in Arrow: numpy text or Python strings for 600k rows would cost
+    # more than the whole parse (Arrow writes an int64 as Python's str() does).
+    loan_numbers = pc.binary_join_element_wise("SFC_", pc.cast(pa.array(number.to_numpy(dtype="int64")), pa.string()), "")
+    tagging = pa.array(["PRIME", "SFY"]).take(pa.array(sfy.astype(np.int8)))
     return pd.DataFrame(
         {
-            "seller_loan_number": "SFC_" + number.astype("int64").astype("string"),
-            "tagging": np.where(sfy, "SFY", "PRIME"),
+            "seller_loan_number": pd.array(loan_numbers, dtype="string"),
+            "tagging": pd.array(tagging, dtype="str"),
             "repurchased": repurchased,
         }
     )
@@ -714,7 +726,6 @@ def parse_existing(frame: pd.DataFrame, *, file: str, aliases: Aliases | None = 
     frame = _with_csv_rows(frame)
     out, mapping = _reference_table(frame, EXISTING_FIELDS, file=file, sheet=None, aliases=aliases, kind="existing")
     _platform_and_type(out, mapping, file=file, sheet=None)
-    out["loan_program"] = out["loan_program"].str.strip()
     return out
 
 
