@@ -22,15 +22,40 @@ def load_reference(reference: dict[str, Path], rules: Rules) -> ReferenceData:
     if missing:
         raise StructuralError("reference file missing from the inbox", file=", ".join(missing))
     rows = rules.inbox.header_search_rows
-    masters = {}
-    for role in ("master", "notes_master"):
-        path = reference[role]
-        sheet, raw = read_sheet(open_workbook(path), path)
-        masters[role] = parsing.parse_master(raw, file=path.name, sheet=sheet, max_rows=rows, aliases=rules.column_aliases("master"))
     existing_path = reference["existing"]
-    existing = parsing.parse_existing(read_csv(existing_path), file=existing_path.name, aliases=rules.column_aliases("existing"))
+    # The existing assets (500k rows) are read in the background, mostly by
+    # pyarrow without the GIL, while the small master and grid sheets are
+    # parsed. Problems are still raised in the order the files were read
+    # before (masters, assets, grids): a grid problem waits for the assets.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        existing_frame = pool.submit(read_csv, existing_path)
+        masters = {}
+        for role in ("master", "notes_master"):
+            path = reference[role]
+            sheet, raw = read_sheet(open_workbook(path), path)
+            masters[role] = parsing.parse_master(raw, file=path.name, sheet=sheet, max_rows=rows, aliases=rules.column_aliases("master"))
+        try:
+            grids, comap = _grid_tables(reference["grids"], rules)
+        except Exception as exc:  # raised below, once the assets file has had its say
+            grids_problem = exc
+        else:
+            grids_problem = None
+        existing = parsing.parse_existing(existing_frame.result(), file=existing_path.name, aliases=rules.column_aliases("existing"))
+    if grids_problem is not None:
+        raise grids_problem
+    return ReferenceData(
+        master=masters["master"],
+        notes_master=masters["notes_master"],
+        existing=existing,
+        grids=grids,
+        comap=comap,
+        files=[describe_file(role, path) for role, path in sorted(reference.items())],
+    )
 
-    grids_path = reference["grids"]
+
+def _grid_tables(grids_path: Path, rules: Rules) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The underwriting grids and the CoMAP tables, all from one workbook."""
+    rows = rules.inbox.header_search_rows
     workbook = open_workbook(grids_path)
     underwriting = []
     for name in rules.sheets.underwriting.model_dump().values():
@@ -42,14 +67,7 @@ def load_reference(reference: dict[str, Path], rules: Rules) -> ReferenceData:
         sheet, raw = read_sheet(workbook, grids_path, name)
         table = parsing.parse_comap_sheet(raw, file=grids_path.name, sheet=sheet, max_rows=rows, aliases=rules.column_aliases("comap"))
         comap.append(table.assign(sheet=name))
-    return ReferenceData(
-        master=masters["master"],
-        notes_master=masters["notes_master"],
-        existing=existing,
-        grids=pd.concat(underwriting, ignore_index=True),
-        comap=pd.concat(comap, ignore_index=True),
-        files=[describe_file(role, path) for role, path in sorted(reference.items())],
-    )
+    return pd.concat(underwriting, ignore_index=True), pd.concat(comap, ignore_index=True)
 
 
 def load_batch_inputs(batch: BatchFiles, rules: Rules) -> BatchInputs:

@@ -404,18 +404,21 @@ def find_header_row(
     top = raw.iloc[:max_rows]
     if top.empty:
         raise StructuralError("the sheet is empty", file=file, sheet=sheet)
-    cells = top.astype("string").apply(lambda col: col.str.strip().str.casefold())
-    if marker is None:
-        hits = (cells.fillna("") != "").any(axis=1)
+    if (top.dtypes == object).all():  # a workbook sheet: its cells keyed in one pass, not column by column
+        cells = pd.Series(top.to_numpy().ravel(), dtype=object).astype("string").str.strip().str.casefold()
     else:
-        keys = _header_keys(Field(marker, "", "text"), aliases or {})
-        hits = cells.isin(keys).any(axis=1)
+        cells = top.astype("string").apply(lambda col: col.str.strip().str.casefold())
+    if marker is None:
+        found = cells.fillna("") != ""
+    else:
+        found = cells.isin(_header_keys(Field(marker, "", "text"), aliases or {}))
+    hits = found.to_numpy(dtype=bool).reshape(top.shape).any(axis=1)
     if not hits.any():
         others = sorted(_header_keys(Field(marker, "", "text"), aliases or {}) - {header_key(marker)}) if marker else []
         spelled = "".join(f" or '{o}'" for o in others)
         what = f"no header row with a cell reading '{marker}'{spelled}" if marker else "no header row"
         raise StructuralError(f"{what} in the first {max_rows} rows", file=file, sheet=sheet)
-    return int(np.flatnonzero(hits.to_numpy())[0])
+    return int(np.flatnonzero(hits)[0])
 
 
 REPEATED_HEADERS = "repeated_headers"
