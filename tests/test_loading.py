@@ -1,0 +1,63 @@
+"""Input files are read side by side, yet a batch with several bad files
+reports the same one as when they were read one after the other."""
+
+import datetime as dt
+
+import pytest
+
+from loan_engine_dagster.adapters.inbox import find_batch
+from loan_engine_dagster.adapters.loading import load_batch_inputs, load_reference
+from loan_engine_dagster.adapters.sample import generate_inbox
+from loan_engine_dagster.rules.errors import StructuralError
+
+
+@pytest.fixture
+def inbox(tmp_path, rules):
+    generate_inbox(tmp_path, batch=dt.date(2026, 2, 19), loans=20, existing=20)
+    return find_batch(tmp_path, "2026-02-19", rules.inbox.tape_lookback_days)
+
+
+def _spoil(path):
+    path.write_bytes(b"not a workbook")
+
+
+def _headerless(path):
+    path.write_text("a,b\n1,2\n")
+
+
+def test_both_exhibits_bad_names_the_sfy_one(inbox, rules):
+    for path in inbox.exhibits.values():
+        _spoil(path)
+    _headerless(inbox.tape)
+    with pytest.raises(StructuralError) as caught:
+        load_batch_inputs(inbox, rules)
+    assert caught.value.file == inbox.exhibits["sfy"].name
+
+
+def test_bad_prime_exhibit_is_named_before_a_bad_tape(inbox, rules):
+    _spoil(inbox.exhibits["prime"])
+    _headerless(inbox.tape)
+    with pytest.raises(StructuralError) as caught:
+        load_batch_inputs(inbox, rules)
+    assert caught.value.file == inbox.exhibits["prime"].name
+
+
+def test_reference_problems_in_the_order_the_files_were_read(inbox, rules):
+    reference = inbox.reference
+    _spoil(reference["grids"])
+    _headerless(reference["existing"])
+    with pytest.raises(StructuralError) as caught:
+        load_reference(reference, rules)
+    assert caught.value.file == reference["existing"].name  # the assets file comes before the grids
+
+    _spoil(reference["notes_master"])
+    with pytest.raises(StructuralError) as caught:
+        load_reference(reference, rules)
+    assert caught.value.file == reference["notes_master"].name  # and the masters before both
+
+
+def test_a_bad_grids_file_alone_is_reported(inbox, rules):
+    _spoil(inbox.reference["grids"])
+    with pytest.raises(StructuralError) as caught:
+        load_reference(inbox.reference, rules)
+    assert caught.value.file == inbox.reference["grids"].name
