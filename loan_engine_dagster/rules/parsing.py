@@ -188,7 +188,7 @@ def text_key(series: pd.Series) -> pd.Series:
     """How program and type names are matched: trimmed, inner runs of spaces
     folded to one, case-insensitive. Sellers type program names by hand.
     Computed once per distinct name: a column holds few of them."""
-    codes, uniques = pd.factorize(series.astype(object), use_na_sentinel=True)
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
     keys = pd.Series(uniques, dtype=object).astype("string").str.strip().str.replace(r"\s+", " ", regex=True).str.casefold()
     out = keys.to_numpy(dtype=object, na_value=None)[codes] if len(keys) else np.full(len(codes), None, dtype=object)
     out[codes < 0] = None

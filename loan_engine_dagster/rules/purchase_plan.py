@@ -27,7 +27,7 @@ from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 from scipy.sparse import csc_array
 
 from .config import Check, Rules
-from .eligibility import OPS, build_population, check_match, evaluate_checks, platform_bases, platform_checks
+from .eligibility import OPS, PopulationArrays, build_population, check_match, evaluate_checks, platform_bases, platform_checks
 
 PLAN_METRICS = ("balance_share", "count_share", "mean", "wavg", "max")
 STRICT_MARGIN = 1e-9  # a strict limit must hold with the value at least this far inside, relative to the limit
@@ -106,7 +106,8 @@ def limit_rows(
     the population positions of those loans. `tighten` holds a limit further
     inside, ten times more per step (the repair when a solved plan misses it)."""
     tighten = tighten or {}
-    bases = platform_bases(pop, platform)
+    columns = PopulationArrays(pop)
+    bases = platform_bases(pop, platform, columns)
     base = bases["to_purchase"]
     existing = bases["before"]
     variables = _variables(pop, bases)
@@ -120,7 +121,7 @@ def limit_rows(
         if not base.any() or balance[base].sum() == 0:
             unconstrained.append(check.id)
             continue
-        match = check_match(pop, check)
+        match = check_match(pop, check, columns)
         if check.metric == "max":
             column = pop[check.column].to_numpy(dtype=float)
             existing_ok = not existing.any() or bool(OPS[check.op](column[existing].max(), check.limit))
