@@ -164,7 +164,7 @@ def normalized_loans(
             "notes_loans": int((loans["loan_kind"] == "notes").sum()),
             "pdate": pdate.isoformat(),
             "irr_target": loaded.normalization.irr_target,
-            "existing_repurchased": int(data.existing["repurchase"].sum()),
+            "existing_repurchased": int(data.repurchase.sum()),
             "rules_version": loaded.version,
             **_elapsed(start),
         },
@@ -209,7 +209,8 @@ def comap(
 
 @dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"})
 def eligibility(
-    comap: pd.DataFrame, normalized_loans: pipeline.NormalizedBatch, rules: RulesResource, results_db: ResultsDatabase
+    comap: pd.DataFrame, normalized_loans: pipeline.NormalizedBatch, reference_data: pipeline.ReferenceData,
+    rules: RulesResource, results_db: ResultsDatabase,
 ) -> dg.Output:
     """Each loan's disposition, then the portfolio concentration limits.
 
@@ -217,7 +218,7 @@ def eligibility(
     warning check with the excess balance and the loans that make it up."""
     start = time.perf_counter()
     loaded = rules.load()
-    decisions = pipeline.run_eligibility(comap, normalized_loans.existing, loaded)
+    decisions = pipeline.run_eligibility(comap, pipeline.portfolio(reference_data, normalized_loans), loaded)
     loans = decisions.loans
     to_buy = loans["disposition"] == "to_purchase"
     failed = decisions.checks[decisions.checks["status"] == "fail"]
@@ -243,8 +244,8 @@ def eligibility(
 
 @dg.asset(partitions_def=batches, group_name=DELIVERY, kinds={"scipy"})
 def purchase_plan(
-    eligibility: pipeline.Decisions, normalized_loans: pipeline.NormalizedBatch, rules: RulesResource,
-    results_db: ResultsDatabase,
+    eligibility: pipeline.Decisions, normalized_loans: pipeline.NormalizedBatch, reference_data: pipeline.ReferenceData,
+    rules: RulesResource, results_db: ResultsDatabase,
 ) -> dg.Output:
     """Which loans to hold back so that every limit holds, losing the least balance.
 
@@ -252,7 +253,7 @@ def purchase_plan(
     curable limit, checked by evaluating the limits again on the plan."""
     start = time.perf_counter()
     loaded = rules.load()
-    plan = pipeline.run_purchase_plan(eligibility, normalized_loans.existing, loaded)
+    plan = pipeline.run_purchase_plan(eligibility, pipeline.portfolio(reference_data, normalized_loans), loaded)
     return dg.Output(plan, metadata={**plan_metadata(plan.platforms), "rules_version": loaded.version, **_elapsed(start)})
 
 
@@ -262,8 +263,6 @@ def exports(
     eligibility: pipeline.Decisions,
     purchase_plan: PurchasePlan,
     normalized_loans: pipeline.NormalizedBatch,
-    reference_data: pipeline.ReferenceData,
-    batch_inputs: pipeline.BatchInputs,
     outputs: OutputsResource,
     rules: RulesResource,
     results_db: ResultsDatabase,
@@ -279,7 +278,7 @@ def exports(
     results_db.under_lease(lambda: clear_leftovers(outputs.path, context.partition_key))
     folder, summary = stage_batch_outputs(
         outputs.path, eligibility, purchase_plan, batch=context.partition_key, pdate=normalized_loans.pdate, rules=loaded,
-        input_files=reference_data.files + batch_inputs.files, run_id=context.run.run_id,
+        input_files=normalized_loans.input_files, run_id=context.run.run_id,
     )
     target = (outputs.path / context.partition_key).resolve()
     return dg.Output(

@@ -147,18 +147,23 @@ def metric_value(check: Check, pop: pd.DataFrame, base: np.ndarray, match: np.nd
     raise ValueError(f"unknown metric {check.metric}")
 
 
-def evaluate_checks(pop: pd.DataFrame, rules: Rules, *, value_only: bool = False) -> pd.DataFrame:
+def evaluate_checks(
+    pop: pd.DataFrame, rules: Rules, *, value_only: bool = False, keep: np.ndarray | None = None
+) -> pd.DataFrame:
     """One row per (platform, check) with the three population values, the
     status and, for a breached balance share, the excess balance and the
     batch's loans that make up the subset, largest first. `value_only` skips
-    `before` and `to_purchase` (left null) when only the status is wanted."""
+    `before` and `to_purchase` (left null) when only the status is wanted;
+    `keep` evaluates the population of those rows only, as `pop[keep]` would
+    without copying it."""
     rows = []
+    whole = PopulationArrays(pop)
     for platform, checks in platform_checks(rules):
         # Every base of a platform lies inside its `value` base: each check
         # then works on that platform's rows only, in the same order, so the
         # sums are those of the whole population's masks.
-        bases = platform_bases(pop, platform)
-        inside = bases["value"]
+        bases = platform_bases(pop, platform, whole)
+        inside = bases["value"] if keep is None else bases["value"] & keep
         sub = pop[inside].reset_index(drop=True)
         bases = {name: b[inside] for name, b in bases.items()}
         base = bases["value"]

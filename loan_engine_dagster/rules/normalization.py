@@ -64,6 +64,5 @@ def mark_repurchases(existing: pd.DataFrame, tape: pd.DataFrame) -> pd.DataFrame
     """An existing asset the servicer tape reports as REPURCHASE leaves the
     portfolio base, whatever the asset file says."""
     repurchased = tape.loc[tape["repurchased"], "seller_loan_number"]
-    out = existing.copy()
-    out["repurchase"] = out["repurchase"] | is_listed(out["seller_loan_number"], repurchased)
-    return out
+    # assign shares the other columns with `existing` (copy-on-write) instead of copying 500k rows
+    return existing.assign(repurchase=existing["repurchase"] | is_listed(existing["seller_loan_number"], repurchased))
