@@ -19,7 +19,10 @@ unless --existing is given; not timed), then, in the same invocation:
   gaps between steps and after the last one);
 - reports the peak RSS and the CPU seconds of the run process (from wait4),
   and the bare read's CPU seconds: on a machine shared with other work the
-  CPU ratio moves much less than the wall-clock one.
+  CPU ratio moves much less than the wall-clock one;
+- runs the same command on the smallest batch the generator makes (2 buy
+  loans, 10 existing): the fixed cost of any run, which the rest of a run's
+  time is compared with.
 
 Not a test: the machine's load makes single timings noisy. Use --repeat and
 read the best; copy the figures into the README with the machine and date.
@@ -48,6 +51,7 @@ from loan_engine_dagster.adapters.sample import default_batch_date, generate_inb
 ROOT = Path(__file__).resolve().parent.parent
 LOAN_ENGINE = Path(sys.executable).with_name("loan-engine")
 SCALING_SIZES = (25_000, 50_000, 100_000, 200_000)
+FLOOR_LOANS, FLOOR_EXISTING = 2, 10
 
 
 def _cpu_seconds(usage: resource.struct_rusage) -> float:
@@ -227,6 +231,16 @@ def main() -> None:
             run = one_size(loans, existing, args.mix, args.repeat, workdir, args.seed, args.code)
             report(loans, existing, args.mix, run)
             results.append((loans, run))
+        # What any batch costs, however small: imports, the instance, the run's
+        # events. The part of a run that grows with the batch is the rest.
+        print(f"\n== the smallest batch ({FLOOR_LOANS} buy loans, {FLOOR_EXISTING} existing), {args.mix}", flush=True)
+        floor = one_size(FLOOR_LOANS, FLOOR_EXISTING, args.mix, args.repeat, workdir, args.seed, args.code)
+        print(f"fixed cost of a run (smallest batch)  {floor['wall']:>6.2f} s wall, {floor['cpu']:.2f} CPU s, "
+              f"start-up to first step {floor['phases']['to_first_step']:.2f} s")
+        for loans, run in results:
+            print(f"  {loans:>8,} buy loans: whole run {run['wall']:.2f} s = fixed {floor['wall']:.2f} s + "
+                  f"{run['wall'] - floor['wall']:.2f} s that grows with the batch "
+                  f"({(run['wall'] - floor['wall']) / run['read']:.2f}x the bare read)")
         if len(results) > 1:
             print("\nscaling (whole run, seconds per 1,000 buy loans):")
             for loans, run in results:
