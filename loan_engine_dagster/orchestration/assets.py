@@ -9,6 +9,7 @@ whichever phases it runs."""
 
 import datetime as dt
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -27,7 +28,7 @@ from loan_engine_dagster.rules.limit_display import dollars_exact
 from loan_engine_dagster.rules.purchase_plan import PurchasePlan
 from loan_engine_dagster.rules.run_options import check_irr_target, parse_pdate
 
-from .checks import limits_table
+from .checks import CHECK_SPECS, data_quality_results, empty_exhibits_result, limit_check_results, limits_table
 from .metadata import balance_total, files_markdown, plan_metadata, rejections_table, warnings_table
 from .partitions import batches
 from .resources import InboxResource, OutputsResource, ResultsDatabase, RulesResource
@@ -108,11 +109,11 @@ def reference_data(
     )
 
 
-@dg.asset(partitions_def=batches, group_name=INTAKE, kinds={"pandas"})
+@dg.asset(partitions_def=batches, group_name=INTAKE, kinds={"pandas"}, check_specs=CHECK_SPECS["batch_inputs"])
 def batch_inputs(
     context: dg.AssetExecutionContext, inbox: InboxResource, rules: RulesResource, outputs: OutputsResource,
     results_db: ResultsDatabase,
-) -> dg.Output:
+) -> Iterator:
     """The seller's SFY and PRIME exhibits and the servicer tape of this batch."""
     start = time.perf_counter()
     _check_destinations(outputs, results_db)
@@ -123,7 +124,7 @@ def batch_inputs(
         data = load_batch_inputs(files, loaded)
     invalid = int((data.exhibits["row_problems"] != "").sum())
     empty = empty_exhibits(data.exhibits, data.files)
-    return dg.Output(
+    yield dg.Output(
         data,
         metadata={
             "loans_offered": len(data.exhibits),
@@ -138,13 +139,14 @@ def batch_inputs(
             **_elapsed(start),
         },
     )
+    yield empty_exhibits_result(empty)
 
 
-@dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"})
+@dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"}, check_specs=CHECK_SPECS["normalized_loans"])
 def normalized_loans(
     config: BatchRunConfig, reference_data: pipeline.ReferenceData, batch_inputs: pipeline.BatchInputs, rules: RulesResource,
     results_db: ResultsDatabase,
-) -> dg.Output:
+) -> Iterator:
     """Offered loans joined to their program type, with the purchase date set.
 
     Loans bought as HD notes are looked up in the notes master sheet; existing
@@ -154,7 +156,7 @@ def normalized_loans(
     pdate = pipeline.resolve_pdate(batch_inputs.notice_date, parse_pdate(config.pdate))
     data = pipeline.normalize(reference_data, batch_inputs, loaded, pdate)
     loans = data.loans
-    return dg.Output(
+    yield dg.Output(
         data,
         metadata={
             "loans": len(loans),
@@ -169,6 +171,7 @@ def normalized_loans(
             **_elapsed(start),
         },
     )
+    yield from data_quality_results("normalized_loans", loans)
 
 
 @dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"})
@@ -192,26 +195,27 @@ def underwriting(
     )
 
 
-@dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"})
+@dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"}, check_specs=CHECK_SPECS["comap"])
 def comap(
     reference_data: pipeline.ReferenceData, underwriting: pd.DataFrame, rules: RulesResource, results_db: ResultsDatabase
-) -> dg.Output:
+) -> Iterator:
     """CoMAP: whether each price-checked loan's program may be bought at its FICO."""
     start = time.perf_counter()
     loaded = rules.load()
     loans = pipeline.run_comap(underwriting, reference_data.comap, loaded)
     counts = loans["comap_status"].value_counts()
-    return dg.Output(
+    yield dg.Output(
         loans,
         metadata={**{f"comap_{k}": int(v) for k, v in counts.items()}, "rules_version": loaded.version, **_elapsed(start)},
     )
+    yield from data_quality_results("comap", loans)
 
 
-@dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"})
+@dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"}, check_specs=CHECK_SPECS["eligibility"])
 def eligibility(
     comap: pd.DataFrame, normalized_loans: pipeline.NormalizedBatch, reference_data: pipeline.ReferenceData,
     rules: RulesResource, results_db: ResultsDatabase,
-) -> dg.Output:
+) -> Iterator:
     """Each loan's disposition, then the portfolio concentration limits.
 
     A breached limit does not stop the purchase by itself: it shows as a
@@ -222,7 +226,7 @@ def eligibility(
     loans = decisions.loans
     to_buy = loans["disposition"] == "to_purchase"
     failed = decisions.checks[decisions.checks["status"] == "fail"]
-    return dg.Output(
+    yield dg.Output(
         decisions,
         metadata={
             "loans": len(loans),
@@ -240,6 +244,7 @@ def eligibility(
             **_elapsed(start),
         },
     )
+    yield from limit_check_results(decisions.checks, loans)
 
 
 @dg.asset(partitions_def=batches, group_name=DELIVERY, kinds={"scipy"})
