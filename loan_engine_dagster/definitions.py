@@ -3,7 +3,6 @@
 import dagster as dg
 
 from loan_engine_dagster.orchestration import assets
-from loan_engine_dagster.orchestration.checks import ASSET_CHECKS
 from loan_engine_dagster.orchestration.failures import (
     dead_worker_sensor,
     loan_engine_failure_sensor,
@@ -19,7 +18,6 @@ all_assets = dg.load_assets_from_modules([assets])
 
 defs = dg.Definitions(
     assets=all_assets,
-    asset_checks=ASSET_CHECKS,
     jobs=[loan_engine_job],
     sensors=[inbox_sensor, missing_batch_alert_sensor, loan_engine_failure_sensor, loan_engine_timeout_sensor, dead_worker_sensor,
              pending_incidents_sensor],

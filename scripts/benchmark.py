@@ -9,7 +9,8 @@ unless --existing is given; not timed), then, in the same invocation:
 
 - reads the same input files bare: every sheet of every workbook through
   calamine into a DataFrame, the CSV files through pandas' pyarrow reader;
-- runs `loan-engine run BATCH` as a subprocess, with a fresh DAGSTER_HOME and
+- runs `loan-engine run BATCH` as a subprocess, with a fresh DAGSTER_HOME (its
+  SQLite storage created beforehand, as once per home; timed apart) and
   a fresh SQLite results database each time, exactly as a user would;
 - reads that run's Dagster event log to split the wall clock into per-step
   times (one row per step found, whatever the job holds), the work inside each
@@ -19,7 +20,10 @@ unless --existing is given; not timed), then, in the same invocation:
   gaps between steps and after the last one);
 - reports the peak RSS and the CPU seconds of the run process (from wait4),
   and the bare read's CPU seconds: on a machine shared with other work the
-  CPU ratio moves much less than the wall-clock one.
+  CPU ratio moves much less than the wall-clock one;
+- runs the same command on the smallest batch the generator makes (2 buy
+  loans, 10 existing): the fixed cost of any run, which the rest of a run's
+  time is compared with.
 
 Not a test: the machine's load makes single timings noisy. Use --repeat and
 read the best; copy the figures into the README with the machine and date.
@@ -48,6 +52,7 @@ from loan_engine_dagster.adapters.sample import default_batch_date, generate_inb
 ROOT = Path(__file__).resolve().parent.parent
 LOAN_ENGINE = Path(sys.executable).with_name("loan-engine")
 SCALING_SIZES = (25_000, 50_000, 100_000, 200_000)
+FLOOR_LOANS, FLOOR_EXISTING = 2, 10
 
 
 def _cpu_seconds(usage: resource.struct_rusage) -> float:
@@ -70,7 +75,10 @@ def bare_read(inbox: Path) -> tuple[float, float]:
 
 def run_loan_engine(inbox: Path, batch: str, workdir: Path, code: Path | None = None) -> dict:
     """One real `loan-engine run` in a fresh Dagster instance; wall seconds,
-    peak RSS and the run's event log."""
+    peak RSS and the run's event log. The instance is new and empty, but its
+    SQLite storage is created before the clock starts, as the first
+    `loan-engine run`, UI start or `dagster instance migrate` does once per
+    DAGSTER_HOME; that one-time cost is reported on its own."""
     home = workdir / "dagster_home"
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
@@ -78,6 +86,9 @@ def run_loan_engine(inbox: Path, batch: str, workdir: Path, code: Path | None = 
     db = workdir / "results.db"
     db.unlink(missing_ok=True)
     env = {**os.environ, "DAGSTER_HOME": str(home)}
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import dagster as dg; dg.DagsterInstance.get().get_runs()"], env=env, check=True)
+    instance_setup = time.perf_counter() - start
     program = [str(LOAN_ENGINE)]
     if code is not None:  # another checkout of the project, e.g. to compare with an earlier commit
         env["PYTHONPATH"] = str(code)
@@ -95,7 +106,7 @@ def run_loan_engine(inbox: Path, batch: str, workdir: Path, code: Path | None = 
     if process.returncode != 0:
         sys.exit(f"loan-engine run failed (exit {process.returncode}):\n{log.read_text()[-3000:]}")
     return {"wall": wall, "cpu": _cpu_seconds(usage), "started_at": started_at, "max_rss_mib": usage.ru_maxrss / 1024,
-            "events": event_log(home), "output": log.read_text()}
+            "events": event_log(home), "output": log.read_text(), "instance_setup": instance_setup}
 
 
 def event_log(home: Path) -> list:
@@ -200,6 +211,8 @@ def report(loans: int, existing: int, mix: str, run: dict) -> None:
     print(f"CPU seconds, run / bare read         {run['cpu']:>6.2f} / {run['read_cpu']:.2f} = {run['cpu'] / run['read_cpu']:.2f}x"
           "  (steadier than wall time on a busy machine)")
     print(f"peak RSS of the run process          {run['max_rss_mib']:>6,.0f} MiB")
+    print(f"(not in the run: creating the instance's SQLite storage, once per DAGSTER_HOME: {run['instance_setup']:.2f} s,"
+          " Python start-up and `import dagster` included)")
 
 
 def main() -> None:
@@ -227,6 +240,16 @@ def main() -> None:
             run = one_size(loans, existing, args.mix, args.repeat, workdir, args.seed, args.code)
             report(loans, existing, args.mix, run)
             results.append((loans, run))
+        # What any batch costs, however small: imports, the instance, the run's
+        # events. The part of a run that grows with the batch is the rest.
+        print(f"\n== the smallest batch ({FLOOR_LOANS} buy loans, {FLOOR_EXISTING} existing), {args.mix}", flush=True)
+        floor = one_size(FLOOR_LOANS, FLOOR_EXISTING, args.mix, args.repeat, workdir, args.seed, args.code)
+        print(f"fixed cost of a run (smallest batch)  {floor['wall']:>6.2f} s wall, {floor['cpu']:.2f} CPU s, "
+              f"start-up to first step {floor['phases']['to_first_step']:.2f} s")
+        for loans, run in results:
+            print(f"  {loans:>8,} buy loans: whole run {run['wall']:.2f} s = fixed {floor['wall']:.2f} s + "
+                  f"{run['wall'] - floor['wall']:.2f} s that grows with the batch "
+                  f"({(run['wall'] - floor['wall']) / run['read']:.2f}x the bare read)")
         if len(results) > 1:
             print("\nscaling (whole run, seconds per 1,000 buy loans):")
             for loans, run in results:

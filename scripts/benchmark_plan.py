@@ -68,8 +68,9 @@ def main() -> None:
     reference, inputs = load_reference(files.reference, rules), load_batch_inputs(files, rules)
     normalized = pipeline.normalize(reference, inputs, rules, pipeline.resolve_pdate(inputs.notice_date))
     loans = pipeline.run_comap(pipeline.run_underwriting(normalized.loans, reference.grids, rules), reference.comap, rules)
-    tight = breached(rules, pipeline.run_eligibility(loans, normalized.existing, rules).checks, args.breached)
-    decisions = pipeline.run_eligibility(loans, normalized.existing, tight)
+    existing = pipeline.portfolio(reference, normalized)
+    tight = breached(rules, pipeline.run_eligibility(loans, existing, rules).checks, args.breached)
+    decisions = pipeline.run_eligibility(loans, existing, tight)
     checks = decisions.checks
     failing = sum(
         1 for r in checks.itertuples()
@@ -78,11 +79,11 @@ def main() -> None:
     )
 
     start = time.perf_counter()
-    plan = pipeline.run_purchase_plan(decisions, normalized.existing, tight)
+    plan = pipeline.run_purchase_plan(decisions, existing, tight)
     seconds = time.perf_counter() - start
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
     print(f"{len(decisions.loans):,} buy loans ({int((decisions.loans['disposition'] == 'to_purchase').sum()):,} to purchase), "
-          f"{len(normalized.existing):,} existing; {failing} limits breached on the loans to buy")
+          f"{len(existing):,} existing; {failing} limits breached on the loans to buy")
     print(f"purchase plan: {seconds:.2f} s")
     for platform, summary in plan.platforms.items():
         for line in plan_lines(platform, summary):

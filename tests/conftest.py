@@ -140,7 +140,7 @@ def run_rules(sfy: list[dict], prime: list[dict] = (), *, rules=None, master=Non
     )
     normalized = pipeline.normalize(reference, inputs, rules, pdate)
     loans = pipeline.run_comap(pipeline.run_underwriting(normalized.loans, reference.grids, rules), reference.comap, rules)
-    return pipeline.run_eligibility(loans, normalized.existing, rules)
+    return pipeline.run_eligibility(loans, pipeline.portfolio(reference, normalized), rules)
 
 
 def by_number(decisions: pipeline.Decisions) -> pd.DataFrame:

@@ -8,14 +8,13 @@ import pytest
 
 from loan_engine_dagster.adapters import database
 from loan_engine_dagster.orchestration import assets
-from loan_engine_dagster.orchestration.checks import ASSET_CHECKS
 from loan_engine_dagster.orchestration.partitions import batches
 from loan_engine_dagster.orchestration.resources import (
     InboxResource, Notifier, OutputsResource, ResultsDatabase, RulesResource,
 )
 
 BATCH = "2026-02-19"
-ASSETS = [*dg.load_assets_from_modules([assets]), *ASSET_CHECKS]
+ASSETS = dg.load_assets_from_modules([assets])  # each asset evaluates its own checks
 
 
 def resources_for(inbox, tmp_path):

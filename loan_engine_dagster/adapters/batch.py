@@ -110,11 +110,12 @@ def process_batch(
     normalized = timer("normalized_loans", pipeline.normalize, reference, inputs, rules, purchase_date)
     underwritten = timer("underwriting", pipeline.run_underwriting, normalized.loans, reference.grids, rules)
     comap = timer("comap", pipeline.run_comap, underwritten, reference.comap, rules)
-    decisions = timer("eligibility", pipeline.run_eligibility, comap, normalized.existing, rules)
-    plan = timer("purchase_plan", pipeline.run_purchase_plan, decisions, normalized.existing, rules)
+    existing = pipeline.portfolio(reference, normalized)
+    decisions = timer("eligibility", pipeline.run_eligibility, comap, existing, rules)
+    plan = timer("purchase_plan", pipeline.run_purchase_plan, decisions, existing, rules)
     staging, summary = timer(
         "exports", stage_batch_outputs, output_root, decisions, plan, batch=batch_key, pdate=purchase_date, rules=rules,
-        input_files=reference.files + inputs.files, run_id=run_id,
+        input_files=normalized.input_files, run_id=run_id,
     )
     folder = output_root / batch_key
     engine = database.engine_for(database_url)

@@ -9,6 +9,7 @@ whichever phases it runs."""
 
 import datetime as dt
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -27,7 +28,7 @@ from loan_engine_dagster.rules.limit_display import dollars_exact
 from loan_engine_dagster.rules.purchase_plan import PurchasePlan
 from loan_engine_dagster.rules.run_options import check_irr_target, parse_pdate
 
-from .checks import limits_table
+from .checks import CHECK_SPECS, data_quality_results, empty_exhibits_result, limit_check_results, limits_table
 from .metadata import balance_total, files_markdown, plan_metadata, rejections_table, warnings_table
 from .partitions import batches
 from .resources import InboxResource, OutputsResource, ResultsDatabase, RulesResource
@@ -108,11 +109,11 @@ def reference_data(
     )
 
 
-@dg.asset(partitions_def=batches, group_name=INTAKE, kinds={"pandas"})
+@dg.asset(partitions_def=batches, group_name=INTAKE, kinds={"pandas"}, check_specs=CHECK_SPECS["batch_inputs"])
 def batch_inputs(
     context: dg.AssetExecutionContext, inbox: InboxResource, rules: RulesResource, outputs: OutputsResource,
     results_db: ResultsDatabase,
-) -> dg.Output:
+) -> Iterator:
     """The seller's SFY and PRIME exhibits and the servicer tape of this batch."""
     start = time.perf_counter()
     _check_destinations(outputs, results_db)
@@ -123,7 +124,7 @@ def batch_inputs(
         data = load_batch_inputs(files, loaded)
     invalid = int((data.exhibits["row_problems"] != "").sum())
     empty = empty_exhibits(data.exhibits, data.files)
-    return dg.Output(
+    yield dg.Output(
         data,
         metadata={
             "loans_offered": len(data.exhibits),
@@ -138,13 +139,14 @@ def batch_inputs(
             **_elapsed(start),
         },
     )
+    yield empty_exhibits_result(empty)
 
 
-@dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"})
+@dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"}, check_specs=CHECK_SPECS["normalized_loans"])
 def normalized_loans(
     config: BatchRunConfig, reference_data: pipeline.ReferenceData, batch_inputs: pipeline.BatchInputs, rules: RulesResource,
     results_db: ResultsDatabase,
-) -> dg.Output:
+) -> Iterator:
     """Offered loans joined to their program type, with the purchase date set.
 
     Loans bought as HD notes are looked up in the notes master sheet; existing
@@ -154,7 +156,7 @@ def normalized_loans(
     pdate = pipeline.resolve_pdate(batch_inputs.notice_date, parse_pdate(config.pdate))
     data = pipeline.normalize(reference_data, batch_inputs, loaded, pdate)
     loans = data.loans
-    return dg.Output(
+    yield dg.Output(
         data,
         metadata={
             "loans": len(loans),
@@ -164,11 +166,12 @@ def normalized_loans(
             "notes_loans": int((loans["loan_kind"] == "notes").sum()),
             "pdate": pdate.isoformat(),
             "irr_target": loaded.normalization.irr_target,
-            "existing_repurchased": int(data.existing["repurchase"].sum()),
+            "existing_repurchased": int(data.repurchase.sum()),
             "rules_version": loaded.version,
             **_elapsed(start),
         },
     )
+    yield from data_quality_results("normalized_loans", loans)
 
 
 @dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"})
@@ -192,36 +195,38 @@ def underwriting(
     )
 
 
-@dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"})
+@dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"}, check_specs=CHECK_SPECS["comap"])
 def comap(
     reference_data: pipeline.ReferenceData, underwriting: pd.DataFrame, rules: RulesResource, results_db: ResultsDatabase
-) -> dg.Output:
+) -> Iterator:
     """CoMAP: whether each price-checked loan's program may be bought at its FICO."""
     start = time.perf_counter()
     loaded = rules.load()
     loans = pipeline.run_comap(underwriting, reference_data.comap, loaded)
     counts = loans["comap_status"].value_counts()
-    return dg.Output(
+    yield dg.Output(
         loans,
         metadata={**{f"comap_{k}": int(v) for k, v in counts.items()}, "rules_version": loaded.version, **_elapsed(start)},
     )
+    yield from data_quality_results("comap", loans)
 
 
-@dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"})
+@dg.asset(partitions_def=batches, group_name=REVIEW, kinds={"pandas"}, check_specs=CHECK_SPECS["eligibility"])
 def eligibility(
-    comap: pd.DataFrame, normalized_loans: pipeline.NormalizedBatch, rules: RulesResource, results_db: ResultsDatabase
-) -> dg.Output:
+    comap: pd.DataFrame, normalized_loans: pipeline.NormalizedBatch, reference_data: pipeline.ReferenceData,
+    rules: RulesResource, results_db: ResultsDatabase,
+) -> Iterator:
     """Each loan's disposition, then the portfolio concentration limits.
 
     A breached limit does not stop the purchase by itself: it shows as a
     warning check with the excess balance and the loans that make it up."""
     start = time.perf_counter()
     loaded = rules.load()
-    decisions = pipeline.run_eligibility(comap, normalized_loans.existing, loaded)
+    decisions = pipeline.run_eligibility(comap, pipeline.portfolio(reference_data, normalized_loans), loaded)
     loans = decisions.loans
     to_buy = loans["disposition"] == "to_purchase"
     failed = decisions.checks[decisions.checks["status"] == "fail"]
-    return dg.Output(
+    yield dg.Output(
         decisions,
         metadata={
             "loans": len(loans),
@@ -239,12 +244,13 @@ def eligibility(
             **_elapsed(start),
         },
     )
+    yield from limit_check_results(decisions.checks, loans)
 
 
 @dg.asset(partitions_def=batches, group_name=DELIVERY, kinds={"scipy"})
 def purchase_plan(
-    eligibility: pipeline.Decisions, normalized_loans: pipeline.NormalizedBatch, rules: RulesResource,
-    results_db: ResultsDatabase,
+    eligibility: pipeline.Decisions, normalized_loans: pipeline.NormalizedBatch, reference_data: pipeline.ReferenceData,
+    rules: RulesResource, results_db: ResultsDatabase,
 ) -> dg.Output:
     """Which loans to hold back so that every limit holds, losing the least balance.
 
@@ -252,7 +258,7 @@ def purchase_plan(
     curable limit, checked by evaluating the limits again on the plan."""
     start = time.perf_counter()
     loaded = rules.load()
-    plan = pipeline.run_purchase_plan(eligibility, normalized_loans.existing, loaded)
+    plan = pipeline.run_purchase_plan(eligibility, pipeline.portfolio(reference_data, normalized_loans), loaded)
     return dg.Output(plan, metadata={**plan_metadata(plan.platforms), "rules_version": loaded.version, **_elapsed(start)})
 
 
@@ -262,8 +268,6 @@ def exports(
     eligibility: pipeline.Decisions,
     purchase_plan: PurchasePlan,
     normalized_loans: pipeline.NormalizedBatch,
-    reference_data: pipeline.ReferenceData,
-    batch_inputs: pipeline.BatchInputs,
     outputs: OutputsResource,
     rules: RulesResource,
     results_db: ResultsDatabase,
@@ -279,7 +283,7 @@ def exports(
     results_db.under_lease(lambda: clear_leftovers(outputs.path, context.partition_key))
     folder, summary = stage_batch_outputs(
         outputs.path, eligibility, purchase_plan, batch=context.partition_key, pdate=normalized_loans.pdate, rules=loaded,
-        input_files=reference_data.files + batch_inputs.files, run_id=context.run.run_id,
+        input_files=normalized_loans.input_files, run_id=context.run.run_id,
     )
     target = (outputs.path / context.partition_key).resolve()
     return dg.Output(

@@ -2,9 +2,10 @@
 recorded against its batch partition. All are warnings: a breach is for the
 reviewer to judge, not a reason to stop.
 
-Each group is one `multi_asset_check` that reads its asset once: checks
-declared with `check_specs=` on a partitioned asset are recorded without a
-partition, so the UI could only ever show the latest batch's results."""
+Each asset declares its checks (`check_specs=`) and yields their results
+after its output. Every spec carries the `batches` partitions: without it
+Dagster records a partitioned asset's check results with no partition, and
+the UI could only ever show the latest batch's results."""
 
 
 import warnings
@@ -12,7 +13,6 @@ import warnings
 import dagster as dg
 import pandas as pd
 
-from loan_engine_dagster.rules import pipeline
 from loan_engine_dagster.rules.config import default_rules, limit_check_name
 from loan_engine_dagster.rules.limit_display import (
     check_title, dollars_exact, limit_text, metric_phrase, result_line, unit_of,
@@ -227,28 +227,11 @@ def empty_exhibits_result(empty_files: list[str]) -> dg.AssetCheckResult:
     )
 
 
-@dg.multi_asset_check(specs=LIMIT_CHECK_SPECS, name="eligibility_limits",
-                      description="The concentration limits of the batch, from its eligibility result.")
-def eligibility_limits(eligibility: pipeline.Decisions):
-    yield from limit_check_results(eligibility.checks, eligibility.loans)
-
-
-@dg.multi_asset_check(specs=DATA_QUALITY_CHECKS["normalized_loans"], name="normalized_loans_quality",
-                      description="Data-quality counts of the offered loans.")
-def normalized_loans_quality(normalized_loans: pipeline.NormalizedBatch):
-    yield from data_quality_results("normalized_loans", normalized_loans.loans)
-
-
-@dg.multi_asset_check(specs=DATA_QUALITY_CHECKS["comap"], name="comap_quality",
-                      description="Programs CoMAP could not place.")
-def comap_quality(comap: pd.DataFrame):
-    yield from data_quality_results("comap", comap)
-
-
-@dg.multi_asset_check(specs=[EMPTY_EXHIBITS_CHECK], name="batch_inputs_quality",
-                      description="Exhibits of the batch that list no loan.")
-def batch_inputs_quality(batch_inputs: pipeline.BatchInputs):
-    yield empty_exhibits_result(empty_exhibits(batch_inputs.exhibits, batch_inputs.files))
-
-
-ASSET_CHECKS = [eligibility_limits, normalized_loans_quality, comap_quality, batch_inputs_quality]
+# Each asset's checks, evaluated in the asset's own step: separate check
+# steps cost the run their own events and input loads.
+CHECK_SPECS = {
+    "batch_inputs": [EMPTY_EXHIBITS_CHECK],
+    "normalized_loans": DATA_QUALITY_CHECKS["normalized_loans"],
+    "comap": DATA_QUALITY_CHECKS["comap"],
+    "eligibility": LIMIT_CHECK_SPECS,
+}

@@ -20,7 +20,12 @@ MASTER_FILES = {"regular": "MASTER_SHEET.xlsx", "notes": "MASTER_SHEET - Notes.x
 
 
 def _num(series: pd.Series, fmt: str = "%g") -> pd.Series:
-    return pd.Series(np.char.mod(fmt, series.to_numpy(dtype=float)), index=series.index).astype("string")
+    # Formatted once per distinct value (FICO, DTI and prices repeat a lot);
+    # distinct by bit pattern, so -0.0 and each NaN keep their own text.
+    values = series.to_numpy(dtype=float)
+    codes, uniques = pd.factorize(values.view(np.int64))
+    text = np.char.mod(fmt, uniques.view(np.float64))
+    return pd.Series(text[codes], index=series.index).astype("string")
 
 
 def _messages(m: pd.DataFrame) -> dict:
@@ -48,10 +53,20 @@ def _messages(m: pd.DataFrame) -> dict:
     }
 
 
+_MESSAGE_COLUMNS = [
+    "seller_loan_number", "platform", "invalid", "known_program", "purchase_price_check", "on_tape",
+    "source_file", "source_row", "row_problems", "loan_program", "loan_kind", "lender_price", "modeled_purchase_price",
+    "fico", "income", "orig_balance", "stamp_fee", "dti", "pti",
+    "underwriting_status", "underwriting_sheet", "underwriting_grid_rows", "underwriting_reason",
+    "comap_status", "comap_sheet", "comap_min_fico", "comap_reason",
+]
+
+
 def exceptions(loans: pd.DataFrame) -> pd.DataFrame:
     """One row per loan and reason: rejection reasons as errors, CoMAP
     `not_in_grid` and buy loans missing from the tape as warnings."""
     valid = ~loans["invalid"]
+    loans = loans[_MESSAGE_COLUMNS]  # each subset below copies only what the messages read
     flags = [
         ("invalid_data", loans["invalid"], "invalid_data"),
         ("unknown_program", valid & ~loans["known_program"], "unknown_program"),

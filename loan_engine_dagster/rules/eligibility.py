@@ -39,7 +39,7 @@ def build_population(buy: pd.DataFrame, existing: pd.DataFrame) -> pd.DataFrame:
     return pop
 
 
-class _Columns:
+class PopulationArrays:
     """Population columns as numpy arrays, converted once for all checks:
     numbers and flags as they are, text as codes of its distinct values."""
 
@@ -70,8 +70,8 @@ class _Columns:
         return self._arrays[key][0]
 
 
-def filter_mask(pop: pd.DataFrame, check: Check, columns: _Columns | None = None) -> np.ndarray:
-    columns = columns or _Columns(pop)
+def filter_mask(pop: pd.DataFrame, check: Check, columns: PopulationArrays | None = None) -> np.ndarray:
+    columns = columns or PopulationArrays(pop)
     mask = np.ones(len(pop), dtype=bool)
     for column, op, value in check.where:
         if column == "loan_program":
@@ -82,7 +82,8 @@ def filter_mask(pop: pd.DataFrame, check: Check, columns: _Columns | None = None
         if uniques is None:
             hit = np.isin(values, value) if op == "in" else OPS[op](values, value)
         elif op == "in":
-            hit = np.isin(values, np.flatnonzero(uniques.isin(value)))
+            # A lookup per distinct value; the trailing False is where a missing cell (code -1) lands.
+            hit = np.append(uniques.isin(value), False)[values]
         elif op in ("==", "!="):
             # Text compares by its distinct values; a missing cell (code -1) matches none.
             hit = OPS[op](values, uniques.get_loc(value) if value in uniques else -2)
@@ -98,12 +99,13 @@ def _share(weights: np.ndarray, base: np.ndarray, match: np.ndarray) -> tuple[fl
     return (None if total == 0 else float(part / total)), float(part), float(total)
 
 
-def platform_bases(pop: pd.DataFrame, platform: str) -> dict[str, np.ndarray]:
+def platform_bases(pop: pd.DataFrame, platform: str, columns: PopulationArrays | None = None) -> dict[str, np.ndarray]:
     """The three population bases of one platform; repurchased and excess
     assets never count."""
     in_base = ~pop["repurchase"].to_numpy(dtype=bool) & ~pop["excess_asset"].to_numpy(dtype=bool)
     is_buy = pop["is_buy"].to_numpy(dtype=bool)
-    base = in_base & (pop["platform"] == platform).to_numpy()
+    codes, uniques = (columns or PopulationArrays(pop)).get("platform")
+    base = in_base & (codes == (uniques.get_loc(platform) if platform in uniques else -2))
     return {"value": base, "before": base & ~is_buy, "to_purchase": base & (~is_buy | pop["to_purchase"].to_numpy(dtype=bool))}
 
 
@@ -111,13 +113,13 @@ def platform_checks(rules: Rules) -> tuple[tuple[str, list[Check]], ...]:
     return (("prime", rules.eligibility.prime), ("sfy", rules.eligibility.sfy))
 
 
-def check_match(pop: pd.DataFrame, check: Check, columns: _Columns | None = None) -> np.ndarray:
+def check_match(pop: pd.DataFrame, check: Check, columns: PopulationArrays | None = None) -> np.ndarray:
     """The rows inside the check's filter (every row when it has none)."""
     return filter_mask(pop, check, columns) if check.where else np.ones(len(pop), dtype=bool)
 
 
 def metric_value(check: Check, pop: pd.DataFrame, base: np.ndarray, match: np.ndarray, balance: np.ndarray,
-                 columns: _Columns | None = None):
+                 columns: PopulationArrays | None = None):
     """The check's metric over one population base; None when the base is
     empty or has zero balance."""
     if not base.any() or balance[base].sum() == 0:
@@ -127,10 +129,15 @@ def metric_value(check: Check, pop: pd.DataFrame, base: np.ndarray, match: np.nd
     if check.metric == "count_share":
         return float(match[base].sum() / base.sum())
     if check.metric == "distribution":
-        by_state = pd.Series(balance[base]).groupby(pop["property_state"].to_numpy()[base]).sum()
+        # Grouped by the states' codes (integers group fast), then named and
+        # put in the order of the states' names as grouping by name would.
+        codes, states = (columns or PopulationArrays(pop)).get("property_state")
+        present = base & (codes >= 0)
+        by_code = pd.Series(balance[present]).groupby(codes[present]).sum()
+        by_state = pd.Series(by_code.to_numpy(), index=states[by_code.index.to_numpy()]).sort_index()
         shares = (by_state / balance[base].sum()).sort_values(ascending=False, kind="stable")
         return {str(k): float(v) for k, v in shares.items()}
-    column = (columns or _Columns(pop)).numbers(check.column)[base]
+    column = (columns or PopulationArrays(pop)).numbers(check.column)[base]
     if check.metric == "max":
         return float(column.max())
     if check.metric == "mean":
@@ -140,25 +147,36 @@ def metric_value(check: Check, pop: pd.DataFrame, base: np.ndarray, match: np.nd
     raise ValueError(f"unknown metric {check.metric}")
 
 
-def evaluate_checks(pop: pd.DataFrame, rules: Rules, *, value_only: bool = False) -> pd.DataFrame:
+def evaluate_checks(
+    pop: pd.DataFrame, rules: Rules, *, value_only: bool = False, keep: np.ndarray | None = None
+) -> pd.DataFrame:
     """One row per (platform, check) with the three population values, the
     status and, for a breached balance share, the excess balance and the
     batch's loans that make up the subset, largest first. `value_only` skips
-    `before` and `to_purchase` (left null) when only the status is wanted."""
-    balance = pop["orig_balance"].to_numpy(dtype=float)
-    is_buy = pop["is_buy"].to_numpy(dtype=bool)
-    columns = _Columns(pop)
+    `before` and `to_purchase` (left null) when only the status is wanted;
+    `keep` evaluates the population of those rows only, as `pop[keep]` would
+    without copying it."""
     rows = []
+    whole = PopulationArrays(pop)
     for platform, checks in platform_checks(rules):
-        bases = platform_bases(pop, platform)
+        # Every base of a platform lies inside its `value` base: each check
+        # then works on that platform's rows only, in the same order, so the
+        # sums are those of the whole population's masks.
+        bases = platform_bases(pop, platform, whole)
+        inside = bases["value"] if keep is None else bases["value"] & keep
+        sub = pop[inside].reset_index(drop=True)
+        bases = {name: b[inside] for name, b in bases.items()}
         base = bases["value"]
+        balance = sub["orig_balance"].to_numpy(dtype=float)
+        is_buy = sub["is_buy"].to_numpy(dtype=bool)
+        columns = PopulationArrays(sub)
         for check in checks:
-            match = check_match(pop, check, columns)
+            match = check_match(sub, check, columns)
             if check.metric == "batch_balance_share":
-                values = {"value": metric_value(check, pop, base & is_buy, match, balance, columns), "before": None,
+                values = {"value": metric_value(check, sub, base & is_buy, match, balance, columns), "before": None,
                           "to_purchase": None}
             else:
-                values = {name: None if value_only and name != "value" else metric_value(check, pop, b, match, balance, columns)
+                values = {name: None if value_only and name != "value" else metric_value(check, sub, b, match, balance, columns)
                           for name, b in bases.items()}
             value = values["value"]
             if value is None:

@@ -188,9 +188,10 @@ def text_key(series: pd.Series) -> pd.Series:
     """How program and type names are matched: trimmed, inner runs of spaces
     folded to one, case-insensitive. Sellers type program names by hand.
     Computed once per distinct name: a column holds few of them."""
-    values = series if isinstance(series.dtype, pd.StringDtype) else series.astype(object)
+    # Factorized as it is (Arrow text needs no Python string per row); only
+    # the distinct names become Python objects, as they were before.
     return _map_per_distinct(
-        values, lambda names: names.astype("string").str.strip().str.replace(r"\s+", " ", regex=True).str.casefold()
+        series, lambda names: names.astype(object).astype("string").str.strip().str.replace(r"\s+", " ", regex=True).str.casefold()
     )
 
 

@@ -42,8 +42,22 @@ class BatchInputs:
 @dataclass
 class NormalizedBatch:
     loans: pd.DataFrame
-    existing: pd.DataFrame
+    # Per existing asset of the reference data, in its order: out of the base
+    # as repurchased (its own flag or the tape's). Flags, not the assets
+    # themselves, so the 500k-row portfolio is stored once per batch.
+    repurchase: pd.Series
     pdate: dt.date
+    input_files: list[dict] = field(default_factory=list)  # the reference and batch files, as the reports list them
+
+
+def portfolio(reference: ReferenceData, normalized: NormalizedBatch) -> pd.DataFrame:
+    """The existing assets as the limits see them: repurchases marked."""
+    if len(normalized.repurchase) != len(reference.existing):
+        raise ValueError(
+            f"the normalized batch marks {len(normalized.repurchase):,} existing assets but the reference data "
+            f"holds {len(reference.existing):,}: they come from different runs; re-run the whole batch"
+        )
+    return reference.existing.assign(repurchase=normalized.repurchase.array)
 
 
 def resolve_pdate(notice_date: dt.date, override: dt.date | None = None) -> dt.date:
@@ -53,7 +67,8 @@ def resolve_pdate(notice_date: dt.date, override: dt.date | None = None) -> dt.d
 def normalize(reference: ReferenceData, batch: BatchInputs, rules: Rules, pdate: dt.date) -> NormalizedBatch:
     exhibits = flag_duplicate_loan_numbers(batch.exhibits)
     loans = normalize_buy_loans(exhibits, reference.master, reference.notes_master, batch.tape, pdate=pdate, rules=rules)
-    return NormalizedBatch(loans=loans, existing=mark_repurchases(reference.existing, batch.tape), pdate=pdate)
+    repurchase = mark_repurchases(reference.existing, batch.tape)["repurchase"]
+    return NormalizedBatch(loans=loans, repurchase=repurchase, pdate=pdate, input_files=reference.files + batch.files)
 
 
 def run_underwriting(loans: pd.DataFrame, grids: pd.DataFrame, rules: Rules) -> pd.DataFrame:

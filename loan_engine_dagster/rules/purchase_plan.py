@@ -23,11 +23,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import Bounds, LinearConstraint, linprog, milp
-from scipy.sparse import csc_array
 
 from .config import Check, Rules
-from .eligibility import OPS, build_population, check_match, evaluate_checks, platform_bases, platform_checks
+from .eligibility import OPS, PopulationArrays, build_population, check_match, evaluate_checks, platform_bases, platform_checks
 
 PLAN_METRICS = ("balance_share", "count_share", "mean", "wavg", "max")
 STRICT_MARGIN = 1e-9  # a strict limit must hold with the value at least this far inside, relative to the limit
@@ -106,7 +104,8 @@ def limit_rows(
     the population positions of those loans. `tighten` holds a limit further
     inside, ten times more per step (the repair when a solved plan misses it)."""
     tighten = tighten or {}
-    bases = platform_bases(pop, platform)
+    columns = PopulationArrays(pop)
+    bases = platform_bases(pop, platform, columns)
     base = bases["to_purchase"]
     existing = bases["before"]
     variables = _variables(pop, bases)
@@ -120,7 +119,7 @@ def limit_rows(
         if not base.any() or balance[base].sum() == 0:
             unconstrained.append(check.id)
             continue
-        match = check_match(pop, check)
+        match = check_match(pop, check, columns)
         if check.metric == "max":
             column = pop[check.column].to_numpy(dtype=float)
             existing_ok = not existing.any() or bool(OPS[check.op](column[existing].max(), check.limit))
@@ -173,7 +172,14 @@ def _objective(balance: np.ndarray) -> np.ndarray:
     return balance + 0.005 / (len(balance) + 1)
 
 
+# SciPy is imported where a plan is solved: importing it takes most of a
+# second, and most batches pass their limits with every loan bought.
+
+
 def _sub_milp(obj, a, residual, upper, time_limit, node_limit=None):
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import csc_array
+
     constraints = [LinearConstraint(csc_array(a), -np.inf, residual)] if len(residual) else []
     options = {"time_limit": time_limit, "mip_rel_gap": 0.0}
     if node_limit is not None:
@@ -182,6 +188,9 @@ def _sub_milp(obj, a, residual, upper, time_limit, node_limit=None):
 
 
 def _lp(obj, rows: LimitRows, keep: np.ndarray | None = None):
+    from scipy.optimize import linprog
+    from scipy.sparse import csc_array
+
     keep = np.ones(len(rows.g0), dtype=bool) if keep is None else keep
     a, bound = rows.a[keep], rows.rhs[keep] - rows.g0[keep]
     return linprog(
@@ -398,7 +407,7 @@ def make_plan(
             binding.iloc[variables] = ""
             binding.iloc[variables[~solution.buy]] = _binding(rows, solution.buy, np.flatnonzero(~solution.buy))
         kept = ~held & (~pop["is_buy"].to_numpy(dtype=bool) | pop["to_purchase"].to_numpy(dtype=bool))
-        evaluated = evaluate_checks(pop[kept].reset_index(drop=True), rules, value_only=True)
+        evaluated = evaluate_checks(pop, rules, value_only=True, keep=kept)
         missed = [
             (p, c) for p, c, status in zip(evaluated["platform"], evaluated["check_id"], evaluated["status"], strict=True)
             if status == "fail" and (p, c) not in not_curable and solutions[p][2].status in ("optimal", "feasible")
