@@ -1,4 +1,6 @@
 import json
+import threading
+import time
 
 import openpyxl
 import pandas as pd
@@ -6,7 +8,7 @@ import pytest
 
 from conftest import existing_frame, loan, run_rules
 from loan_engine_dagster.adapters import batch
-from loan_engine_dagster.adapters.outputs import publish_batch, write_workbook
+from loan_engine_dagster.adapters.outputs import publish_batch, write_concurrently, write_workbook
 from loan_engine_dagster.rules import reports
 from loan_engine_dagster.rules.purchase_plan import make_plan
 
@@ -112,6 +114,54 @@ def test_publish_replaces_whole_and_failure_keeps_old(tmp_path):
     publish_batch(tmp_path, "b1", good)
     assert _files(tmp_path / "b1") == {"a.txt"} and (tmp_path / "b1" / "a.txt").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b1"]  # no staging folders left behind
+
+
+def test_concurrent_writers_fail_as_one_after_another_would():
+    """Writers run two at a time, but the error is the first listed writer's
+    (as when they ran in order), and nothing is still writing once it is raised."""
+    first_failing, log = threading.Event(), []
+
+    def listed_first():
+        assert first_failing.wait(10)  # fails only after the later writer has failed
+        raise ValueError("first listed")
+
+    def listed_second():
+        first_failing.set()
+        raise RuntimeError("second listed")
+
+    def slow():
+        first_failing.wait(10)
+        time.sleep(0.2)
+        log.append("slow finished")
+
+    with pytest.raises(ValueError, match="first listed"):
+        # biggest first: the second and the slow writer start, the second fails, then the first starts
+        write_concurrently([(1, listed_first), (3, listed_second), (2, slow)])
+    assert log == ["slow finished"]  # started before the failure, so awaited
+    ran = []
+    write_concurrently([(0, lambda: ran.append("a")), (5, lambda: ran.append("b")), (1, lambda: ran.append("c"))])
+    assert sorted(ran) == ["a", "b", "c"]
+
+
+def test_a_failing_writer_fails_the_whole_export(tmp_path, rules, monkeypatch):
+    """One workbook failing among the concurrent writers: the export raises its
+    error and leaves no staging folder; the published batch is untouched."""
+    decisions = run_rules([loan("SFC_1"), loan("SFC_2", **{"FICO Borrower": 600})])
+    folder, _ = write_batch_outputs(tmp_path, decisions, batch="b", pdate=dt.date(2026, 2, 24), rules=rules, input_files=[])
+    before = {name: (folder / name).read_bytes() for name in _files(folder) if name.endswith((".csv", ".json"))}
+    real = batch.write_workbook
+
+    def broken(frame, path, *args, **kwargs):
+        if path.name == "comap_not_passed.xlsx":
+            raise OSError(28, "No space left on device")
+        return real(frame, path, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "write_workbook", broken)
+    with pytest.raises(OSError, match="No space left on device"):
+        write_batch_outputs(tmp_path, decisions, batch="b", pdate=dt.date(2026, 2, 24), rules=rules, input_files=[],
+                            run_id="second")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no staging folder left behind
+    assert {name: (folder / name).read_bytes() for name in before} == before
 
 
 def test_purchase_plan_csv_and_the_plan_beside_the_checks(tmp_path, rules):

@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from loan_engine_dagster.rules import pipeline, reports
@@ -21,7 +22,9 @@ from loan_engine_dagster.rules.limit_display import share_limits
 from . import database
 from .inbox import find_batch
 from .loading import load_batch_inputs, load_reference
-from .outputs import clear_leftovers, stage_batch, swapped_in, write_csv, write_json, write_workbook
+from .outputs import (
+    clear_leftovers, stage_batch, swapped_in, write_concurrently, write_csv, write_json, write_workbook,
+)
 
 
 SUMMARY_FILE = "run_summary.json"
@@ -47,15 +50,20 @@ def stage_batch_outputs(
     workbooks.update(reports.share_copies(workbooks))
 
     def write(folder: Path) -> None:
-        write_csv(reports.decisions_table(decisions.loans), folder / "loan_decisions.csv")
-        write_csv(plan.loans, folder / "purchase_plan.csv")
         (folder / "share").mkdir()
-        for name, frame in workbooks.items():
-            write_workbook(frame, folder / name)
-        write_workbook(reports.eligibility_sheet(plan.checks, plan.platforms), folder / "eligibility_checks_summary.xlsx",
-                       "checks", charts={p.upper(): share_limits(plan.checks, p) for p in ("prime", "sfy")})
-        write_json(eligibility, folder / "eligibility_checks.json")
-        write_json(summary, folder / SUMMARY_FILE)
+        # Every file is independent of the others: written two at a time, with
+        # each one's size in cells to start the big ones first.
+        write_concurrently([
+            (decisions.loans.shape[0] * len(reports.DECISION_COLUMNS),
+             lambda: write_csv(reports.decisions_table(decisions.loans), folder / "loan_decisions.csv")),
+            (plan.loans.size, lambda: write_csv(plan.loans, folder / "purchase_plan.csv")),
+            *((frame.size, partial(write_workbook, frame, folder / name)) for name, frame in workbooks.items()),
+            (plan.checks.size, lambda: write_workbook(
+                reports.eligibility_sheet(plan.checks, plan.platforms), folder / "eligibility_checks_summary.xlsx",
+                "checks", charts={p.upper(): share_limits(plan.checks, p) for p in ("prime", "sfy")})),
+            (0, partial(write_json, eligibility, folder / "eligibility_checks.json")),
+            (0, partial(write_json, summary, folder / SUMMARY_FILE)),
+        ])
 
     return stage_batch(output_root, batch, run_id, write), summary
 

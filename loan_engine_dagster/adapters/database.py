@@ -189,9 +189,28 @@ def _bulk_insert(conn: Connection, table: Table, frame: pd.DataFrame) -> None:
         for column in table.columns:
             if isinstance(column.type, Date) and column.name in typed:
                 typed[column.name] = pd.to_datetime(typed[column.name]).dt.strftime("%Y-%m-%d")
-    rows = list(zip(*(typed[n].astype(object).where(typed[n].notna(), None) for n in names)))
+    # One Python list per column (numpy's tolist, in C; a missing value is
+    # None), zipped into rows in C: no Python work per row.
+    columns = [typed[n].to_numpy(dtype=object, na_value=None).tolist() for n in names]
     statement = str(table.insert().compile(dialect=conn.dialect, column_keys=names))
-    conn.exec_driver_sql(statement, rows)
+    if conn.dialect.name != "sqlite":
+        conn.exec_driver_sql(statement, list(zip(*columns)))
+        return
+    # SQLite's executemany takes the rows as an iterator: each row is built as
+    # it is bound and freed right after. SQLAlchemy wants them all in one list
+    # first, and holding 100,000 row tuples at once cost a third of the insert.
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        cursor.executemany(statement, zip(*columns))
+    except conn.dialect.loaded_dbapi.Error as exc:
+        # Wrapped as SQLAlchemy's own executemany wraps it, rows and all, so
+        # callers see the same IntegrityError / OperationalError and message.
+        raise sqlalchemy.exc.DBAPIError.instance(
+            statement, list(zip(*columns)), exc, conn.dialect.loaded_dbapi.Error,
+            hide_parameters=conn.engine.hide_parameters, dialect=conn.dialect, ismulti=True,
+        ) from exc
+    finally:
+        cursor.close()
 
 
 def _serialize_sqlite_writers(engine: Engine) -> None:

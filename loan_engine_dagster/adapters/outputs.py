@@ -8,6 +8,8 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +75,11 @@ def _kind(column: pd.Series) -> str | None:
         return "text"
     if dtype != object:  # categories, durations, periods: the cell-by-cell writer
         return None
+    # The usual object column holds text only: pandas' C type scan says so
+    # without a Python call per cell (str subclasses pass too, written as text
+    # either way); anything else is looked at value by value below.
+    if pd.api.types.infer_dtype(column, skipna=True) == "string":
+        return "text"
     values = column.dropna()
     if values.empty:
         return "text"
@@ -116,6 +123,31 @@ def _write_cell_by_cell(frame: pd.DataFrame, path: Path, sheet: str, charts: dic
             _limit_chart(workbook, workbook.get_worksheet_by_name(name), name, table)
     finally:
         workbook.close()
+
+
+# The Rust writers build and compress a file with the GIL released (about
+# two thirds of a workbook's time), so two files written at once overlap on
+# two cores; more threads would only queue for the GIL.
+WRITER_THREADS = 2
+
+
+def write_concurrently(writes: list[tuple[int, Callable[[], None]]]) -> None:
+    """Run independent file writers, each given with its size (cells), on
+    WRITER_THREADS threads, the biggest first so that no big file is left
+    alone at the end. Fails as running them one after another in the listed
+    order would: with the error of the first listed writer that failed. It
+    returns or raises only once no writer runs any more, so a caller that
+    removes the folder on failure never races a writer still in it."""
+    biggest_first = sorted(range(len(writes)), key=lambda i: -writes[i][0])
+    with ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="report-writer") as pool:
+        futures = {i: pool.submit(writes[i][1]) for i in biggest_first}
+        try:
+            for i in range(len(writes)):
+                futures[i].result()
+        except BaseException:
+            for future in futures.values():
+                future.cancel()  # not started yet; the running ones are awaited by the with-block
+            raise
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
