@@ -25,7 +25,7 @@ metadata = MetaData()
 loan_facts = Table(
     "loan_facts", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("batch_key", String(32), nullable=False, index=True),
+    Column("batch_key", String(32), nullable=False),  # indexed by uq_loan_facts_batch_row, which starts with it
     Column("run_id", String(64), nullable=False),
     Column("rules_version", String(32), nullable=False),
     Column("seller_loan_number", String(64), nullable=False),
