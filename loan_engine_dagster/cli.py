@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import json
 import os
@@ -60,6 +61,9 @@ def main() -> None:
     # Python's own teardown of the modules a run loaded (Dagster, pandas,
     # Arrow) takes one to two seconds and does nothing a finished command
     # needs: by now the run record, reports and rows are written and closed.
+    # The exit handlers still run, as on a normal exit: one hands the batch's
+    # writer lease back.
+    atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -67,6 +67,10 @@ def test_sensor_launches_successful_run(sample_inbox, tmp_path):
     url = f"http://127.0.0.1:{port}/graphql"
     logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("webserver", "daemon")}
     workspace = str(ROOT / "workspace.yaml")
+    # As scripts/ui.sh does: the instance's storage exists before two
+    # processes start, or both create it and one dies on the race.
+    subprocess.run([str(BIN / "dagster"), "instance", "info"], cwd=tmp_path, env=env, check=True,
+                   capture_output=True, timeout=120)
     processes = [
         subprocess.Popen([str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", workspace],
                          cwd=tmp_path, env=env, stdout=logs["webserver"], stderr=subprocess.STDOUT, start_new_session=True),
