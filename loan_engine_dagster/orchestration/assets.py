@@ -7,7 +7,6 @@ batch's writer lease (and sends its heartbeat) from before its first phase,
 whichever phases it runs."""
 
 
-import datetime as dt
 import time
 from collections.abc import Iterator
 from pathlib import Path

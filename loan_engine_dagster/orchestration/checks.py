@@ -17,7 +17,6 @@ from loan_engine_dagster.rules.config import default_rules, limit_check_name
 from loan_engine_dagster.rules.limit_display import (
     check_title, dollars_exact, limit_text, metric_phrase, result_line, unit_of,
 )
-from loan_engine_dagster.rules.reports import empty_exhibits
 
 from .partitions import batches
 
