@@ -736,9 +736,8 @@ def parse_tape(frame: pd.DataFrame, *, file: str, aliases: Aliases | None = None
 def _per_distinct(series: pd.Series, test) -> np.ndarray:
     """A text test run once per distinct value: a tape's 600k rows hold a
     handful of status codes and loan groups, and the regex runs in Python."""
-    codes, uniques = pd.factorize(series, use_na_sentinel=True)
-    hits = test(pd.Series(uniques, dtype=series.dtype)).to_numpy(dtype=bool, na_value=False)
-    return np.append(hits, False)[codes]  # code -1 (missing) picks the trailing False
+    hits = _map_per_distinct(series, lambda values: test(values).astype("boolean"))
+    return hits.fillna(False).to_numpy(dtype=bool)  # a missing cell passes no test
 
 
 def parse_existing(frame: pd.DataFrame, *, file: str, aliases: Aliases | None = None) -> pd.DataFrame:
