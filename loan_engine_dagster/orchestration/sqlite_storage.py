@@ -1,0 +1,116 @@
+"""The local instance's SQLite storage, keeping its event-log connections open.
+
+Dagster's SQLite event log builds a new SQLAlchemy engine and opens a new
+connection for every event it writes or reads, then throws both away. A
+batch's run writes about 250 events (each per-batch limit check adds three)
+and many of them touch two or three database files, so a run paid 2-3 s of
+a 13 s run just opening SQLite files. Here each file keeps one engine with a
+small pool, so a connection is opened once and reused.
+
+Everything else (the files, their schema, the run and schedule storage, the
+webserver's file watcher) is Dagster's own SQLite storage unchanged: a home
+created by either class opens with the other. An idle SQLite connection holds
+no lock, so other processes (daemon, webserver, a second run) write the same
+files as before. Production on PostgreSQL does not use this module.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+    INDEX_SHARD_NAME,
+    SQLITE_BUSY_TIMEOUT_SECONDS,
+    SqliteEventLogStorage,
+)
+from dagster._core.storage.sqlite_storage import DagsterSqliteStorage, _event_logs_directory
+from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy.pool import QueuePool
+
+# Engines kept per process: the index file plus the most recently used runs'
+# files. A long-lived webserver or daemon touches many runs; older ones are
+# closed rather than holding a file descriptor each forever.
+MAX_OPEN_DATABASES = 16
+
+
+class PooledSqliteEventLogStorage(SqliteEventLogStorage):
+    """Dagster's SQLite event log with one pooled engine per database file."""
+
+    def __init__(self, base_dir: str, inst_data=None) -> None:
+        self._engines: OrderedDict[str, Engine] = OrderedDict()
+        self._engines_lock = threading.Lock()
+        self._tables_found: set[str] = set()
+        super().__init__(base_dir, inst_data)
+
+    def _engine(self, shard: str) -> Engine:
+        with self._engines_lock:
+            engine = self._engines.get(shard)
+            if engine is not None:
+                self._engines.move_to_end(shard)
+                return engine
+            engine = create_engine(
+                self.conn_string_for_shard(shard),
+                poolclass=QueuePool,
+                pool_size=1,
+                # A second connection to the index is opened by has_table,
+                # which the base class calls while a transaction is open.
+                max_overflow=4,
+                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
+            )
+            self._engines[shard] = engine
+            while len(self._engines) > MAX_OPEN_DATABASES:
+                _, oldest = self._engines.popitem(last=False)
+                oldest.dispose()
+            return engine
+
+    @contextmanager
+    def _connect(self, shard: str) -> Iterator[Connection]:
+        # Same contract as the base class: one transaction per use, under its lock.
+        with self._db_lock:
+            engine = self._engine(shard)
+            if shard not in self._initialized_dbs:
+                self._initdb(engine)
+                self._initialized_dbs.add(shard)
+            with engine.connect() as conn, conn.begin():
+                yield conn
+
+    def has_table(self, table_name: str) -> bool:
+        # Asked before every check result is stored. A table, once there,
+        # stays (migrations only add), so only its absence is asked again.
+        # Not under the base class's lock: it is asked while that lock is held.
+        if table_name not in self._tables_found:
+            engine = self._engine(INDEX_SHARD_NAME)
+            with engine.connect() as conn:
+                if engine.dialect.has_table(conn, table_name):
+                    self._tables_found.add(table_name)
+        return table_name in self._tables_found
+
+    def _close_engines(self) -> None:
+        with self._engines_lock:
+            for engine in self._engines.values():
+                engine.dispose()
+            self._engines.clear()
+
+    def wipe(self) -> None:
+        self._close_engines()  # the run files are deleted; no connection may outlive them
+        super().wipe()
+
+    def dispose(self) -> None:
+        self._close_engines()
+        super().dispose()
+
+
+class PooledSqliteStorage(DagsterSqliteStorage):
+    """Dagster's SQLite storage (runs, event log, schedules under DAGSTER_HOME)
+    with the pooled event log. Configured in dagster.yaml as `storage: custom`."""
+
+    def __init__(self, base_dir: str, inst_data=None) -> None:
+        super().__init__(base_dir, inst_data)
+        self._event_log_storage = PooledSqliteEventLogStorage(_event_logs_directory(base_dir))
+
+    @classmethod
+    def from_config_value(cls, inst_data, config_value) -> PooledSqliteStorage:
+        return cls.from_local(inst_data=inst_data, **config_value)

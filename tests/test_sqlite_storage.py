@@ -1,0 +1,167 @@
+"""The local instance's pooled SQLite event log: same files and results as
+Dagster's own, connections reused, bounded, and safe with two writers."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+
+from loan_engine_dagster.orchestration import sqlite_storage
+from loan_engine_dagster.orchestration.sqlite_storage import PooledSqliteEventLogStorage
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A partitioned asset with a check, as the loan engine's assets are: its run
+# writes materializations and check results to the index file as well as the run's.
+ASSET_CODE = textwrap.dedent(
+    """
+    import dagster as dg
+
+    parts = dg.StaticPartitionsDefinition([str(i) for i in range(40)])
+
+    @dg.asset(partitions_def=parts, check_specs=[dg.AssetCheckSpec("ok", asset="thing", partitions_def=parts)])
+    def thing(context):
+        yield dg.Output(int(context.partition_key))
+        yield dg.AssetCheckResult(passed=True, check_name="ok")
+    """
+)
+
+
+def _thing():
+    namespace: dict = {}
+    exec(ASSET_CODE, namespace)
+    return namespace["thing"]
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    return home
+
+
+def _materializations(instance) -> int:
+    return len(instance.fetch_materializations(dg.AssetKey("thing"), limit=1000).records)
+
+
+def test_the_projects_instance_uses_the_pooled_event_log(home):
+    with dg.DagsterInstance.get() as instance:
+        assert isinstance(instance.event_log_storage, PooledSqliteEventLogStorage)
+        assert type(instance.run_storage).__name__ == "SqliteRunStorage"
+        result = dg.materialize([_thing()], instance=instance, partition_key="3")
+        assert result.success
+        checks = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(dg.AssetKey("thing"), "ok"), limit=5)
+        assert [c.status.value for c in checks] == ["SUCCEEDED"]
+        assert checks[0].partition == "3"
+
+
+def test_connections_are_reused_not_reopened(home):
+    with dg.DagsterInstance.get() as instance:
+        storage = instance.event_log_storage
+        with storage.index_connection() as conn:
+            first = conn.connection.dbapi_connection
+        with storage.index_connection() as conn:
+            assert conn.connection.dbapi_connection is first
+
+
+def test_open_databases_are_bounded_and_the_oldest_closed(home):
+    with dg.DagsterInstance.get() as instance:
+        storage = instance.event_log_storage
+        run_ids = [f"run{i:03d}" for i in range(sqlite_storage.MAX_OPEN_DATABASES + 5)]
+        engines = []
+        for run_id in run_ids:
+            with storage.run_connection(run_id):
+                pass
+            engines.append(storage._engines[run_id])
+        assert len(storage._engines) == sqlite_storage.MAX_OPEN_DATABASES
+        assert run_ids[0] not in storage._engines and run_ids[-1] in storage._engines
+        assert engines[0].pool.checkedin() == 0  # disposed: its file is closed
+        with storage.run_connection(run_ids[0]):  # and a closed one opens again on demand
+            pass
+
+
+def test_has_table_answers_inside_an_open_transaction(home):
+    # The base class asks has_table while it holds the index transaction and
+    # its lock; a has_table that took the lock would hang the run.
+    with dg.DagsterInstance.get() as instance:
+        storage = instance.event_log_storage
+        answers = []
+
+        def ask():
+            with storage.index_connection():
+                answers.append(storage.has_table("asset_check_executions"))
+                answers.append(storage.has_table("no_such_table"))
+
+        worker = threading.Thread(target=ask, daemon=True)
+        worker.start()
+        worker.join(timeout=30)
+        assert answers == [True, False]
+
+
+def test_a_home_made_by_dagsters_own_storage_reads_the_same(home):
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    with dg.DagsterInstance.get() as instance:
+        assert type(instance.event_log_storage) is SqliteEventLogStorage
+        run_id = dg.materialize([_thing()], instance=instance, partition_key="1").run_id
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    with dg.DagsterInstance.get() as instance:
+        assert isinstance(instance.event_log_storage, PooledSqliteEventLogStorage)
+        assert any(e.dagster_event and e.dagster_event.event_type == dg.DagsterEventType.RUN_SUCCESS
+                   for e in instance.all_logs(run_id))
+        assert dg.materialize([_thing()], instance=instance, partition_key="2").success
+        assert _materializations(instance) == 2
+
+
+def test_wipe_leaves_a_working_event_log(home):
+    with dg.DagsterInstance.get() as instance:
+        assert dg.materialize([_thing()], instance=instance, partition_key="1").success
+        instance.wipe()
+        assert dg.materialize([_thing()], instance=instance, partition_key="2").success
+        assert _materializations(instance) == 1
+
+
+def test_two_processes_and_two_threads_write_one_instance_at_once(home):
+    """Idle pooled connections hold no SQLite lock: another process runs
+    while two threads of this one (as the daemon's sensor threads do) write
+    the same index file, and nothing is lost or refused as locked."""
+    script = ASSET_CODE + textwrap.dedent(
+        """
+        with dg.DagsterInstance.get() as instance:
+            for key in range(20, 32):
+                assert dg.materialize([thing], instance=instance, partition_key=str(key)).success
+        """
+    )
+    other = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    with dg.DagsterInstance.get() as instance:
+        errors = []
+
+        def write(keys):
+            try:
+                for key in keys:
+                    instance.report_runless_asset_event(dg.AssetMaterialization("thing", partition=str(key)))
+            except Exception as exc:  # noqa: BLE001 - the assertion below shows it
+                errors.append(exc)
+
+        threads = [threading.Thread(target=write, args=(range(start, start + 10),)) for start in (0, 10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        _, err = other.communicate(timeout=600)
+        assert other.returncode == 0, err
+        assert errors == []
+        assert _materializations(instance) == 32
+        checks = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(dg.AssetKey("thing"), "ok"), limit=100)
+        assert len(checks) == 12
