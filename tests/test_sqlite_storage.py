@@ -66,6 +66,16 @@ def test_the_projects_instance_uses_the_pooled_event_log(home):
         assert checks[0].partition == "3"
 
 
+def test_an_instance_opened_by_its_folder_stores_there(tmp_path, monkeypatch):
+    # As the UI tests and scripts open a home: no DAGSTER_HOME involved.
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    shutil.copy(ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert isinstance(instance.event_log_storage, PooledSqliteEventLogStorage)
+        assert dg.materialize([_thing()], instance=instance, partition_key="4").success
+    assert (tmp_path / "history" / "runs" / "index.db").is_file()
+
+
 def test_connections_are_reused_not_reopened(home):
     with dg.DagsterInstance.get() as instance:
         storage = instance.event_log_storage

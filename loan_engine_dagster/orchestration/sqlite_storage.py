@@ -18,15 +18,19 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
+import dagster as dg
+import yaml
+from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     INDEX_SHARD_NAME,
     SQLITE_BUSY_TIMEOUT_SECONDS,
     SqliteEventLogStorage,
 )
 from dagster._core.storage.sqlite_storage import DagsterSqliteStorage, _event_logs_directory
+from dagster._serdes import ConfigurableClassData
 from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.pool import QueuePool
 
@@ -104,8 +108,8 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
 
 
 class PooledSqliteStorage(DagsterSqliteStorage):
-    """Dagster's SQLite storage (runs, event log, schedules under DAGSTER_HOME)
-    with the pooled event log. Configured in dagster.yaml as `storage: custom`."""
+    """Dagster's SQLite storage (runs, event log, schedules under the
+    instance's folder) with the pooled event log."""
 
     def __init__(self, base_dir: str, inst_data=None) -> None:
         super().__init__(base_dir, inst_data)
@@ -114,3 +118,24 @@ class PooledSqliteStorage(DagsterSqliteStorage):
     @classmethod
     def from_config_value(cls, inst_data, config_value) -> PooledSqliteStorage:
         return cls.from_local(inst_data=inst_data, **config_value)
+
+
+class LoanEngineInstance(dg.DagsterInstance):
+    """A Dagster instance whose default storage is `PooledSqliteStorage`.
+
+    Named in dagster.yaml as `instance_class`, so the storage folder is the
+    instance's own, whichever way it is opened (DAGSTER_HOME or
+    `DagsterInstance.from_config(folder)`), exactly as Dagster's default
+    SQLite storage finds it. A `storage:` block in dagster.yaml still wins."""
+
+    @classmethod
+    def config_schema(cls) -> dict:
+        return {}
+
+    @classmethod
+    def config_defaults(cls, base_dir: str) -> Mapping:
+        defaults = dict(InstanceRef.config_defaults(base_dir))
+        defaults["storage"] = ConfigurableClassData(
+            __name__, PooledSqliteStorage.__name__, yaml.dump({"base_dir": base_dir}, default_flow_style=False)
+        )
+        return defaults
