@@ -73,3 +73,94 @@ def test_failed_run_reexecutes_from_its_failed_step_in_a_new_process(sample_inbo
         os.environ.pop("DAGSTER_HOME", None)
     decisions = pd.read_csv(out / BATCH / "loan_decisions.csv", dtype=str, keep_default_na=False)
     assert decisions["seller_loan_number"].tolist() == written.loans["seller_loan_number"].tolist()
+
+
+def _run(sample_inbox, tmp_path, env):
+    db = tmp_path / "results.db"
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [str(BIN / "loan-engine"), "run", BATCH, "--inbox", str(sample_inbox), "--output-dir", str(out),
+         "--database-url", f"sqlite:///{db}"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    return run, db, out
+
+
+def _fresh_home(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOAN_ENGINE_", "DAGSTER_HOME"))}
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    env["DAGSTER_HOME"] = str(home)
+    return home, env
+
+
+@pytest.mark.slow
+def test_a_pickle_that_cannot_be_written_fails_the_run_before_anything_is_committed(sample_inbox, tmp_path):
+    """Pickles are written behind the steps; the last step waits for them
+    before it saves or publishes anything. Were it not to, the run would
+    commit the batch and then fail, or succeed with a phase missing."""
+    home, env = _fresh_home(tmp_path)
+    blocked = home / "storage" / "eligibility" / BATCH  # a folder where eligibility's pickle goes
+    (blocked / "in-the-way").mkdir(parents=True)
+    run, db, out = _run(sample_inbox, tmp_path, env)
+    assert run.returncode == 1 and "FAILED in phase results_database" in run.stderr, run.stdout + run.stderr
+    assert str(blocked) in run.stderr
+    engine = database.engine_for(f"sqlite:///{db}")
+    with engine.connect() as conn:
+        tables = {row[0] for row in conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'table'"))}
+        facts = conn.execute(text("SELECT COUNT(*) FROM loan_facts")).scalar() if "loan_facts" in tables else 0
+    engine.dispose()
+    assert facts == 0
+    assert not (out / BATCH).exists()
+
+
+@pytest.mark.slow
+def test_a_result_its_dead_worker_never_wrote_is_named_and_a_full_retry_recovers(sample_inbox, tmp_path):
+    """The moment a worker can die in: its step reported success, its pickle
+    was not yet on disk. Re-executing from the failed step says what is
+    missing (kind infra); the daemon's retries run every step (the job's
+    retry strategy), which needs no pickle."""
+    import dagster as dg
+
+    from loan_engine_dagster.adapters.incidents import classify
+    from loan_engine_dagster.definitions import defs
+    from loan_engine_dagster.orchestration.run_records import stop_point
+
+    assert defs.resolve_job_def("loan_engine_job").tags["dagster/retry_strategy"] == "ALL_STEPS"
+    home, env = _fresh_home(tmp_path)
+    db = tmp_path / "results.db"
+    engine = database.engine_for(f"sqlite:///{db}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TRIGGER refuse_facts BEFORE INSERT ON loan_facts BEGIN SELECT RAISE(ABORT, 'disk full'); END"))
+    run, _, out = _run(sample_inbox, tmp_path, env)
+    assert run.returncode == 1 and "FAILED in phase results_database" in run.stderr, run.stdout + run.stderr
+    with engine.begin() as conn:
+        conn.execute(text("DROP TRIGGER refuse_facts"))
+    engine.dispose()
+    (home / "storage" / "exports" / BATCH).unlink()  # as if the worker died before writing it
+
+    os.environ["DAGSTER_HOME"] = str(home)
+    try:
+        with dg.DagsterInstance.get() as instance:
+            [failed] = instance.get_runs()
+        again = subprocess.run([sys.executable, "-c", REEXECUTE, failed.run_id], capture_output=True, text=True,
+                               env=env, timeout=600)
+        assert again.stdout.split()[:2] == ["FAILED", "results_database"], again.stdout + again.stderr
+        assert "StoredResultMissing" in again.stdout and "Run the whole batch again" in again.stdout
+        with dg.DagsterInstance.get() as instance:
+            reexecution = next(r for r in instance.get_runs() if r.run_id != failed.run_id)
+            stop = stop_point(instance, reexecution.run_id)
+            assert classify(stop.phase, stop.error_type, stop.message) == "infra"
+        retry = subprocess.run([sys.executable, "-c", REEXECUTE_ALL, failed.run_id], capture_output=True, text=True,
+                               env=env, timeout=600)
+        assert retry.stdout.split()[0] == "OK", retry.stdout + retry.stderr
+        assert "batch_inputs" in retry.stdout.split()[1]  # every phase ran again
+    finally:
+        os.environ.pop("DAGSTER_HOME", None)
+    assert (out / BATCH / "loan_decisions.csv").is_file()
+
+
+REEXECUTE_ALL = REEXECUTE.replace(
+    "dg.ReexecutionOptions.from_failure(sys.argv[1], instance)",
+    "dg.ReexecutionOptions(parent_run_id=sys.argv[1], step_selection=['*results_database'])",
+)

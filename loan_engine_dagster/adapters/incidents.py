@@ -28,6 +28,7 @@ INFRA_ERROR_TYPES = {
     "ConnectionRefusedError", "ConnectionResetError", "BrokenPipeError", "MemoryError",
     "DagsterExecutionInterruptedError", "DeadWorker", "PreflightError",
     "BatchLeaseHeld", "BatchLeaseLost",  # another run holds the batch, or this run was declared dead
+    "StoredResultMissing",  # a re-execution needs a result its dead worker never wrote
 }
 INFRA_MARKERS = (
     "run worker", "worker disappeared", "maximum runtime", "max_runtime", "timed out", "timeout expired",

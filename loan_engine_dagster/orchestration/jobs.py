@@ -10,4 +10,8 @@ loan_engine_job = dg.define_asset_job(
     # Shown in the launchpad so the two per-run overrides are visible; empty
     # means the rule's default (first Tuesday after the notice; the rules file's IRR target).
     config={"ops": {"normalized_loans": {"config": {"pdate": None, "irr_target": None}}}},
+    # A retry after a dead worker runs every phase again from the files: the
+    # dead worker may have reported a phase whose pickle it never finished
+    # (pickles are written behind the steps, see io_manager).
+    tags={"dagster/retry_strategy": "ALL_STEPS"},
 )
