@@ -98,19 +98,37 @@ def start_and_kill(env, inbox, out, results_url, phase="batch_inputs"):
     return kill_in_phase(process, env, phase)
 
 
+def runs_so_far(env) -> set[str]:
+    instance = instance_of(env)
+    try:
+        return {r.run_id for r in instance.get_runs()}
+    finally:
+        instance.dispose()
+
+
 def start_run(env, inbox, out, results_url):
-    return subprocess.Popen(
+    return with_runs_before(env, lambda: subprocess.Popen(
         [str(BIN / "loan-engine"), "run", BATCH, "--inbox", str(inbox), "--output-dir", str(out),
          "--database-url", results_url],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    ))
+
+
+def with_runs_before(env, start):
+    """Start a process, remembering the runs that existed before it: the run
+    it creates is the one not among them. Taken after the start, the list
+    could already hold that run (a run is created within 2 s)."""
+    before = runs_so_far(env)
+    process = start()
+    process.runs_before = before
+    return process
 
 
 def kill_in_phase(process, env, phase, kill=True):
     """SIGKILL `process` once its run has started `phase` (or, with
     kill=False, just wait for that). Returns the run id."""
     instance = instance_of(env)
-    earlier = {r.run_id for r in instance.get_runs()}
+    earlier = process.runs_before
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -420,6 +438,8 @@ def test_daemon_retries_a_run_whose_worker_died(big_inbox, tmp_path):
             time.sleep(0.05)
         assert first is not None, f"the sensor launched no run; see {tmp_path / 'daemon.log'}"
         os.kill(worker_pid(instance, first.run_id), signal.SIGKILL)
+        # The phase it died in: batch_inputs, or a later one on a fast day.
+        killed_in = [e.dagster_event.step_key for e in instance.all_logs(first.run_id, of_type=dg.DagsterEventType.STEP_START)][-1]
 
         retry = None
         while time.monotonic() < deadline + 240:
@@ -431,12 +451,16 @@ def test_daemon_retries_a_run_whose_worker_died(big_inbox, tmp_path):
         assert retry is not None, f"no finished retry; see {tmp_path / 'daemon.log'}"
         assert retry.status == dg.DagsterRunStatus.SUCCESS
         assert retry.tags["dagster/retry_number"] == "1"
+        # Every phase again, not from the failed step: the dead worker may have
+        # reported a phase whose pickle it never wrote.
+        again = {e.dagster_event.step_key for e in instance.all_logs(retry.run_id, of_type=dg.DagsterEventType.STEP_START)}
+        assert {"batch_inputs", "reference_data", "results_database"} <= again
         original = instance.get_run_by_id(first.run_id)
         assert original.status == dg.DagsterRunStatus.FAILURE
         while time.monotonic() < deadline + 360 and KIND_TAG not in instance.get_run_by_id(first.run_id).tags:
             time.sleep(1)
         tags = instance.get_run_by_id(first.run_id).tags
-        assert tags[KIND_TAG] == "infra" and tags[PHASE_TAG] == "batch_inputs"
+        assert tags[KIND_TAG] == "infra" and tags[PHASE_TAG] == killed_in
 
     assert (out / BATCH / "loan_decisions.csv").is_file()
     engine = database.engine_for(results_url)

@@ -18,6 +18,7 @@ from loan_engine_dagster.orchestration.resources import ResultsDatabase
 from loan_engine_dagster.orchestration.run_records import KIND_TAG, PHASE_TAG, worker_pid
 from test_failure_handling import (  # noqa: F401  (big_inbox is a fixture)
     BATCH, BIN, DEAD_WORKER_BOUND_SECONDS, ROOT, big_inbox, huge_inbox, cli, instance_of, kill_in_phase, running_daemon,
+    with_runs_before,
 )
 
 
@@ -47,11 +48,11 @@ def home(tmp_path):
 
 def start_in_namespace(env, inbox, out, results_url):
     """`loan-engine run` as pid 1 of a new PID namespace with its own /proc."""
-    return subprocess.Popen(
+    return with_runs_before(env, lambda: subprocess.Popen(
         ["unshare", "--pid", "--fork", "--mount-proc", str(BIN / "loan-engine"), "run", BATCH, "--inbox", str(inbox),
          "--output-dir", str(out), "--database-url", results_url],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    ))
 
 
 def test_healthy_run_in_another_pid_namespace_stays_started_and_succeeds(huge_inbox, tmp_path, home, monkeypatch):
