@@ -230,9 +230,9 @@ def eligibility(
         metadata={
             "loans": len(loans),
             "to_purchase": int(to_buy.sum()),
-            "to_purchase_balance": dollars_exact(balance_total(loans[to_buy])),
+            "to_purchase_balance": dollars_exact(balance_total(loans.loc[to_buy, ["orig_balance"]])),
             "rejected": int((~to_buy).sum()),
-            "rejected_balance": dollars_exact(balance_total(loans[~to_buy])),
+            "rejected_balance": dollars_exact(balance_total(loans.loc[~to_buy, ["orig_balance"]])),
             "limits_failed": len(failed),
             "limits_failed_ids": ", ".join(failed["platform"] + ":" + failed["check_id"]) or "none",
             # the batch view: every limit of this batch, breaches first

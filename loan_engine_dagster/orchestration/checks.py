@@ -110,7 +110,7 @@ def limit_check_results(checks: pd.DataFrame, loans: pd.DataFrame):
     numbers that move from batch to batch (value, before, to_purchase, the
     contributing loans) are numeric metadata, so the Plots tab shows them
     over batches; the limit and the verdict are text."""
-    valid = loans[~loans["invalid"]].drop_duplicates("seller_loan_number")
+    valid = loans.loc[~loans["invalid"], ["seller_loan_number", "loan_program"]].drop_duplicates("seller_loan_number")
     programs = pd.Series(valid["loan_program"].to_numpy(), index=valid["seller_loan_number"].to_numpy())
     for row in checks.to_dict("records"):
         if row["limit"] is None or pd.isna(row["limit"]):
