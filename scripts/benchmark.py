@@ -111,16 +111,17 @@ def run_loan_engine(inbox: Path, batch: str, workdir: Path, code: Path | None = 
     home = workdir / "dagster_home"
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy((code or ROOT) / "dagster.yaml", home / "dagster.yaml")  # the instance config of the code timed
     db = workdir / "results.db"
     db.unlink(missing_ok=True)
     env = {**os.environ, "DAGSTER_HOME": str(home)}
+    if code is not None:  # another checkout of the project, e.g. to compare with an earlier commit
+        env["PYTHONPATH"] = str(code)
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import dagster as dg; dg.DagsterInstance.get().get_runs()"], env=env, check=True)
     instance_setup = time.perf_counter() - start
     program = [str(LOAN_ENGINE)]
-    if code is not None:  # another checkout of the project, e.g. to compare with an earlier commit
-        env["PYTHONPATH"] = str(code)
+    if code is not None:
         program = [sys.executable, "-m", "loan_engine_dagster.cli"]
     command = [*program, "run", batch, "--inbox", str(inbox), "--output-dir", str(workdir / "outputs"),
                "--database-url", f"sqlite:///{db}"]
