@@ -1,6 +1,7 @@
 """Intermediate results: shared in memory within a run, pickled for re-execution
 from a failed step in another process."""
 
+import contextlib
 import os
 import pickle
 import subprocess
@@ -34,45 +35,19 @@ REEXECUTE = textwrap.dedent("""
                 if event.event_type_value == "STEP_FAILURE":
                     print(event.step_failure_data.error.to_string())
 """)
+# As the daemon's retries do (the job's retry strategy ALL_STEPS): every step again.
+REEXECUTE_ALL = REEXECUTE.replace(
+    "dg.ReexecutionOptions.from_failure(sys.argv[1], instance)",
+    "dg.ReexecutionOptions(parent_run_id=sys.argv[1], step_selection=['*results_database'])",
+)
 
 
-@pytest.mark.slow
-def test_failed_run_reexecutes_from_its_failed_step_in_a_new_process(sample_inbox, tmp_path):
-    import dagster as dg
-
+def _fresh_home(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LOAN_ENGINE_", "DAGSTER_HOME"))}
     home = tmp_path / "dagster_home"
     home.mkdir()
     env["DAGSTER_HOME"] = str(home)
-    db = tmp_path / "results.db"
-    engine = database.engine_for(f"sqlite:///{db}")
-    with engine.begin() as conn:  # the save fails: the last step, after every phase was pickled
-        conn.execute(text("CREATE TRIGGER refuse_facts BEFORE INSERT ON loan_facts BEGIN SELECT RAISE(ABORT, 'disk full'); END"))
-    out = tmp_path / "out"
-    run = subprocess.run(
-        [str(BIN / "loan-engine"), "run", BATCH, "--inbox", str(sample_inbox), "--output-dir", str(out),
-         "--database-url", f"sqlite:///{db}"],
-        capture_output=True, text=True, env=env, timeout=600,
-    )
-    assert run.returncode == 1 and "FAILED in phase results_database" in run.stderr, run.stdout + run.stderr
-    eligibility = home / "storage" / "eligibility" / BATCH
-    written = pickle.loads(eligibility.read_bytes())
-    assert len(written.loans) == 600  # the phases before the failure were kept on disk
-
-    with engine.begin() as conn:
-        conn.execute(text("DROP TRIGGER refuse_facts"))
-    engine.dispose()
-    os.environ["DAGSTER_HOME"] = str(home)
-    try:
-        with dg.DagsterInstance.get() as instance:
-            [failed] = instance.get_runs()
-        again = subprocess.run([sys.executable, "-c", REEXECUTE, failed.run_id], capture_output=True, text=True,
-                               env=env, timeout=600)
-        assert again.stdout.split() == ["OK", "results_database"], again.stdout + again.stderr
-    finally:
-        os.environ.pop("DAGSTER_HOME", None)
-    decisions = pd.read_csv(out / BATCH / "loan_decisions.csv", dtype=str, keep_default_na=False)
-    assert decisions["seller_loan_number"].tolist() == written.loans["seller_loan_number"].tolist()
+    return home, env
 
 
 def _run(sample_inbox, tmp_path, env):
@@ -86,12 +61,50 @@ def _run(sample_inbox, tmp_path, env):
     return run, db, out
 
 
-def _fresh_home(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOAN_ENGINE_", "DAGSTER_HOME"))}
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    env["DAGSTER_HOME"] = str(home)
-    return home, env
+def _run_whose_save_fails(sample_inbox, tmp_path):
+    """A real `loan-engine run` that fails in its last step, after every phase
+    was pickled; the save works again afterwards. Returns home, env, output root."""
+    home, env = _fresh_home(tmp_path)
+    engine = database.engine_for(f"sqlite:///{tmp_path / 'results.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TRIGGER refuse_facts BEFORE INSERT ON loan_facts BEGIN SELECT RAISE(ABORT, 'disk full'); END"))
+    run, _, out = _run(sample_inbox, tmp_path, env)
+    assert run.returncode == 1 and "FAILED in phase results_database" in run.stderr, run.stdout + run.stderr
+    with engine.begin() as conn:
+        conn.execute(text("DROP TRIGGER refuse_facts"))
+    engine.dispose()
+    return home, env, out
+
+
+@contextlib.contextmanager
+def _instance(home):
+    import dagster as dg
+
+    os.environ["DAGSTER_HOME"] = str(home)
+    try:
+        with dg.DagsterInstance.get() as instance:
+            yield instance
+    finally:
+        os.environ.pop("DAGSTER_HOME", None)
+
+
+def _reexecute(script, run_id, env):
+    """Re-execute `run_id` in a new process, as the UI does; prints OK/FAILED and the steps it ran."""
+    return subprocess.run([sys.executable, "-c", script, run_id], capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.mark.slow
+def test_failed_run_reexecutes_from_its_failed_step_in_a_new_process(sample_inbox, tmp_path):
+    home, env, out = _run_whose_save_fails(sample_inbox, tmp_path)
+    written = pickle.loads((home / "storage" / "eligibility" / BATCH).read_bytes())
+    assert len(written.loans) == 600  # the phases before the failure were kept on disk
+
+    with _instance(home) as instance:
+        [failed] = instance.get_runs()
+    again = _reexecute(REEXECUTE, failed.run_id, env)
+    assert again.stdout.split() == ["OK", "results_database"], again.stdout + again.stderr
+    decisions = pd.read_csv(out / BATCH / "loan_decisions.csv", dtype=str, keep_default_na=False)
+    assert decisions["seller_loan_number"].tolist() == written.loans["seller_loan_number"].tolist()
 
 
 @pytest.mark.slow
@@ -120,47 +133,24 @@ def test_a_result_its_dead_worker_never_wrote_is_named_and_a_full_retry_recovers
     was not yet on disk. Re-executing from the failed step says what is
     missing (kind infra); the daemon's retries run every step (the job's
     retry strategy), which needs no pickle."""
-    import dagster as dg
-
     from loan_engine_dagster.adapters.incidents import classify
     from loan_engine_dagster.definitions import defs
     from loan_engine_dagster.orchestration.run_records import stop_point
 
     assert defs.resolve_job_def("loan_engine_job").tags["dagster/retry_strategy"] == "ALL_STEPS"
-    home, env = _fresh_home(tmp_path)
-    db = tmp_path / "results.db"
-    engine = database.engine_for(f"sqlite:///{db}")
-    with engine.begin() as conn:
-        conn.execute(text("CREATE TRIGGER refuse_facts BEFORE INSERT ON loan_facts BEGIN SELECT RAISE(ABORT, 'disk full'); END"))
-    run, _, out = _run(sample_inbox, tmp_path, env)
-    assert run.returncode == 1 and "FAILED in phase results_database" in run.stderr, run.stdout + run.stderr
-    with engine.begin() as conn:
-        conn.execute(text("DROP TRIGGER refuse_facts"))
-    engine.dispose()
+    home, env, out = _run_whose_save_fails(sample_inbox, tmp_path)
     (home / "storage" / "exports" / BATCH).unlink()  # as if the worker died before writing it
 
-    os.environ["DAGSTER_HOME"] = str(home)
-    try:
-        with dg.DagsterInstance.get() as instance:
-            [failed] = instance.get_runs()
-        again = subprocess.run([sys.executable, "-c", REEXECUTE, failed.run_id], capture_output=True, text=True,
-                               env=env, timeout=600)
-        assert again.stdout.split()[:2] == ["FAILED", "results_database"], again.stdout + again.stderr
-        assert "StoredResultMissing" in again.stdout and "Run the whole batch again" in again.stdout
-        with dg.DagsterInstance.get() as instance:
-            reexecution = next(r for r in instance.get_runs() if r.run_id != failed.run_id)
-            stop = stop_point(instance, reexecution.run_id)
-            assert classify(stop.phase, stop.error_type, stop.message) == "infra"
-        retry = subprocess.run([sys.executable, "-c", REEXECUTE_ALL, failed.run_id], capture_output=True, text=True,
-                               env=env, timeout=600)
-        assert retry.stdout.split()[0] == "OK", retry.stdout + retry.stderr
-        assert "batch_inputs" in retry.stdout.split()[1]  # every phase ran again
-    finally:
-        os.environ.pop("DAGSTER_HOME", None)
+    with _instance(home) as instance:
+        [failed] = instance.get_runs()
+    again = _reexecute(REEXECUTE, failed.run_id, env)
+    assert again.stdout.split()[:2] == ["FAILED", "results_database"], again.stdout + again.stderr
+    assert "StoredResultMissing" in again.stdout and "Run the whole batch again" in again.stdout
+    with _instance(home) as instance:
+        reexecution = next(r for r in instance.get_runs() if r.run_id != failed.run_id)
+        stop = stop_point(instance, reexecution.run_id)
+        assert classify(stop.phase, stop.error_type, stop.message) == "infra"
+    retry = _reexecute(REEXECUTE_ALL, failed.run_id, env)
+    assert retry.stdout.split()[0] == "OK", retry.stdout + retry.stderr
+    assert "batch_inputs" in retry.stdout.split()[1]  # every phase ran again
     assert (out / BATCH / "loan_decisions.csv").is_file()
-
-
-REEXECUTE_ALL = REEXECUTE.replace(
-    "dg.ReexecutionOptions.from_failure(sys.argv[1], instance)",
-    "dg.ReexecutionOptions(parent_run_id=sys.argv[1], step_selection=['*results_database'])",
-)
