@@ -11,6 +11,7 @@ import time
 
 import dagster as dg
 import pytest
+import sqlalchemy
 
 from loan_engine_dagster.adapters import database
 from loan_engine_dagster.orchestration.failures import dead_worker_sensor
@@ -57,7 +58,7 @@ def start_in_namespace(env, inbox, out, results_url):
 
 def test_healthy_run_in_another_pid_namespace_stays_started_and_succeeds(huge_inbox, tmp_path, home, monkeypatch):
     env, results_url = home
-    grace = 6  # the worker beats every 1.5 s; the run lasts well beyond the grace
+    grace = 4  # the worker beats every second (a quarter of the grace)
     env["LOAN_ENGINE_DEAD_WORKER_SECONDS"] = str(grace)
     monkeypatch.setenv("LOAN_ENGINE_DEAD_WORKER_SECONDS", str(grace))
     process = start_in_namespace(env, huge_inbox, tmp_path / "out", results_url)
@@ -69,17 +70,26 @@ def test_healthy_run_in_another_pid_namespace_stays_started_and_succeeds(huge_in
         # The pid the run recorded is not the worker's pid on this machine: a /proc lookup here would be wrong.
         assert recorded not in host_pids, (recorded, host_pids)
         resources = {"results_db": ResultsDatabase(url=results_url)}
-        ticks, looking_since = 0, time.monotonic()
+        ticks, last_look_while_started = 0, None
         while process.poll() is None:
+            looked_at = time.time()
             result = dead_worker_sensor(dg.build_sensor_context(instance=instance, cursor="{}", resources=resources))
             ticks += 1
             assert not result.skip_reason.skip_message.startswith("marked FAILED"), result.skip_reason.skip_message
             if instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED:
-                time.sleep(1)
+                last_look_while_started = looked_at
+                time.sleep(0.5)
         output = process.stdout.read().decode()
         assert process.returncode == 0, output
-        # The sensor looked, tick after tick, for longer than its grace while the run lived.
-        assert ticks > 1 and time.monotonic() - looking_since > grace, ticks
+        # The sensor looked while the run lived, later than a grace after the
+        # run took its lease: a worker that never beat would have been failed.
+        engine = database.engine_for(results_url)
+        with engine.connect() as conn:
+            leased_at = conn.execute(
+                sqlalchemy.select(database.batch_leases.c.acquired_at).where(database.batch_leases.c.run_id == run_id)
+            ).scalar_one()
+        engine.dispose()
+        assert ticks > 1 and last_look_while_started - leased_at > grace, (ticks, last_look_while_started, leased_at)
         run = instance.get_run_by_id(run_id)
         assert run.status == dg.DagsterRunStatus.SUCCESS
         assert PHASE_TAG not in run.tags and KIND_TAG not in run.tags

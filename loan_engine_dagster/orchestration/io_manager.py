@@ -161,7 +161,7 @@ def batch_io_manager(assets_defs: Iterable[dg.AssetsDefinition]) -> dg.IOManager
 
     @dg.io_manager(description="Pickles under the instance's storage folder; same-run steps share the object.")
     def io_manager(init_context: dg.InitResourceContext) -> Iterator[BatchPickleIOManager]:
-        run = init_context.dagster_run
+        run = init_context.run
         selected = run.asset_selection if run is not None else None  # None: the whole job
         in_run = [a for a in assets_defs if selected is None or not selected.isdisjoint(a.keys)]
         consumers = Counter(key for a in in_run for key in a.keys_by_input_name.values())
