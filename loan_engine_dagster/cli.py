@@ -172,6 +172,11 @@ def run(batch_key: str, inbox, output_dir, database_url, pdate, irr_target, verb
     if not files.complete:
         click.echo(f"Batch {batch_key} is not complete in {inbox_path}: missing {', '.join(files.missing)}", err=True)
         sys.exit(2)
+    # The files are read while Dagster starts (adapters/files.py says how the
+    # run knows they are still the same files).
+    from loan_engine_dagster.adapters.files import read_ahead
+
+    read_ahead([*files.exhibits.values(), files.tape, *files.reference.values()])
 
     ensure_dagster_home()
     import dagster as dg

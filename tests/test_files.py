@@ -1,7 +1,8 @@
 import pytest
 import xlsxwriter
 
-from loan_engine_dagster.adapters.files import open_workbook, read_csv, read_sheet
+from loan_engine_dagster.adapters import files
+from loan_engine_dagster.adapters.files import open_workbook, read_ahead, read_csv, read_sheet
 from loan_engine_dagster.rules.errors import StructuralError
 
 
@@ -74,3 +75,61 @@ def test_csv_reads_as_pandas_reads_it(tmp_path, text):
     assert list(frame.columns) == list(expected.columns)
     assert frame.to_dict("list") == expected.to_dict("list")
     assert all(str(t) == "str" for t in frame.dtypes)
+
+
+def _two_sheets(path, first_cell):
+    with xlsxwriter.Workbook(str(path)) as wb:
+        wb.add_worksheet("SFY").write(0, 0, first_cell)
+        wb.add_worksheet("Prime").write(2, 1, "x")
+
+
+def _read_ahead_and_wait(*paths):
+    read_ahead(paths)
+    for path in paths:
+        files._AHEAD[files._key(path)][1].result()
+
+
+def test_files_read_ahead_read_as_the_files_do_and_only_once(tmp_path, monkeypatch):
+    workbook, table = tmp_path / "grids.xlsx", tmp_path / "tape.csv"
+    _two_sheets(workbook, "SELLER Loan #")
+    table.write_text("SELLER Loan #,Orig. Balance\nSFC_1,100.5\n")
+    expected = {name: read_sheet(open_workbook(workbook), workbook, name)[1] for name in ("SFY", "Prime")}
+    expected_csv = read_csv(table)
+    _read_ahead_and_wait(workbook, table)
+    # From here on a read that goes to the disk is seen.
+    from_disk = []
+    monkeypatch.setattr(files, "_sheet_frame", lambda *a, real=files._sheet_frame: from_disk.append(a[2]) or real(*a))
+    monkeypatch.setattr(files, "_csv_frame", lambda path, real=files._csv_frame: from_disk.append(path.name) or real(path))
+    for name in ("prime", "SFY"):
+        name, frame = read_sheet(open_workbook(workbook), workbook, name)
+        assert frame.equals(expected[name])
+    assert read_csv(table).equals(expected_csv)
+    assert from_disk == [] and files._key(workbook) not in files._AHEAD and files._key(table) not in files._AHEAD
+    read_sheet(open_workbook(workbook), workbook, "SFY")
+    read_csv(table)
+    assert from_disk == ["SFY", "tape.csv"]
+
+
+def test_a_file_replaced_after_it_was_read_ahead_is_read_again(tmp_path):
+    workbook, table = tmp_path / "exhibit.xlsx", tmp_path / "tape.csv"
+    _two_sheets(workbook, "old")
+    table.write_text("a,b\nold,1\n")
+    _read_ahead_and_wait(workbook, table)
+    _two_sheets(workbook, "new")  # the seller sends the file again while the run starts
+    table.write_text("a,b\nnew,1\n")
+    assert read_sheet(open_workbook(workbook), workbook)[1].iloc[0, 0] == "new"
+    assert read_csv(table)["a"].tolist() == ["new"]
+
+
+def test_a_bad_file_read_ahead_is_reported_by_the_step_as_always(tmp_path):
+    workbook, table, gone = tmp_path / "MASTER_SHEET.xlsx", tmp_path / "current_assets.csv", tmp_path / "gone.csv"
+    workbook.write_text("this is not a zip file")
+    table.write_bytes(b"")
+    read_ahead([workbook, table, gone])
+    with pytest.raises(StructuralError, match="not a readable workbook"):
+        open_workbook(workbook)
+    with pytest.raises(StructuralError, match="not a readable CSV") as err:
+        read_csv(table)
+    assert err.value.file == "current_assets.csv"
+    with pytest.raises(StructuralError, match="the file is missing"):
+        read_csv(gone)

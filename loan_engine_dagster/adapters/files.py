@@ -4,6 +4,10 @@ that name the file and sheet."""
 from __future__ import annotations
 
 import csv
+import os
+import threading
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -39,16 +43,26 @@ def read_sheet(workbook: CalamineWorkbook, path: Path, sheet: str | None = None)
             raise StructuralError(
                 f"sheet missing (the workbook has: {', '.join(names)})", file=path.name, sheet=sheet
             )
+    ahead = _taken(path, name)
+    return name, ahead if ahead is not None else _sheet_frame(workbook, path, name)
+
+
+def _sheet_frame(workbook: CalamineWorkbook, path: Path, name: str) -> pd.DataFrame:
     try:
         rows = workbook.get_sheet_by_name(name).to_python(skip_empty_area=False)
     except Exception as exc:
         raise StructuralError(f"sheet cannot be read ({exc})", file=path.name, sheet=name) from None
-    return name, pd.DataFrame(rows, dtype=object)
+    return pd.DataFrame(rows, dtype=object)
 
 
 def read_csv(path: Path) -> pd.DataFrame:
     """A CSV file with its header row; every cell kept as text so parsing
     decides types and can name the rows it cannot read."""
+    ahead = _taken(path, None)
+    return ahead if ahead is not None else _csv_frame(path)
+
+
+def _csv_frame(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise StructuralError("the file is missing", file=path.name)
     frame = _read_csv_fast(path)
@@ -111,3 +125,65 @@ def _without_renamed_repeats(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     out.columns = [n for n, r in zip(names, repeated, strict=True) if not r]
     out.attrs[REPEATED_HEADERS] = sorted(set(pd.Index(names)[repeated]))
     return out
+
+
+# `loan-engine run` knows a batch's files about two seconds before its first
+# step: Python, Dagster and the run's records come first. The files are read
+# in those seconds, on other threads; calamine parses a sheet and pyarrow a
+# CSV without holding the GIL, so the start-up barely slows. A file read ahead
+# is used once, and only while it is the same file (device, inode, size,
+# modification time); a read that failed is simply done again by the step,
+# which reports the problem as it always does.
+_AHEAD: dict[Path, tuple[tuple[int, ...], Future]] = {}
+_AHEAD_LOCK = threading.Lock()
+
+
+def read_ahead(paths: Iterable[Path]) -> None:
+    """Start reading these workbooks and CSV files in the background."""
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="read-ahead")
+    found = [(path, _identity(path)) for path in map(_key, paths)]
+    for path, identity in sorted((f for f in found if f[1] is not None), key=lambda f: -f[1][2]):  # biggest first
+        reader = _csv_ahead if path.suffix.lower() == ".csv" else _sheets_ahead
+        with _AHEAD_LOCK:
+            _AHEAD[path] = (identity, pool.submit(reader, path))
+    pool.shutdown(wait=False)
+
+
+def _key(path: Path) -> Path:
+    return Path(os.path.abspath(path))
+
+
+def _identity(path: Path) -> tuple[int, ...] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _csv_ahead(path: Path) -> dict[None, pd.DataFrame]:
+    return {None: _csv_frame(path)}
+
+
+def _sheets_ahead(path: Path) -> dict[str, pd.DataFrame]:
+    workbook = open_workbook(path)
+    return {name: _sheet_frame(workbook, path, name) for name in workbook.sheet_names}
+
+
+def _taken(path: Path, sheet: str | None) -> pd.DataFrame | None:
+    """The frame read ahead for this file (and sheet), if it is still valid."""
+    path = _key(path)
+    with _AHEAD_LOCK:
+        entry = _AHEAD.get(path)
+    if entry is None:
+        return None
+    identity, future = entry
+    try:
+        frames = future.result()
+    except Exception:
+        frames = {}
+    with _AHEAD_LOCK:
+        frame = frames.pop(sheet, None)
+        if not frames and _AHEAD.get(path) is entry:
+            del _AHEAD[path]
+    return frame if frame is not None and _identity(path) == identity else None
