@@ -130,7 +130,8 @@ def _without_renamed_repeats(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
 # `loan-engine run` knows a batch's files about two seconds before its first
 # step: Python, Dagster and the run's records come first. The files are read
 # in those seconds, on other threads; calamine parses a sheet and pyarrow a
-# CSV without holding the GIL, so the start-up barely slows. A file read ahead
+# CSV without holding the GIL, so the start-up slows by less than the reading
+# steps gain (README, Performance). A file read ahead
 # is used once, and only while it is the same file (device, inode, size,
 # modification time); a read that failed is simply done again by the step,
 # which reports the problem as it always does.
