@@ -163,6 +163,18 @@ def phase_killed_in(env_or_instance, run_id):
         return last(instance)
 
 
+def leased_at(results_url, run_id):
+    """When the run took its batch's lease, by the results database's clock."""
+    engine = database.engine_for(results_url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(
+                select(database.batch_leases.c.acquired_at).where(database.batch_leases.c.run_id == run_id)
+            ).scalar_one()
+    finally:
+        engine.dispose()
+
+
 @contextlib.contextmanager
 def running_daemon(env, tmp_path):
     """A real dagster-daemon on this workspace, stopped even when the test fails."""
@@ -371,18 +383,28 @@ def test_dead_worker_sensor_spares_live_workers_and_fails_dead_ones(huge_inbox, 
     env, results_url = {**{k: v for k, v in os.environ.items() if not k.startswith(("LOAN_ENGINE_", "DAGSTER_"))},
                         "DAGSTER_HOME": str(tmp_path)}, f"sqlite:///{tmp_path / 'r.db'}"
     shutil.copy(ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
-    grace = 4  # the worker beats every second (a quarter of the grace)
+    grace = 3  # the worker beats every 0.75 s (a quarter of the grace)
     monkeypatch.setenv("LOAN_ENGINE_DEAD_WORKER_SECONDS", str(grace))
     env["LOAN_ENGINE_DEAD_WORKER_SECONDS"] = str(grace)
     process = start_run(env, huge_inbox, tmp_path / "out", results_url)
-    run_id = kill_in_phase(process, env, "reference_data", kill=False)
+    run_id = kill_in_phase(process, env, "batch_inputs", kill=False)
     instance = instance_of(env)
     resources = {"results_db": ResultsDatabase(url=results_url)}
     try:
-        time.sleep(grace + 1)
-        result = dead_worker_sensor(dg.build_sensor_context(instance=instance, cursor="{}", resources=resources))
-        assert result.skip_reason.skip_message == "no dead workers"  # alive: left alone
-        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED  # still working, not done
+        # The sensor looks until the lease is older than the grace: a worker
+        # that never beat would be failed by then. This one is alive, and
+        # left alone. (Measured from the lease, not from a sleep, so a faster
+        # run cannot end before the test has looked long enough.)
+        taken = leased_at(results_url, run_id)
+        while True:
+            looked_at = time.time()
+            result = dead_worker_sensor(dg.build_sensor_context(instance=instance, cursor="{}", resources=resources))
+            assert result.skip_reason.skip_message == "no dead workers"  # alive: left alone
+            assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED, "the run ended within the grace"
+            if looked_at - taken > grace + 0.5:
+                break
+            time.sleep(0.25)
+        assert process.poll() is None
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
         time.sleep(grace + 1)

@@ -11,15 +11,14 @@ import time
 
 import dagster as dg
 import pytest
-import sqlalchemy
 
 from loan_engine_dagster.adapters import database
 from loan_engine_dagster.orchestration.failures import dead_worker_sensor
 from loan_engine_dagster.orchestration.resources import ResultsDatabase
 from loan_engine_dagster.orchestration.run_records import KIND_TAG, PHASE_TAG, worker_pid
 from test_failure_handling import (  # noqa: F401  (big_inbox is a fixture)
-    BATCH, BIN, DEAD_WORKER_BOUND_SECONDS, ROOT, big_inbox, huge_inbox, cli, instance_of, kill_in_phase, phase_killed_in,
-    running_daemon, with_runs_before,
+    BATCH, BIN, DEAD_WORKER_BOUND_SECONDS, ROOT, big_inbox, huge_inbox, cli, instance_of, kill_in_phase, leased_at,
+    phase_killed_in, running_daemon, with_runs_before,
 )
 
 
@@ -83,13 +82,8 @@ def test_healthy_run_in_another_pid_namespace_stays_started_and_succeeds(huge_in
         assert process.returncode == 0, output
         # The sensor looked while the run lived, later than a grace after the
         # run took its lease: a worker that never beat would have been failed.
-        engine = database.engine_for(results_url)
-        with engine.connect() as conn:
-            leased_at = conn.execute(
-                sqlalchemy.select(database.batch_leases.c.acquired_at).where(database.batch_leases.c.run_id == run_id)
-            ).scalar_one()
-        engine.dispose()
-        assert ticks > 1 and last_look_while_started - leased_at > grace, (ticks, last_look_while_started, leased_at)
+        taken = leased_at(results_url, run_id)
+        assert ticks > 1 and last_look_while_started - taken > grace, (ticks, last_look_while_started, taken)
         run = instance.get_run_by_id(run_id)
         assert run.status == dg.DagsterRunStatus.SUCCESS
         assert PHASE_TAG not in run.tags and KIND_TAG not in run.tags
