@@ -152,15 +152,10 @@ def kill_in_phase(process, env, phase, kill=True):
         instance.dispose()
 
 
-def phase_killed_in(env_or_instance, run_id):
+def phase_killed_in(instance, run_id):
     """The last phase the run started: the one its killed worker was in. The
     test waits for a phase, then kills; on a fast day the next has begun."""
-    def last(instance):
-        return [e.dagster_event.step_key for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_START)][-1]
-    if isinstance(env_or_instance, dg.DagsterInstance):
-        return last(env_or_instance)
-    with instance_of(env_or_instance) as instance:
-        return last(instance)
+    return [e.dagster_event.step_key for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_START)][-1]
 
 
 def leased_at(results_url, run_id):
@@ -173,6 +168,23 @@ def leased_at(results_url, run_id):
             ).scalar_one()
     finally:
         engine.dispose()
+
+
+def spared_past_its_grace(instance, run_id, results_url, grace):
+    """The dead-worker sensor looks at a live run until its lease is older
+    than the grace (a worker that never beat would be failed by then), and
+    leaves it alone every time. Measured from the lease, not from a sleep,
+    so a fast run cannot end before the sensor has looked long enough."""
+    resources = {"results_db": ResultsDatabase(url=results_url)}
+    taken = leased_at(results_url, run_id)
+    while True:
+        looked_at = time.time()
+        result = dead_worker_sensor(dg.build_sensor_context(instance=instance, cursor="{}", resources=resources))
+        assert result.skip_reason.skip_message == "no dead workers"  # alive: left alone
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED, "the run ended within the grace"
+        if looked_at - taken > grace + 0.5:
+            return
+        time.sleep(0.25)
 
 
 @contextlib.contextmanager
@@ -214,7 +226,8 @@ def test_killed_worker_is_failed_reported_and_rerun(big_inbox, tmp_path, backend
     out = tmp_path / "out"
     run_id = start_and_kill(env, big_inbox, out, results_url)
     killed_at = time.monotonic()
-    phase = phase_killed_in(env, run_id)  # batch_inputs, or the next phase on a fast day
+    with instance_of(env) as instance:
+        phase = phase_killed_in(instance, run_id)  # batch_inputs, or the next phase on a fast day
 
     listed = cli(env, "runs", "list", "--status", "running")
     assert listed.returncode == 0, listed.stderr
@@ -391,19 +404,7 @@ def test_dead_worker_sensor_spares_live_workers_and_fails_dead_ones(huge_inbox, 
     instance = instance_of(env)
     resources = {"results_db": ResultsDatabase(url=results_url)}
     try:
-        # The sensor looks until the lease is older than the grace: a worker
-        # that never beat would be failed by then. This one is alive, and
-        # left alone. (Measured from the lease, not from a sleep, so a faster
-        # run cannot end before the test has looked long enough.)
-        taken = leased_at(results_url, run_id)
-        while True:
-            looked_at = time.time()
-            result = dead_worker_sensor(dg.build_sensor_context(instance=instance, cursor="{}", resources=resources))
-            assert result.skip_reason.skip_message == "no dead workers"  # alive: left alone
-            assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED, "the run ended within the grace"
-            if looked_at - taken > grace + 0.5:
-                break
-            time.sleep(0.25)
+        spared_past_its_grace(instance, run_id, results_url, grace)
         assert process.poll() is None
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
