@@ -77,6 +77,16 @@ def test_csv_reads_as_pandas_reads_it(tmp_path, text):
     assert all(str(t) == "str" for t in frame.dtypes)
 
 
+def test_a_space_in_the_last_row_of_a_many_block_csv_goes_to_pandas_reader(tmp_path):
+    # Arrow reads a file this size in several blocks; the check must see them all.
+    rows = [f"SFC_{i},{i}.5,note {i}" for i in range(80_000)] + ["SFC_last,1, 7"]
+    path = tmp_path / "t.csv"
+    path.write_text("SELLER Loan #,Orig. Balance,note\n" + "\n".join(rows) + "\n")
+    frame = read_csv(path)
+    assert frame["note"].iloc[-1] == "7"
+    assert frame.to_dict("list") == _pandas_reader(path).to_dict("list")
+
+
 def _two_sheets(path, first_cell):
     with xlsxwriter.Workbook(str(path)) as wb:
         wb.add_worksheet("SFY").write(0, 0, first_cell)
