@@ -41,38 +41,60 @@ def build_population(buy: pd.DataFrame, existing: pd.DataFrame) -> pd.DataFrame:
 
 class PopulationArrays:
     """Population columns as numpy arrays, converted once for all checks:
-    numbers and flags as they are, text as codes of its distinct values."""
+    numbers and flags as they are, text as codes of its distinct values.
 
-    def __init__(self, pop: pd.DataFrame) -> None:
+    `subset(rows)` gives the same arrays for some rows only, sliced from the
+    whole population's: selecting rows of the frame itself instead would copy
+    every text column through Arrow, the larger part of evaluating the limits."""
+
+    def __init__(self, pop: pd.DataFrame, rows: np.ndarray | None = None, whole: dict | None = None) -> None:
         self._pop = pop
+        self._rows = rows
+        self._whole: dict[str, tuple[np.ndarray, pd.Index | None]] = {} if whole is None else whole
         self._arrays: dict[str, tuple[np.ndarray, pd.Index | None]] = {}
+        self.length = len(pop) if rows is None else int(np.count_nonzero(rows))
+
+    def subset(self, rows: np.ndarray) -> PopulationArrays:
+        """The rows where `rows` (a mask over the whole population) is set, in their order."""
+        return PopulationArrays(self._pop, rows, self._whole)
+
+    def _cached(self, key: str, convert) -> tuple[np.ndarray, pd.Index | None]:
+        if key not in self._arrays:
+            if key not in self._whole:
+                self._whole[key] = convert(self._pop)
+            values, uniques = self._whole[key]
+            self._arrays[key] = (values if self._rows is None else values[self._rows], uniques)
+        return self._arrays[key]
 
     def get(self, column: str) -> tuple[np.ndarray, pd.Index | None]:
-        if column not in self._arrays:
-            values = self._pop[column]
+        def convert(pop: pd.DataFrame) -> tuple[np.ndarray, pd.Index | None]:
+            values = pop[column]
             if pd.api.types.is_numeric_dtype(values.dtype) or pd.api.types.is_bool_dtype(values.dtype):
-                self._arrays[column] = (values.to_numpy(), None)
-            else:
-                codes, uniques = pd.factorize(values, use_na_sentinel=True)
-                self._arrays[column] = (codes, pd.Index(uniques))
-        return self._arrays[column]
+                return values.to_numpy(), None
+            codes, uniques = pd.factorize(values, use_na_sentinel=True)
+            return codes, pd.Index(uniques)
+
+        return self._cached(column, convert)
 
     def numbers(self, column: str) -> np.ndarray:
-        key = f"{column} as float"
-        if key not in self._arrays:
-            self._arrays[key] = (self._pop[column].to_numpy(dtype=float), None)
-        return self._arrays[key][0]
+        return self._cached(f"{column} as float", lambda pop: (pop[column].to_numpy(dtype=float), None))[0]
 
-    def objects(self, column: str) -> np.ndarray:
-        key = f"{column} as object"
-        if key not in self._arrays:
-            self._arrays[key] = (self._pop[column].to_numpy(), None)
-        return self._arrays[key][0]
+    def flags(self, column: str) -> np.ndarray:
+        return self._cached(f"{column} as bool", lambda pop: (pop[column].to_numpy(dtype=bool), None))[0]
+
+    def compared(self, column: str, op: str, value) -> np.ndarray:
+        """`column op value` as pandas compares them (text ordered as text)."""
+        return self._cached(f"{column} {op} {value!r}", lambda pop: (OPS[op](pop[column], value).to_numpy(dtype=bool), None))[0]
+
+    def objects(self, column: str, where: np.ndarray) -> np.ndarray:
+        """The column's values on the rows of this population where `where` is set."""
+        positions = np.flatnonzero(where) if self._rows is None else np.flatnonzero(self._rows)[where]
+        return self._pop[column].iloc[positions].to_numpy()
 
 
 def filter_mask(pop: pd.DataFrame, check: Check, columns: PopulationArrays | None = None) -> np.ndarray:
     columns = columns or PopulationArrays(pop)
-    mask = np.ones(len(pop), dtype=bool)
+    mask = np.ones(columns.length, dtype=bool)
     for column, op, value in check.where:
         if column == "loan_program":
             column, value = "program_key", (
@@ -88,7 +110,7 @@ def filter_mask(pop: pd.DataFrame, check: Check, columns: PopulationArrays | Non
             # Text compares by its distinct values; a missing cell (code -1) matches none.
             hit = OPS[op](values, uniques.get_loc(value) if value in uniques else -2)
         else:
-            hit = OPS[op](pop[column], value).to_numpy(dtype=bool)
+            hit = columns.compared(column, op, value)
         mask &= np.asarray(hit, dtype=bool)
     return mask
 
@@ -115,7 +137,8 @@ def platform_checks(rules: Rules) -> tuple[tuple[str, list[Check]], ...]:
 
 def check_match(pop: pd.DataFrame, check: Check, columns: PopulationArrays | None = None) -> np.ndarray:
     """The rows inside the check's filter (every row when it has none)."""
-    return filter_mask(pop, check, columns) if check.where else np.ones(len(pop), dtype=bool)
+    columns = columns or PopulationArrays(pop)
+    return filter_mask(pop, check, columns) if check.where else np.ones(columns.length, dtype=bool)
 
 
 def metric_value(check: Check, pop: pd.DataFrame, base: np.ndarray, match: np.ndarray, balance: np.ndarray,
@@ -164,19 +187,18 @@ def evaluate_checks(
         # sums are those of the whole population's masks.
         bases = platform_bases(pop, platform, whole)
         inside = bases["value"] if keep is None else bases["value"] & keep
-        sub = pop[inside].reset_index(drop=True)
         bases = {name: b[inside] for name, b in bases.items()}
         base = bases["value"]
-        balance = sub["orig_balance"].to_numpy(dtype=float)
-        is_buy = sub["is_buy"].to_numpy(dtype=bool)
-        columns = PopulationArrays(sub)
+        columns = whole.subset(inside)
+        balance = columns.numbers("orig_balance")
+        is_buy = columns.flags("is_buy")
         for check in checks:
-            match = check_match(sub, check, columns)
+            match = check_match(pop, check, columns)
             if check.metric == "batch_balance_share":
-                values = {"value": metric_value(check, sub, base & is_buy, match, balance, columns), "before": None,
+                values = {"value": metric_value(check, pop, base & is_buy, match, balance, columns), "before": None,
                           "to_purchase": None}
             else:
-                values = {name: None if value_only and name != "value" else metric_value(check, sub, b, match, balance, columns)
+                values = {name: None if value_only and name != "value" else metric_value(check, pop, b, match, balance, columns)
                           for name, b in bases.items()}
             value = values["value"]
             if value is None:
@@ -196,7 +218,7 @@ def evaluate_checks(
                 contributors = [
                     {"seller_loan_number": n, "orig_balance": float(v)}
                     for n, v in zip(
-                        columns.objects("seller_loan_number")[mine][order], balance[mine][order], strict=True
+                        columns.objects("seller_loan_number", mine)[order], balance[mine][order], strict=True
                     )
                 ]
             rows.append(
