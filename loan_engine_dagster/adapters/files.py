@@ -21,7 +21,7 @@ from loan_engine_dagster.rules.parsing import REPEATED_HEADERS
 # Files are read side by side on threads of our own (the read-ahead, the
 # loading steps). Arrow's CSV reader adding a thread per core on top of them
 # left more busy threads than cores, and the run's main thread waited for a
-# core (0.1-0.3 s of a 100k run on 2 cores, README Performance).
+# core (0.25-0.35 s of a 100k run on 2 cores, README Performance).
 pa.set_cpu_count(max(1, (os.cpu_count() or 2) - 1))
 
 
@@ -105,11 +105,11 @@ def _starts_with_space(frame: pd.DataFrame) -> bool:
     by_type: dict[pa.DataType, list[pa.Array]] = {}
     for name in frame.columns:
         column = frame[name]
-        if not (isinstance(column.dtype, pd.StringDtype) and column.dtype.storage == "pyarrow"):
+        values = pa.array(column.array) if isinstance(column.dtype, pd.StringDtype) and column.dtype.storage == "pyarrow" else None
+        if values is None or not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
             if column.str.startswith((" ", "\t")).any():
                 return True
             continue
-        values = pa.array(column.array)
         for chunk in values.chunks if isinstance(values, pa.ChunkedArray) else [values]:
             by_type.setdefault(chunk.type, []).append(chunk)
     for kind, chunks in by_type.items():
