@@ -83,8 +83,10 @@ class PopulationArrays:
         return self._cached(f"{column} as bool", lambda pop: (pop[column].to_numpy(dtype=bool), None))[0]
 
     def compared(self, column: str, op: str, value) -> np.ndarray:
-        """`column op value` as pandas compares them (text ordered as text)."""
-        return self._cached(f"{column} {op} {value!r}", lambda pop: (OPS[op](pop[column], value).to_numpy(dtype=bool), None))[0]
+        """`column op value` as pandas compares them (text ordered as text), on
+        these rows only: another platform's missing cells must not matter."""
+        values = self._pop[column] if self._rows is None else self._pop[column][self._rows]
+        return OPS[op](values, value).to_numpy(dtype=bool)
 
     def objects(self, column: str, where: np.ndarray) -> np.ndarray:
         """The column's values on the rows of this population where `where` is set."""
