@@ -138,3 +138,14 @@ def test_every_spec_check_is_defined():
                    "check_d2", "check_d3", "check_d4", "check_e1", "check_e2", "check_e3", "check_e4", "check_f1",
                    "check_f2", "check_f3", "check_f4", "check_g1", "check_g2", "check_h_state_dist", "check_j1",
                    "check_j2", "check_j3", "check_j4", "check_l1", "check_l2", "check_l5", "check_s1"]
+
+
+def test_a_text_filter_compared_by_order_reads_only_its_platforms_rows():
+    # PRIME's missing state cannot be ordered against "M"; the SFY check never looks at it.
+    from loan_engine_dagster.rules.config import Check
+    from loan_engine_dagster.rules.eligibility import PopulationArrays, check_match
+
+    pop = pd.DataFrame({"property_state": pd.array(["CA", None, "TX"], dtype="string"), "platform": ["sfy", "prime", "sfy"]})
+    check = Check(id="x", description="states before M", metric="balance_share", where=[("property_state", "<", "M")])
+    sfy = (pop["platform"] == "sfy").to_numpy()
+    assert check_match(pop, check, PopulationArrays(pop).subset(sfy)).tolist() == [True, False]
