@@ -2,8 +2,8 @@ import pandas as pd
 import pytest
 
 from conftest import existing_frame, loan, run_rules
-from loan_engine_dagster.rules.config import default_rules
-from loan_engine_dagster.rules.eligibility import evaluate_checks
+from loan_engine_dagster.rules.config import Check, default_rules
+from loan_engine_dagster.rules.eligibility import PopulationArrays, check_match, evaluate_checks
 
 
 def _checks(decisions):
@@ -142,9 +142,6 @@ def test_every_spec_check_is_defined():
 
 def test_a_text_filter_compared_by_order_reads_only_its_platforms_rows():
     # PRIME's missing state cannot be ordered against "M"; the SFY check never looks at it.
-    from loan_engine_dagster.rules.config import Check
-    from loan_engine_dagster.rules.eligibility import PopulationArrays, check_match
-
     pop = pd.DataFrame({"property_state": pd.array(["CA", None, "TX"], dtype="string"), "platform": ["sfy", "prime", "sfy"]})
     check = Check(id="x", description="states before M", metric="balance_share", where=[("property_state", "<", "M")])
     sfy = (pop["platform"] == "sfy").to_numpy()

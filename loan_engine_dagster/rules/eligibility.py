@@ -51,7 +51,7 @@ class PopulationArrays:
         self._pop = pop
         self._rows = rows
         self._whole: dict[str, tuple[np.ndarray, pd.Index | None]] = {} if whole is None else whole
-        self._arrays: dict[str, tuple[np.ndarray, pd.Index | None]] = {}
+        self._arrays = self._whole if rows is None else {}  # a subset keeps its slices
         self.length = len(pop) if rows is None else int(np.count_nonzero(rows))
 
     def subset(self, rows: np.ndarray) -> PopulationArrays:
@@ -59,11 +59,11 @@ class PopulationArrays:
         return PopulationArrays(self._pop, rows, self._whole)
 
     def _cached(self, key: str, convert) -> tuple[np.ndarray, pd.Index | None]:
+        if key not in self._whole:
+            self._whole[key] = convert(self._pop)
         if key not in self._arrays:
-            if key not in self._whole:
-                self._whole[key] = convert(self._pop)
             values, uniques = self._whole[key]
-            self._arrays[key] = (values if self._rows is None else values[self._rows], uniques)
+            self._arrays[key] = (values[self._rows], uniques)
         return self._arrays[key]
 
     def get(self, column: str) -> tuple[np.ndarray, pd.Index | None]:
