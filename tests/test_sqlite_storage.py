@@ -179,3 +179,51 @@ def test_two_processes_and_two_threads_write_one_instance_at_once(home):
         checks = instance.event_log_storage.get_asset_check_execution_history(
             dg.AssetCheckKey(dg.AssetKey("thing"), "ok"), limit=100)
         assert len(checks) == 12
+
+
+def _events_of(instance, run_id: str, event_type: dg.DagsterEventType) -> int:
+    return sum(1 for e in instance.all_logs(run_id) if e.dagster_event and e.dagster_event.event_type == event_type)
+
+
+def test_a_runs_planned_events_are_written_as_one_batch(home, monkeypatch):
+    batches = []
+    store_batch = PooledSqliteEventLogStorage.store_event_batch
+
+    def spy(self, events):
+        batches.append([e.dagster_event.event_type for e in events])
+        store_batch(self, events)
+
+    monkeypatch.setattr(PooledSqliteEventLogStorage, "store_event_batch", spy)
+    with dg.DagsterInstance.get() as instance:
+        run_id = dg.materialize([_thing()], instance=instance, partition_key="5").run_id
+        planned = {dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED, dg.DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED}
+        assert [sorted(b, key=str) for b in batches] == [sorted(planned, key=str)]
+        for event_type in planned:
+            assert _events_of(instance, run_id, event_type) == 1
+        checks = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(dg.AssetKey("thing"), "ok"), limit=5)
+        assert [(c.status.value, c.partition) for c in checks] == [("SUCCEEDED", "5")]
+
+
+def test_a_batch_that_fails_midway_leaves_nothing_and_is_stored_again_one_by_one(home, monkeypatch, capfd):
+    # The check's planned row fails inside the batch, after the batch has
+    # written the materialization's events. All of it must roll back, or
+    # Dagster's one-by-one retry would store those events twice.
+    store_check = PooledSqliteEventLogStorage.store_asset_check_event
+
+    def fails_in_a_batch(self, event, event_id):
+        if getattr(self._batch, "open", None) is not None:
+            raise RuntimeError("disk full")
+        store_check(self, event, event_id)
+
+    monkeypatch.setattr(PooledSqliteEventLogStorage, "store_asset_check_event", fails_in_a_batch)
+    with dg.DagsterInstance.get() as instance:
+        run_id = dg.materialize([_thing()], instance=instance, partition_key="6").run_id
+        assert "Exception while storing event batch: disk full" in capfd.readouterr().err
+        for event_type in (dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED, dg.DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED):
+            assert _events_of(instance, run_id, event_type) == 1
+        checks = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(dg.AssetKey("thing"), "ok"), limit=5)
+        assert [(c.status.value, c.partition) for c in checks] == [("SUCCEEDED", "6")]
+        # and the storage is usable again: the lock was released, the batch closed
+        assert dg.materialize([_thing()], instance=instance, partition_key="7").success
