@@ -13,6 +13,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+from sqlalchemy.engine import Connection
 
 from loan_engine_dagster.orchestration import sqlite_storage
 from loan_engine_dagster.orchestration.sqlite_storage import PooledSqliteEventLogStorage
@@ -227,3 +228,37 @@ def test_a_batch_that_fails_midway_leaves_nothing_and_is_stored_again_one_by_one
         assert [(c.status.value, c.partition) for c in checks] == [("SUCCEEDED", "6")]
         # and the storage is usable again: the lock was released, the batch closed
         assert dg.materialize([_thing()], instance=instance, partition_key="7").success
+
+
+def test_a_batch_whose_run_file_fails_to_commit_leaves_the_index_untouched(home, monkeypatch, capfd):
+    # The two files commit one after the other. If the run's file fails at its
+    # commit (a full disk), the index must not keep the batch: Dagster's
+    # one-by-one retry would then insert the check's planned row twice and
+    # refuse the run with a unique-key error.
+    in_batch: list[Connection] = []  # the batch's connections, once its events are written
+    store_event = PooledSqliteEventLogStorage.store_event
+    commit = Connection._commit_impl
+
+    def recording(self, event):
+        store_event(self, event)
+        batch = getattr(self._batch, "open", None)
+        if batch is not None:
+            in_batch[:] = batch.connections.values()
+
+    def failing_commit(self):
+        if any(self is c for c in in_batch) and "index.db" not in str(self.engine.url):
+            in_batch.clear()  # once: the retry's commits go through
+            raise RuntimeError("disk full")
+        return commit(self)
+
+    monkeypatch.setattr(PooledSqliteEventLogStorage, "store_event", recording)
+    monkeypatch.setattr(Connection, "_commit_impl", failing_commit)
+    with dg.DagsterInstance.get() as instance:
+        result = dg.materialize([_thing()], instance=instance, partition_key="8")
+        assert result.success
+        assert "Exception while storing event batch: disk full" in capfd.readouterr().err
+        for event_type in (dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED, dg.DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED):
+            assert _events_of(instance, result.run_id, event_type) == 1
+        checks = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(dg.AssetKey("thing"), "ok"), limit=5)
+        assert [(c.status.value, c.partition) for c in checks] == [("SUCCEEDED", "8")]
