@@ -15,8 +15,8 @@ import pytest
 from loan_engine_dagster.adapters import database
 from loan_engine_dagster.orchestration.run_records import KIND_TAG, PHASE_TAG, worker_pid
 from test_failure_handling import (  # noqa: F401  (big_inbox is a fixture)
-    BATCH, BIN, DEAD_WORKER_BOUND_SECONDS, ROOT, big_inbox, huge_inbox, cli, instance_of, kill_in_phase,
-    phase_killed_in, running_daemon, spared_past_its_grace, with_runs_before,
+    BATCH, BIN, DEAD_WORKER_BOUND_SECONDS, ROOT, SHORT_GRACE, big_inbox, huge_inbox, cli, instance_of,
+    kill_in_phase, phase_killed_in, running_daemon, spared_past_its_grace, with_runs_before,
 )
 
 
@@ -55,7 +55,7 @@ def start_in_namespace(env, inbox, out, results_url):
 
 def test_healthy_run_in_another_pid_namespace_stays_started_and_succeeds(huge_inbox, tmp_path, home, monkeypatch):
     env, results_url = home
-    grace = 4  # the worker beats every second (a quarter of the grace)
+    grace = SHORT_GRACE
     env["LOAN_ENGINE_DEAD_WORKER_SECONDS"] = str(grace)
     monkeypatch.setenv("LOAN_ENGINE_DEAD_WORKER_SECONDS", str(grace))
     process = start_in_namespace(env, huge_inbox, tmp_path / "out", results_url)
