@@ -213,7 +213,7 @@ def test_a_batch_that_fails_midway_leaves_nothing_and_is_stored_again_one_by_one
     store_check = PooledSqliteEventLogStorage.store_asset_check_event
 
     def fails_in_a_batch(self, event, event_id):
-        if getattr(self._batch, "open", None) is not None:
+        if self._open_batch() is not None:
             raise RuntimeError("disk full")
         store_check(self, event, event_id)
 
@@ -241,7 +241,7 @@ def test_a_batch_whose_run_file_fails_to_commit_leaves_the_index_untouched(home,
 
     def recording(self, event):
         store_event(self, event)
-        batch = getattr(self._batch, "open", None)
+        batch = self._open_batch()
         if batch is not None:
             in_batch[:] = batch.connections.values()
 

@@ -95,10 +95,14 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             self._initialized_dbs.add(shard)
         return engine
 
+    def _open_batch(self) -> _Batch | None:
+        """The batch store_event_batch is writing on this thread, if any."""
+        return getattr(self._batch, "open", None)
+
     @contextmanager
     def _connect(self, shard: str) -> Iterator[Connection]:
-        batch = getattr(self._batch, "open", None)
-        if batch is not None:  # inside store_event_batch on this thread, which holds the lock
+        batch = self._open_batch()
+        if batch is not None:  # this thread holds the lock for it
             yield self._batch_connection(batch, shard)
             return
         # Same contract as the base class: one transaction per use, under its lock.
