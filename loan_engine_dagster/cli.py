@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import datetime as dt
+import gc
 import json
 import os
 import sys
@@ -51,6 +52,12 @@ def cli() -> None:
 
 def main() -> None:
     """Entry point of the `loan-engine` command."""
+    # The imports of a run (Dagster, SQLAlchemy, pandas) create some 270,000
+    # objects that live until exit, and Python's cyclic collector walked them
+    # all again and again: six full collections, about 0.45 s of CPU in any
+    # run, the smallest included. They hold no garbage cycles worth looking
+    # for, so collection waits until a command's imports are done.
+    gc.disable()
     try:
         _main()
         code = 0
@@ -67,6 +74,12 @@ def main() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _imports_done() -> None:
+    """Collection resumes, with what the imports made left out of it for good."""
+    gc.freeze()
+    gc.enable()
 
 
 def _main() -> None:
@@ -101,6 +114,7 @@ def sample_inbox(directory: Path, batch, loans: int, existing: int, seed: int, s
     """Write a complete, realistic inbox for one batch into DIRECTORY."""
     from loan_engine_dagster.adapters.sample import generate_inbox
 
+    _imports_done()
     paths = generate_inbox(directory, batch=batch, loans=loans, existing=existing, seed=seed, stress=stress)
     click.echo(f"Wrote {len(paths)} files to {directory}")
     for path in sorted(set(paths.values())):
@@ -183,6 +197,7 @@ def run(batch_key: str, inbox, output_dir, database_url, pdate, irr_target, verb
 
     from loan_engine_dagster.adapters.incidents import classify, one_line
     from loan_engine_dagster.adapters.watch import batch_fingerprint
+    from loan_engine_dagster.definitions import defs  # noqa: F401  the code location is start-up too (_imports_done)
     from loan_engine_dagster.orchestration.partitions import register_batches
     from loan_engine_dagster.orchestration.run_records import IN_PROGRESS, PARTITION_TAG, batch_tags, stop_point
 
@@ -217,6 +232,7 @@ def run(batch_key: str, inbox, output_dir, database_url, pdate, irr_target, verb
         # Tagged like the sensor's runs, so the sensor never runs these exact files again.
         tags = batch_tags(batch_key, str(inbox_path), batch_fingerprint(files))
         click.echo(f"Running loan_engine_job for batch {batch_key} (Dagster home {os.environ['DAGSTER_HOME']})")
+        _imports_done()
         with dg.execute_job(
             dg.reconstructable(_resolved_job),
             instance=instance,

@@ -78,6 +78,32 @@ def test_run_records_a_dagster_run_and_prints_summary(sample_inbox, tmp_path, ho
         del os.environ["DAGSTER_HOME"]
 
 
+GC_PROBE = """
+import atexit, gc, sys
+from loan_engine_dagster.cli import main
+assert gc.isenabled()
+full = []  # (frozen objects, collector on) at each full collection
+gc.callbacks.append(lambda phase, info: phase == "stop" and info["generation"] == 2 and full.append((gc.get_freeze_count(), gc.isenabled())))
+atexit.register(lambda: print("probe", gc.isenabled(), gc.get_freeze_count(), full))
+sys.argv = ["loan-engine", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.slow
+def test_run_collects_garbage_only_after_start_up(sample_inbox, tmp_path, home):
+    """No full collection walks the start-up's objects, and collection is on
+    again, without them, for the run itself."""
+    locate(home, sample_inbox, tmp_path)
+    result = subprocess.run([sys.executable, "-c", GC_PROBE, "run", BATCH], capture_output=True, text=True, env=home, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    [probe] = [line for line in result.stdout.splitlines() if line.startswith("probe ")]
+    enabled, frozen, full = probe.split(" ", 3)[1:]
+    assert enabled == "True" and int(frozen) > 100_000
+    full = eval(full)
+    assert full and all(frozen_then > 100_000 and on for frozen_then, on in full), probe
+
+
 @pytest.mark.slow
 def test_run_structural_error_is_readable_and_nonzero(sample_inbox, tmp_path, home):
     inbox = tmp_path / "inbox"
