@@ -78,30 +78,50 @@ def test_run_records_a_dagster_run_and_prints_summary(sample_inbox, tmp_path, ho
         del os.environ["DAGSTER_HOME"]
 
 
+# Runs a `loan-engine` command in this process and reports: every collection
+# (its generation) made before the start-up's objects were frozen, the
+# collector's state when the Dagster run starts, and at exit.
 GC_PROBE = """
-import atexit, gc, sys
+import atexit, gc, json, sys
+import dagster as dg
 from loan_engine_dagster.cli import main
-assert gc.isenabled()
-full = []  # (frozen objects, collector on) at each full collection
-gc.callbacks.append(lambda phase, info: phase == "stop" and info["generation"] == 2 and full.append((gc.get_freeze_count(), gc.isenabled())))
-atexit.register(lambda: print("probe", gc.isenabled(), gc.get_freeze_count(), full))
+early, at_run = [], []
+gc.callbacks.append(lambda phase, info: phase == "start" and not gc.get_freeze_count() and early.append(info["generation"]))
+execute_job = dg.execute_job
+def watched(*args, **kwargs):
+    at_run.append((gc.isenabled(), gc.get_freeze_count()))
+    return execute_job(*args, **kwargs)
+dg.execute_job = watched
+atexit.register(lambda: print("probe", json.dumps({"early": early, "at_run": at_run, "enabled_at_exit": gc.isenabled()})))
 sys.argv = ["loan-engine", *sys.argv[1:]]
 main()
 """
 
 
+def gc_probe(*args, env):
+    result = subprocess.run([sys.executable, "-c", GC_PROBE, *args], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("probe ")]
+    seen = json.loads(line.removeprefix("probe "))
+    return seen["early"], seen["at_run"], seen["enabled_at_exit"]
+
+
 @pytest.mark.slow
 def test_run_collects_garbage_only_after_start_up(sample_inbox, tmp_path, home):
-    """No full collection walks the start-up's objects, and collection is on
-    again, without them, for the run itself."""
+    """No collection walks the start-up's objects; the Dagster run starts with
+    the collector on and those objects frozen out of it."""
     locate(home, sample_inbox, tmp_path)
-    result = subprocess.run([sys.executable, "-c", GC_PROBE, "run", BATCH], capture_output=True, text=True, env=home, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    [probe] = [line for line in result.stdout.splitlines() if line.startswith("probe ")]
-    enabled, frozen, full = probe.split(" ", 3)[1:]
-    assert enabled == "True" and int(frozen) > 100_000
-    full = eval(full)
-    assert full and all(frozen_then > 100_000 and on for frozen_then, on in full), probe
+    shutil.copy(Path(__file__).parents[1] / "dagster.yaml", home["DAGSTER_HOME"])  # the project's own instance
+    early, at_run, enabled_at_exit = gc_probe("run", BATCH, env=home)
+    assert early == []
+    [(enabled, frozen)] = at_run
+    assert enabled and frozen > 100_000 and enabled_at_exit
+
+
+def test_runs_commands_collect_garbage(home):
+    """`runs list` reads every run's event log: its collector must be on."""
+    early, at_run, enabled_at_exit = gc_probe("runs", "list", env=home)
+    assert early == [] and at_run == [] and enabled_at_exit
 
 
 @pytest.mark.slow
