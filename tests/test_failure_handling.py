@@ -468,7 +468,7 @@ def test_daemon_retries_a_run_whose_worker_died(big_inbox, tmp_path):
     env.update(DAGSTER_HOME=str(home), LOAN_ENGINE_INBOX=str(inbox), LOAN_ENGINE_OUTPUT_DIR=str(out),
                LOAN_ENGINE_DATABASE_URL=results_url, LOAN_ENGINE_DEAD_WORKER_SECONDS="15")
     with running_daemon(env, tmp_path), instance_of(env) as instance:
-        for path in big_inbox.iterdir():
+        for path in source.iterdir():
             shutil.copy(path, inbox / path.name)
         deadline = time.monotonic() + 240
         first = None
@@ -511,23 +511,29 @@ def test_daemon_retries_a_run_whose_worker_died(big_inbox, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.webserver
-def test_hung_run_is_stopped_by_max_runtime(big_inbox, tmp_path):
-    """Run monitoring stops a run that outlives its maximum run time; here 2 s
-    instead of 2 hours, so the batch of a big inbox counts as hung."""
+def test_hung_run_is_stopped_by_max_runtime(tmp_path):
+    """Run monitoring stops a run that outlives its maximum run time; here 1 s
+    instead of 2 hours, on a batch whose run lasts about five seconds, so it
+    counts as hung. (With 2 s, the big inbox's run of under 3 s left the
+    monitor, polling every second, too small a window: a full suite once saw
+    the run succeed first.)"""
     import yaml
 
-    home, inbox = tmp_path / "home", tmp_path / "inbox"
+    from loan_engine_dagster.adapters.sample import generate_inbox
+
+    home, inbox, source = tmp_path / "home", tmp_path / "inbox", tmp_path / "source"
     home.mkdir()
     inbox.mkdir()
+    generate_inbox(source, loans=50_000, existing=500_000, seed=5)
     config = yaml.safe_load((ROOT / "dagster.yaml").read_text())
-    config["run_monitoring"].update(max_runtime_seconds=2, poll_interval_seconds=1)
+    config["run_monitoring"].update(max_runtime_seconds=1, poll_interval_seconds=1)
     config["run_retries"]["max_retries"] = 0
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LOAN_ENGINE_", "DAGSTER_"))}
     env.update(DAGSTER_HOME=str(home), LOAN_ENGINE_INBOX=str(inbox), LOAN_ENGINE_OUTPUT_DIR=str(tmp_path / "out"),
                LOAN_ENGINE_DATABASE_URL=f"sqlite:///{tmp_path / 'results.db'}")
     with running_daemon(env, tmp_path), instance_of(env) as instance:
-        for path in big_inbox.iterdir():
+        for path in source.iterdir():
             shutil.copy(path, inbox / path.name)
         deadline = time.monotonic() + 240
         run = None
@@ -543,7 +549,7 @@ def test_hung_run_is_stopped_by_max_runtime(big_inbox, tmp_path):
         # cancel first the run ends CANCELED. Either way it is stopped and reported.
         assert run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
         messages = " ".join(e.message or "" for e in instance.all_logs(run.run_id))
-        assert "maximum runtime of 2 seconds" in messages
+        assert "maximum runtime of 1 seconds" in messages
         while time.monotonic() < deadline and KIND_TAG not in instance.get_run_by_id(run.run_id).tags:
             time.sleep(1)
         assert instance.get_run_by_id(run.run_id).tags[KIND_TAG] == "infra"
