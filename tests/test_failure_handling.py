@@ -468,7 +468,7 @@ def test_daemon_retries_a_run_whose_worker_died(big_inbox, tmp_path):
     env.update(DAGSTER_HOME=str(home), LOAN_ENGINE_INBOX=str(inbox), LOAN_ENGINE_OUTPUT_DIR=str(out),
                LOAN_ENGINE_DATABASE_URL=results_url, LOAN_ENGINE_DEAD_WORKER_SECONDS="15")
     with running_daemon(env, tmp_path), instance_of(env) as instance:
-        for path in source.iterdir():
+        for path in big_inbox.iterdir():
             shutil.copy(path, inbox / path.name)
         deadline = time.monotonic() + 240
         first = None
