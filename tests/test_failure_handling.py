@@ -511,20 +511,17 @@ def test_daemon_retries_a_run_whose_worker_died(big_inbox, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.webserver
-def test_hung_run_is_stopped_by_max_runtime(tmp_path):
+def test_hung_run_is_stopped_by_max_runtime(huge_inbox, tmp_path):
     """Run monitoring stops a run that outlives its maximum run time; here 1 s
-    instead of 2 hours, on a batch whose run lasts about five seconds, so it
+    instead of 2 hours, on the huge inbox (its run lasts about 6.5 s), so it
     counts as hung. (With 2 s, the big inbox's run of under 3 s left the
     monitor, polling every second, too small a window: a full suite once saw
     the run succeed first.)"""
     import yaml
 
-    from loan_engine_dagster.adapters.sample import generate_inbox
-
-    home, inbox, source = tmp_path / "home", tmp_path / "inbox", tmp_path / "source"
+    home, inbox = tmp_path / "home", tmp_path / "inbox"
     home.mkdir()
     inbox.mkdir()
-    generate_inbox(source, loans=50_000, existing=500_000, seed=5)
     config = yaml.safe_load((ROOT / "dagster.yaml").read_text())
     config["run_monitoring"].update(max_runtime_seconds=1, poll_interval_seconds=1)
     config["run_retries"]["max_retries"] = 0
@@ -533,7 +530,7 @@ def test_hung_run_is_stopped_by_max_runtime(tmp_path):
     env.update(DAGSTER_HOME=str(home), LOAN_ENGINE_INBOX=str(inbox), LOAN_ENGINE_OUTPUT_DIR=str(tmp_path / "out"),
                LOAN_ENGINE_DATABASE_URL=f"sqlite:///{tmp_path / 'results.db'}")
     with running_daemon(env, tmp_path), instance_of(env) as instance:
-        for path in source.iterdir():
+        for path in huge_inbox.iterdir():
             shutil.copy(path, inbox / path.name)
         deadline = time.monotonic() + 240
         run = None
