@@ -26,6 +26,11 @@ unless --existing is given; not timed), then, in the same invocation:
   loans, 10 existing): the fixed cost of any run, which the rest of a run's
   time is compared with.
 
+To compare two versions of the code, run them in alternating pairs on the
+same inbox (the order swapped at every pair) and read the differences:
+
+    .venv/bin/python scripts/benchmark.py --loans 100000 --mix typical --repeat 8 --against /tmp/old
+
 Not a test: the machine's load makes single timings noisy. Use --repeat and
 read the best; copy the figures into the README with the machine and date.
 """
@@ -38,6 +43,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -120,6 +126,11 @@ def run_loan_engine(inbox: Path, batch: str, workdir: Path, code: Path | None = 
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import dagster as dg; dg.DagsterInstance.get().get_runs()"], env=env, check=True)
     instance_setup = time.perf_counter() - start
+    # Files written before the clock starts (a new inbox, the last run's
+    # outputs) are flushed now: their write-back would otherwise compete with
+    # the run's own fsyncs (a run's commits and reports) and slow it by up to
+    # seconds, depending on what happened to come before.
+    os.sync()
     program = [str(LOAN_ENGINE)]
     if code is not None:
         program = [sys.executable, "-m", "loan_engine_dagster.cli"]
@@ -197,11 +208,7 @@ def phases(run: dict) -> dict:
 
 
 def one_size(loans: int, existing: int, mix: str, repeat: int, workdir: Path, seed: int, code: Path | None) -> dict:
-    inbox = workdir / f"inbox-{loans}-{existing}-{mix}-{seed}"
-    if not inbox.is_dir():
-        start = time.perf_counter()
-        generate_inbox(inbox, loans=loans, existing=existing, seed=seed, stress=mix == "stress")
-        print(f"  sample inbox generated in {time.perf_counter() - start:.1f} s (not timed below)", flush=True)
+    inbox = inbox_for(loans, existing, mix, workdir, seed)
     batch = default_batch_date().isoformat()
     best = None
     for attempt in range(repeat):
@@ -214,6 +221,40 @@ def one_size(loans: int, existing: int, mix: str, repeat: int, workdir: Path, se
         if best is None or run["wall"] < best["wall"]:
             best = run
     return best
+
+
+def inbox_for(loans: int, existing: int, mix: str, workdir: Path, seed: int) -> Path:
+    inbox = workdir / f"inbox-{loans}-{existing}-{mix}-{seed}"
+    if not inbox.is_dir():
+        start = time.perf_counter()
+        generate_inbox(inbox, loans=loans, existing=existing, seed=seed, stress=mix == "stress")
+        print(f"  sample inbox generated in {time.perf_counter() - start:.1f} s (not timed below)", flush=True)
+    return inbox
+
+
+def alternating_pairs(loans: int, existing: int, mix: str, pairs: int, workdir: Path, seed: int,
+                      code: Path | None, against: Path) -> None:
+    """The same run of two checkouts in turn on the same inbox, the order
+    swapped at every pair. The machine drifts by up to a second between sets
+    of runs; within a pair both sides meet the same conditions, so the
+    differences are what compares two versions of the code."""
+    inbox = inbox_for(loans, existing, mix, workdir, seed)
+    batch = default_batch_date().isoformat()
+    sides = {"this": code or ROOT, "against": against}  # both started the same way: python -m, from a source folder
+    diffs, cpu_diffs = [], []
+    print(f"{'pair':>4}{'this s':>9}{'against s':>11}{'difference':>12}{'this CPU s':>12}{'against CPU s':>15}")
+    for pair in range(pairs):
+        order = ("this", "against") if pair % 2 == 0 else ("against", "this")
+        runs = {side: run_loan_engine(inbox, batch, workdir, sides[side]) for side in order}
+        diff, cpu_diff = runs["this"]["wall"] - runs["against"]["wall"], runs["this"]["cpu"] - runs["against"]["cpu"]
+        diffs.append(diff)
+        cpu_diffs.append(cpu_diff)
+        print(f"{pair + 1:>4}{runs['this']['wall']:>9.2f}{runs['against']['wall']:>11.2f}{diff:>+12.2f}"
+              f"{runs['this']['cpu']:>12.2f}{runs['against']['cpu']:>15.2f}", flush=True)
+    faster = sum(d < 0 for d in diffs)
+    print(f"this checkout minus the other, over {pairs} pairs: wall median {statistics.median(diffs):+.2f} s, "
+          f"mean {statistics.fmean(diffs):+.2f} s (faster in {faster} of {pairs}); "
+          f"CPU median {statistics.median(cpu_diffs):+.2f} s")
 
 
 def report(loans: int, existing: int, mix: str, run: dict) -> None:
@@ -256,15 +297,19 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs per size; the fastest run is reported")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--code", type=Path, help="run the loan engine from this source folder instead (e.g. `git archive` of main)")
+    parser.add_argument("--against", type=Path, help="compare with this source folder in alternating pairs (--repeat pairs)")
     parser.add_argument("--workdir", type=Path, help="keep inboxes (reused across invocations) and outputs here")
     args = parser.parse_args()
+    if args.against is not None and args.scaling:
+        parser.error("--against compares one size at a time; give --loans instead of --scaling")
 
     # The code timed is compiled first, as scripts/setup.sh compiles the
     # project: where PYTHONDONTWRITEBYTECODE is set, a source folder without
     # current bytecode (another checkout, a file edited since setup) would be
     # compiled again by every run (0.05 s here for the whole project, more
     # beside a busy core): a bias of the timing against that code.
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str((args.code or ROOT) / "loan_engine_dagster")], check=True)
+    for code in {args.code or ROOT, args.against or ROOT}:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(code / "loan_engine_dagster")], check=True)
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="loan-engine-bench-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
@@ -272,6 +317,12 @@ def main() -> None:
     sizes = SCALING_SIZES if args.scaling else (args.loans,)
     results = []
     try:
+        if args.against is not None:
+            existing = args.existing or 5 * args.loans
+            print(f"\n== {args.loans:,} buy loans, {existing:,} existing, {args.mix}: "
+                  f"{args.code or ROOT} against {args.against}", flush=True)
+            alternating_pairs(args.loans, existing, args.mix, args.repeat, workdir, args.seed, args.code, args.against)
+            return
         for loans in sizes:
             existing = args.existing if args.existing and not args.scaling else 5 * loans
             print(f"\n== {loans:,} buy loans, {existing:,} existing, {args.mix}", flush=True)
