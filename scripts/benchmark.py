@@ -128,8 +128,8 @@ def run_loan_engine(inbox: Path, batch: str, workdir: Path, code: Path | None = 
     instance_setup = time.perf_counter() - start
     # Files written before the clock starts (a new inbox, the last run's
     # outputs) are flushed now: their write-back would otherwise compete with
-    # the run's own fsyncs (a run's commits and reports) and slow it by up to
-    # seconds, depending on what happened to come before.
+    # the run's own fsyncs (its commits and reports), by however much
+    # happened to come before.
     os.sync()
     program = [str(LOAN_ENGINE)]
     if code is not None:
@@ -302,6 +302,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.against is not None and args.scaling:
         parser.error("--against compares one size at a time; give --loans instead of --scaling")
+    # Runs start in the work folder: a relative source folder must not change meaning there.
+    args.code, args.against = (p.resolve() if p is not None else None for p in (args.code, args.against))
 
     # The code timed is compiled first, as scripts/setup.sh compiles the
     # project: where PYTHONDONTWRITEBYTECODE is set, a source folder without
