@@ -319,15 +319,13 @@ def main() -> None:
     sizes = SCALING_SIZES if args.scaling else (args.loans,)
     results = []
     try:
-        if args.against is not None:
-            existing = args.existing or 5 * args.loans
-            print(f"\n== {args.loans:,} buy loans, {existing:,} existing, {args.mix}: "
-                  f"{args.code or ROOT} against {args.against}", flush=True)
-            alternating_pairs(args.loans, existing, args.mix, args.repeat, workdir, args.seed, args.code, args.against)
-            return
         for loans in sizes:
             existing = args.existing if args.existing and not args.scaling else 5 * loans
-            print(f"\n== {loans:,} buy loans, {existing:,} existing, {args.mix}", flush=True)
+            compared = f": {args.code or ROOT} against {args.against}" if args.against is not None else ""
+            print(f"\n== {loans:,} buy loans, {existing:,} existing, {args.mix}{compared}", flush=True)
+            if args.against is not None:  # one size (--scaling is refused): the pairs are the whole report
+                alternating_pairs(loans, existing, args.mix, args.repeat, workdir, args.seed, args.code, args.against)
+                return
             run = one_size(loans, existing, args.mix, args.repeat, workdir, args.seed, args.code)
             report(loans, existing, args.mix, run)
             results.append((loans, run))
