@@ -16,6 +16,21 @@ def test_band_layout_minimum_is_lowest_band_listing_the_program():
     assert "a" not in table.index  # the applied-for column is not a band
 
 
+@pytest.mark.parametrize("corner", ["Applied Program", None, "  "])
+def test_band_layout_first_column_is_the_program_whatever_its_header(corner):
+    # A blank corner cell must not make the lowest band pass for the program column.
+    raw = sheet_raw([corner, "620-659", "660-699", "700+"],
+                    [["Prog A", "Prog A", "Prog A", "Prog A"], ["Prog B", None, "Prog B", "Prog B"]])
+    table = parsing.parse_comap_sheet(raw, file="g.xlsx", sheet="S", max_rows=20).set_index("program_key")
+    assert table["min_fico"].to_dict() == {"prog a": 620.0, "prog b": 660.0}
+
+
+def test_band_layout_table_may_start_right_of_column_a():
+    raw = sheet_raw([None, None, "620-659", "660-699"], [[None, "Prog A", "Prog A", "Prog A"], [None, "Prog B", None, "Prog B"]])
+    table = parsing.parse_comap_sheet(raw, file="g.xlsx", sheet="S", max_rows=20).set_index("program_key")
+    assert table["min_fico"].to_dict() == {"prog a": 620.0, "prog b": 660.0}
+
+
 def test_list_layout():
     raw = sheet_raw(["Loan Program ", "min fico"], [["Std 120", 690]])
     table = parsing.parse_comap_sheet(raw, file="g.xlsx", sheet="S", max_rows=20)

@@ -759,18 +759,30 @@ def parse_underwriting_grid(
     return out.drop(columns="source_row")
 
 
+def _first_column_has_header(raw: pd.DataFrame, header_row: int) -> bool:
+    """Whether the table's first column (the leftmost one holding anything
+    from the header row down: the applied-for program in the band layout)
+    has a header. Without one it is not in the frame at all, and the frame's
+    first column is already a band."""
+    table = raw.iloc[header_row:]
+    filled = [i for i in range(table.shape[1]) if not is_blank(table.iloc[:, i].astype(object)).all()]
+    return bool(filled) and not bool(is_blank(table.iloc[:1, filled[0]].astype(object)).all())
+
+
 def parse_comap_sheet(
     raw: pd.DataFrame, *, file: str, sheet: str, max_rows: int, aliases: Aliases | None = None
 ) -> pd.DataFrame:
     """Minimum FICO per purchasable program in one CoMAP sheet, from either
     layout. Band layout: a program's minimum is the lowest band it appears in."""
-    frame = frame_below_header(raw, find_header_row(raw, marker=None, max_rows=max_rows, file=file, sheet=sheet))
+    header_row = find_header_row(raw, marker=None, max_rows=max_rows, file=file, sheet=sheet)
+    frame = frame_below_header(raw, header_row)
     keys = {header_key(c) for c in frame.columns}
     if all(keys & _header_keys(f, aliases or {}) for f in COMAP_LIST_FIELDS):
         out, _ = _reference_table(frame, COMAP_LIST_FIELDS, file=file, sheet=sheet, aliases=aliases, kind="comap")
         table = pd.DataFrame({"program_key": text_key(out["program"]), "min_fico": out["min_fico"]})
     else:
-        bands = {c: int(str(c).strip()[:3]) for c in frame.columns[1:] if str(c).strip()[:3].isdigit()}
+        candidates = frame.columns[1:] if _first_column_has_header(raw, header_row) else frame.columns
+        bands = {c: int(str(c).strip()[:3]) for c in candidates if str(c).strip()[:3].isdigit()}
         if not bands:
             raise StructuralError(
                 "neither layout: expected columns 'loan program' and 'Min FICO', or FICO band columns such as '660-699'",
