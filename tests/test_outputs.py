@@ -6,7 +6,7 @@ import openpyxl
 import pandas as pd
 import pytest
 
-from conftest import existing_frame, loan, run_rules
+from conftest import by_number, existing_frame, loan, run_rules
 from loan_engine_dagster.adapters import batch
 from loan_engine_dagster.adapters.outputs import publish_batch, write_concurrently, write_workbook
 from loan_engine_dagster.rules import reports
@@ -95,6 +95,26 @@ def test_seller_text_in_reports_is_not_a_formula(tmp_path, rules):
         sheet = openpyxl.load_workbook(folder / name).active
         cells = [c for row in sheet.iter_rows() for c in row if c.value == "=2+2"]
         assert cells and all(c.data_type == "s" for c in cells)
+
+
+def test_seller_columns_named_like_the_engines_are_carried_beside_them(tmp_path, rules):
+    # Past bug: a seller's `type` column replaced the master sheet's in the
+    # merge (the run failed as a code error), `message` broke the disposition
+    # join, and `platform` silently overwrote the engine's platform.
+    seller = {"type": "seller type", "message": "seller note", "platform": "web", "disposition": "keep",
+              "new_programs": "maybe", "Dealer Name": "ACME"}
+    decisions = run_rules([loan("SFC_1", **seller), loan("SFC_2", **seller, **{"FICO Borrower": 600})])
+    loans = by_number(decisions)
+    assert loans.loc["SFC_1", "disposition"] == "to_purchase" and loans.loc["SFC_2", "disposition"] == "rejected"
+    assert set(loans["platform"]) == {"sfy"} and set(loans["type"]) == {"standard"}
+    folder, _ = write_batch_outputs(tmp_path, decisions, batch="b", pdate=dt.date(2026, 2, 24), rules=rules, input_files=[])
+    sheet = openpyxl.load_workbook(folder / "flagged_loans.xlsx").active
+    header = [c.value for c in sheet[1]]
+    row = dict(zip(header, [c.value for c in sheet[2]], strict=True))
+    assert row["type"] == "standard" and row["type (exhibit)"] == "seller type"
+    assert row["platform"] == "sfy" and row["platform (exhibit)"] == "web"
+    assert row["message (exhibit)"] == "seller note" and row["Dealer Name"] == "ACME"
+    assert len(header) == len(set(header))
 
 
 def test_publish_replaces_whole_and_failure_keeps_old(tmp_path):

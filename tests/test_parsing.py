@@ -52,7 +52,7 @@ def test_empty_rows_skipped_extra_columns_kept(rules):
     frame = _parse(exhibit_raw(rows), rules)
     assert list(frame["seller_loan_number"]) == ["SFC_1", "SFC_2"]
     assert list(frame["source_row"]) == [5, 7]
-    assert frame.loc[0, "Dealer Name"] == "=cmd|' /C calc'!A0"
+    assert frame.loc[0, "seller:Dealer Name"] == "=cmd|' /C calc'!A0"
 
 
 def test_optional_columns_default_to_zero(rules):

@@ -238,7 +238,7 @@ def test_an_unknown_header_written_twice_is_carried_once(rules):
     raw[len(raw.columns)] = ["", "Dealer Name", "first"]
     raw[len(raw.columns)] = ["", "Dealer Name", "second"]
     frame = parsing.parse_exhibit(raw, platform="sfy", file="SFY.xlsx", sheet="Exhibit A", rules=rules)
-    assert frame.loc[0, "Dealer Name"] == "first" and frame.loc[0, "row_problems"] == ""
+    assert frame.loc[0, "seller:Dealer Name"] == "first" and frame.loc[0, "row_problems"] == ""
 
 
 def test_rows_of_very_different_sizes_still_get_the_best_plan():

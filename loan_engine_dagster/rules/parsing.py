@@ -120,6 +120,10 @@ FIELDS_BY_KIND = {
 # Headers sellers write in several ways (`TU144`, `TU 144`, `tu_144`): they
 # also match once spaces and underscores are removed.
 LOOSE_HEADERS = {"tu144"}
+# A column the engine does not know is carried under this prefix and its own
+# header: a seller's `type` or `message` column must not take the place of
+# the engine's own column of that name.
+SELLER_COLUMN_PREFIX = "seller:"
 Aliases = Mapping[str, Sequence[str]]
 
 
@@ -593,7 +597,7 @@ def parse_exhibit(raw: pd.DataFrame, *, platform: str, file: str, sheet: str, ru
     out, invalid = typed_frame(frame, fields, mapping)
     extras = _extra_columns(frame, mapping)
     for column in extras:
-        out[column] = frame[column]
+        out[SELLER_COLUMN_PREFIX + column] = frame[column]
     if platform != "sfy":
         out["tu144"] = 0.0  # TU144 is an SFY-only exemption
         invalid.pop("tu144", None)

@@ -8,7 +8,7 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 
-from .parsing import EXHIBIT_FIELDS, TU144
+from .parsing import EXHIBIT_FIELDS, SELLER_COLUMN_PREFIX, TU144
 
 DECISION_COLUMNS = [
     "seller_loan_number", "platform", "loan_program", "application_type", "loan_kind", "type",
@@ -33,11 +33,6 @@ _LOAN_REPORT = [
     ("message", "message"), ("purchase_date", "Purchase_Date"), ("purchase_price", "Purchase Price"),
     ("monthly_payment_date", "Monthly Payment Date"), ("source_file", "source_file"), ("source_row", "source_row"),
 ]
-_ENGINE_COLUMNS = {
-    "program_key", "invalid", "row_problems", "known_program", "repurchase", "excess_asset",
-    "borrowing_base_eligible", "irr_support_target", "on_tape", "purchase_price_check",
-    "underwriting_grid_rows", "underwriting_reason", "comap_reason",
-}
 
 
 def decisions_table(loans: pd.DataFrame) -> pd.DataFrame:
@@ -50,10 +45,12 @@ def decisions_table(loans: pd.DataFrame) -> pd.DataFrame:
 def loan_report(loans: pd.DataFrame) -> pd.DataFrame:
     """A person's view of some buy loans: the decision, then the exhibit
     fields, then any extra columns the seller sent."""
-    known = {name for name, _ in _LOAN_REPORT}
-    extras = [c for c in loans.columns if c not in known and c not in _ENGINE_COLUMNS]
+    headers = [header for _, header in _LOAN_REPORT]
+    extras = [c for c in loans.columns if c.startswith(SELLER_COLUMN_PREFIX)]
+    shown = [c.removeprefix(SELLER_COLUMN_PREFIX) for c in extras]
     out = loans[[name for name, _ in _LOAN_REPORT] + extras].copy()
-    out.columns = [header for _, header in _LOAN_REPORT] + extras
+    # A seller's column named like one of the report's own is marked as the exhibit's.
+    out.columns = headers + [f"{h} (exhibit)" if h in headers else h for h in shown]
     return out.sort_values("Orig. Balance", ascending=False, kind="stable")
 
 
