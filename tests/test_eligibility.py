@@ -146,3 +146,37 @@ def test_a_text_filter_compared_by_order_reads_only_its_platforms_rows():
     check = Check(id="x", description="states before M", metric="balance_share", where=[("property_state", "<", "M")])
     sfy = (pop["platform"] == "sfy").to_numpy()
     assert check_match(pop, check, PopulationArrays(pop).subset(sfy)).tolist() == [True, False]
+
+
+def _portfolio_only(rows: list[dict], buy_on: str) -> pd.DataFrame:
+    """The checks of a portfolio of existing assets, with one buy loan on the other platform."""
+    existing = existing_frame([{"SELLER Loan #": f"SFC_{100 + i}", **r} for i, r in enumerate(rows)])
+    buy = [loan("L1")]
+    return _checks(run_rules(buy if buy_on == "sfy" else [], buy if buy_on == "prime" else [], existing=existing))
+
+
+def test_a_share_exactly_at_its_limit_is_judged_in_decimal_not_in_float():
+    # Past bug: 61,103.12 of 244,412.48 is exactly 25% but 0.25000000000000006
+    # in float, so SFY check_c1 (epni <= 0.25) failed with an excess of 1e-11.
+    epni = [{"type": "epni", "Orig. Balance": b} for b in ("35458.47", "4395.76", "21248.89")]
+    row = _portfolio_only([*epni, {"Orig. Balance": "183309.36"}], buy_on="prime").loc[("sfy", "check_c1")]
+    assert row["status"] == "pass" and pd.isna(row["excess_balance"])
+    # A strict limit is not met by a value exactly on it, though float puts
+    # 27,426.56 of 78,361.60 a hair below 35%: PRIME check_d (hybrid < 0.35).
+    prime = [{"platform": "PRIME", "type": t, "Orig. Balance": b}
+             for t, b in (("hybrid", "7476.76"), ("hybrid", "19949.80"), ("standard", "50935.04"))]
+    row = _portfolio_only(prime, buy_on="sfy").loc[("prime", "check_d")]
+    assert row["status"] == "fail" and row["value"] == pytest.approx(0.35)
+
+
+@pytest.mark.parametrize(("op", "value", "expected"), [
+    ("<=", 0.25 * (1 + 5e-10), True), ("<=", 0.25 * (1 + 2e-9), False),
+    ("<", 0.25, False), ("<", 0.25 * (1 - 5e-10), False), ("<", 0.25 * (1 - 2e-9), True),
+    (">=", 700 * (1 - 5e-10), True), (">", 700.0, False), (">", 700 * (1 + 2e-9), True),
+    ("<=", 0.0, True), ("<", 0.0, False),
+])
+def test_limits_hold_within_a_relative_tolerance_of_1e_9(op, value, expected):
+    from loan_engine_dagster.rules.eligibility import holds
+
+    limit = 0.0 if value == 0.0 else (700.0 if op in (">", ">=") else 0.25)
+    assert bool(holds(value, op, limit)) is expected

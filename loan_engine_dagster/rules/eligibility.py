@@ -17,6 +17,12 @@ from .config import Check, Rules
 from .parsing import text_key
 
 OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne}
+# A share computed in binary floating point lands a hair either side of a limit
+# it meets exactly (61,103.12 / 244,412.48 is 25% in decimal, 0.25000000000000006
+# in float). A limit therefore holds up to this much past it, relative to the
+# limit; a strict one needs the value that much inside, the margin the purchase
+# plan holds strict limits to (business rules, sections 9 and 12).
+LIMIT_TOLERANCE = 1e-9
 POPULATION_COLUMNS = [
     "seller_loan_number", "platform", "loan_program", "type", "term", "fico", "apr", "lender_price",
     "orig_balance", "promo_term", "dealer_fee", "new_programs", "property_state", "repurchase", "excess_asset",
@@ -92,6 +98,24 @@ class PopulationArrays:
         """The column's values on the rows of this population where `where` is set."""
         positions = np.flatnonzero(where) if self._rows is None else np.flatnonzero(self._rows)[where]
         return self._pop[column].iloc[positions].to_numpy()
+
+
+def limit_slack(limit: float) -> float:
+    return LIMIT_TOLERANCE * max(abs(float(limit)), 1e-12)
+
+
+def holds(value, op: str, limit: float):
+    """Whether `value op limit` holds for a check's limit (a number or an array)."""
+    slack = limit_slack(limit)
+    if op == "<=":
+        return value <= limit + slack
+    if op == "<":
+        return value <= limit - slack
+    if op == ">=":
+        return value >= limit - slack
+    if op == ">":
+        return value >= limit + slack
+    raise ValueError(f"not a limit's comparison: {op}")
 
 
 def filter_mask(pop: pd.DataFrame, check: Check, columns: PopulationArrays | None = None) -> np.ndarray:
@@ -208,7 +232,7 @@ def evaluate_checks(
             elif check.limit is None:
                 status = "info"
             else:
-                status = "pass" if OPS[check.op](value, check.limit) else "fail"
+                status = "pass" if holds(value, check.op, check.limit) else "fail"
             excess, contributors = None, []
             if status == "fail" and check.metric in ("balance_share", "count_share"):
                 subset = bases["value"] & match
@@ -251,7 +275,7 @@ def headroom_balance(check: Check, base: np.ndarray, match: np.ndarray, balance:
     if check.metric != "balance_share" or check.limit is None or check.op not in ("<", "<=") or not 0 <= check.limit < 1:
         return None
     share, s, b = _share(balance, base, match)
-    if share is None or not OPS[check.op](share, check.limit):
+    if share is None or not holds(share, check.op, check.limit):
         return None
     return float((check.limit * b - s) / (1 - check.limit))
 

@@ -25,12 +25,13 @@ import numpy as np
 import pandas as pd
 
 from .config import Check, Rules
-from .eligibility import OPS, PopulationArrays, build_population, check_match, evaluate_checks, platform_bases, platform_checks
+from .eligibility import (
+    PopulationArrays, build_population, check_match, evaluate_checks, holds, limit_slack, platform_bases, platform_checks,
+)
 
 PLAN_METRICS = ("balance_share", "count_share", "mean", "wavg", "max")
-STRICT_MARGIN = 1e-9  # a strict limit must hold with the value at least this far inside, relative to the limit
 # HiGHS accepts a row about 1e-6 (in its scaled units) past its bound, far more
-# than STRICT_MARGIN: a strict row is held this far inside, relative to its
+# than a strict limit's own margin: a strict row is held this far inside, relative to its
 # largest loan coefficient, so that a plan landing exactly on it is excluded.
 SOLVER_MARGIN = 1e-5
 PLAN_COLUMNS = ["seller_loan_number", "platform", "orig_balance", "plan", "binding_checks"]
@@ -81,8 +82,7 @@ def _tightened(check: Check) -> float:
     limit = float(check.limit)
     if check.op in ("<=", ">="):
         return limit
-    step = STRICT_MARGIN * max(abs(limit), 1e-12)
-    return limit - step if check.op == "<" else limit + step
+    return limit - limit_slack(limit) if check.op == "<" else limit + limit_slack(limit)
 
 
 def _weights(check: Check, pop: pd.DataFrame, match: np.ndarray, balance: np.ndarray, limit: float) -> np.ndarray:
@@ -122,8 +122,8 @@ def limit_rows(
         match = check_match(pop, check, columns)
         if check.metric == "max":
             column = pop[check.column].to_numpy(dtype=float)
-            existing_ok = not existing.any() or bool(OPS[check.op](column[existing].max(), check.limit))
-            allowed = OPS[check.op](column[variables], check.limit)
+            existing_ok = not existing.any() or bool(holds(column[existing].max(), check.op, check.limit))
+            allowed = holds(column[variables], check.op, check.limit)
             if check.op in ("<", "<="):
                 if not existing_ok:
                     not_curable.append(check.id)
@@ -459,6 +459,6 @@ def _passes_on_to_purchase(checks: pd.DataFrame, platform: str, platform_rules: 
     curable = {c.id for c in platform_rules if c.metric in PLAN_METRICS and c.limit is not None and c.id not in left_out}
     mine = checks[(checks["platform"] == platform) & checks["check_id"].isin(curable)]
     return all(
-        value is None or pd.isna(value) or bool(OPS[op](value, limit))
+        value is None or pd.isna(value) or bool(holds(value, op, limit))
         for value, op, limit in zip(mine["to_purchase"], mine["op"], mine["limit"], strict=True)
     )
