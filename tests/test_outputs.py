@@ -192,7 +192,8 @@ def test_purchase_plan_csv_and_the_plan_beside_the_checks(tmp_path, rules):
         {"seller_loan_number": "SFC_1", "platform": "sfy", "orig_balance": "10000.0", "plan": "buy", "binding_checks": ""}]
     sheet = openpyxl.load_workbook(folder / "eligibility_checks_summary.xlsx").active
     headers = [c.value for c in sheet[1]]
-    assert {"headroom_balance", "plan_value", "plan_status", "platform_plan"} <= set(headers)
+    assert {"headroom_balance", "plan_value", "plan_status", "platform_plan", "rules_version"} <= set(headers)
+    assert {r[headers.index("rules_version")] for r in sheet.iter_rows(min_row=2, values_only=True)} == {rules.version}
     texts = {r[headers.index("platform_plan")] for r in sheet.iter_rows(min_row=2, values_only=True)}
     assert any(t.startswith("plan SFY: not_needed: buy 10,000.00, hold back 0 loans") for t in texts)
     assert summary["plan"]["sfy"]["status"] == "not_needed"

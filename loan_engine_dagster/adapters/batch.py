@@ -59,7 +59,7 @@ def stage_batch_outputs(
             (plan.loans.size, lambda: write_csv(plan.loans, folder / "purchase_plan.csv")),
             *((frame.size, partial(write_workbook, frame, folder / name)) for name, frame in workbooks.items()),
             (plan.checks.size, lambda: write_workbook(
-                reports.eligibility_sheet(plan.checks, plan.platforms), folder / "eligibility_checks_summary.xlsx",
+                reports.eligibility_sheet(plan.checks, plan.platforms, rules.version), folder / "eligibility_checks_summary.xlsx",
                 "checks", charts={p.upper(): share_limits(plan.checks, p) for p in ("prime", "sfy")})),
             (0, partial(write_json, eligibility, folder / "eligibility_checks.json")),
             (0, partial(write_json, summary, folder / SUMMARY_FILE)),

@@ -138,10 +138,10 @@ def plan_line(platform: str, plan: dict) -> str:
     return " ".join(" ".join(line.split()) for line in plan_lines(platform, plan))
 
 
-def eligibility_sheet(checks: pd.DataFrame, plan: dict) -> pd.DataFrame:
+def eligibility_sheet(checks: pd.DataFrame, plan: dict, rules_version: str) -> pd.DataFrame:
     """The limits as an analyst reads them: one row per check, breaches first,
-    with the purchase plan's value and status beside each, and the
-    platform's plan in words."""
+    with the purchase plan's value and status beside each, the platform's
+    plan in words and the rules version the limits come from."""
     sheet = checks.drop(columns="contributors").copy()
     for column in ("value", "plan_value"):
         sheet[column] = sheet[column].map(
@@ -149,6 +149,7 @@ def eligibility_sheet(checks: pd.DataFrame, plan: dict) -> pd.DataFrame:
         )
     sheet["contributors"] = checks["contributors"].map(len)
     sheet["platform_plan"] = sheet["platform"].map(lambda p: plan_line(p, plan[p]))
+    sheet["rules_version"] = rules_version
     order = sheet["status"].map({"fail": 0, "no_data": 1, "pass": 2, "info": 3})
     return sheet.assign(_o=order).sort_values(["_o", "platform"], kind="stable").drop(columns="_o")
 
