@@ -97,6 +97,18 @@ def test_seller_text_in_reports_is_not_a_formula(tmp_path, rules):
         assert cells and all(c.data_type == "s" for c in cells)
 
 
+def test_run_summary_has_counts_and_balances_by_reason(tmp_path, rules):
+    decisions = run_rules([loan("SFC_1"), loan("SFC_2", **{"Orig. Balance": 2500.0, "modeled_purchase_price": 0.5}),
+                           loan("SFC_3", **{"Orig. Balance": 4000.0, "Loan Program": "Nobody's"})])
+    _, summary = write_batch_outputs(tmp_path, decisions, batch="b", pdate=dt.date(2026, 2, 24), rules=rules, input_files=[])
+    by_loan = decisions.exceptions[decisions.exceptions["severity"] == "error"].groupby("reason")["seller_loan_number"].agg(set)
+    balances = {"SFC_1": 10000.0, "SFC_2": 2500.0, "SFC_3": 4000.0}
+    assert summary["reasons"] == {r: len(n) for r, n in by_loan.items()}
+    assert summary["reason_balances"] == {r: sum(balances[x] for x in n) for r, n in by_loan.items()}
+    assert summary["reason_balances"]["purchase_price_mismatch"] == 2500.0
+    assert summary["reason_balances"]["unknown_program"] == 4000.0
+
+
 def test_seller_columns_named_like_the_engines_are_carried_beside_them(tmp_path, rules):
     # Past bug: a seller's `type` column replaced the master sheet's in the
     # merge (the run failed as a code error), `message` broke the disposition

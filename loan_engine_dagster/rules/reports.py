@@ -177,6 +177,9 @@ def run_summary(
 ) -> dict:
     balance = loans["orig_balance"].fillna(0.0)
     reason_counts = exceptions.groupby(["severity", "reason"]).size()
+    errors = exceptions[exceptions["severity"] == "error"]
+    # A loan rejected for two reasons counts in both: these overlap, unlike by_rejection_criteria.
+    reason_balances = pd.Series(balance.loc[errors["loan"]].to_numpy()).groupby(errors["reason"].to_numpy()).sum()
     return {
         "batch": batch,
         "pdate": pdate.isoformat(),
@@ -188,6 +191,7 @@ def run_summary(
         "by_disposition": _totals(loans.assign(orig_balance=balance), "disposition"),
         "by_rejection_criteria": rejections_by_criteria(loans),
         "reasons": {str(r): int(n) for (s, r), n in reason_counts.items() if s == "error"},
+        "reason_balances": {str(r): round(float(b), 2) for r, b in reason_balances.items()},
         "warnings": {str(r): int(n) for (s, r), n in reason_counts.items() if s == "warning"},
         "empty_exhibits": empty_exhibits(loans, input_files),
         "eligibility": {
