@@ -88,6 +88,21 @@ def test_formula_like_text_stays_text(tmp_path, text):
     assert cell.quotePrefix
 
 
+def test_every_workbook_names_the_rules_version_except_the_sellers_copies(tmp_path, rules):
+    decisions = run_rules([loan("SFC_1", **{"FICO Borrower": 600}), loan("SFC_2", **{"modeled_purchase_price": 0.5})])
+    folder, _ = write_batch_outputs(tmp_path, decisions, batch="b", pdate=dt.date(2026, 2, 24), rules=rules, input_files=[])
+    for path in folder.rglob("*.xlsx"):
+        sheet = openpyxl.load_workbook(path).worksheets[0]
+        header = [c.value for c in sheet[1]]
+        versions = {r[header.index("rules_version")] for r in sheet.iter_rows(min_row=2, values_only=True)} if (
+            "rules_version" in header) else None
+        if path.parent.name == "share":
+            assert versions is None, path
+        else:
+            assert versions in ({rules.version}, set()), path  # an empty report has the header only
+    assert {c.value for c in openpyxl.load_workbook(folder / "flagged_loans.xlsx").active["A"]} >= {"SFC_1"}
+
+
 def test_seller_text_in_reports_is_not_a_formula(tmp_path, rules):
     decisions = run_rules([loan("SFC_1", **{"Loan Program": "=2+2", "Dealer Name": "@x", "FICO Borrower": 600})])
     folder, _ = write_batch_outputs(tmp_path, decisions, batch="b", pdate=dt.date(2026, 2, 24), rules=rules, input_files=[])

@@ -46,7 +46,7 @@ def stage_batch_outputs(
         plan.checks, summarize_checks(decisions.checks), batch=batch, pdate=pdate, rules_version=rules.version,
         plan=plan.platforms,
     )
-    workbooks = reports.exception_reports(decisions.loans, decisions.price_mismatch_existing)
+    workbooks = reports.exception_reports(decisions.loans, decisions.price_mismatch_existing, rules.version)
     workbooks.update(reports.share_copies(workbooks))
 
     def write(folder: Path) -> None:

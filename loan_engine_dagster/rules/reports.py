@@ -76,12 +76,15 @@ def price_mismatch_report(loans: pd.DataFrame, existing_mismatches: pd.DataFrame
     return pd.concat(frames, ignore_index=True)
 
 
-def exception_reports(loans: pd.DataFrame, existing_mismatches: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Every exception workbook by file name; each is written even when empty."""
+def exception_reports(
+    loans: pd.DataFrame, existing_mismatches: pd.DataFrame, rules_version: str
+) -> dict[str, pd.DataFrame]:
+    """Every exception workbook by file name, each ending with the rules
+    version it was decided under; each is written even when empty."""
     failed_uw = loans["underwriting_status"] == "fail"
     notes = loans["loan_kind"] == "notes"
     special = ~loans["invalid"] & loans["new_programs"]
-    return {
+    reports = {
         "purchase_price_mismatch.xlsx": price_mismatch_report(loans, existing_mismatches),
         "flagged_loans.xlsx": loan_report(loans[failed_uw & ~notes]),
         "notes_flagged_loans.xlsx": loan_report(loans[failed_uw & notes]),
@@ -89,6 +92,7 @@ def exception_reports(loans: pd.DataFrame, existing_mismatches: pd.DataFrame) ->
         "special_asset_prime.xlsx": loan_report(loans[special & (loans["platform"] == "prime")]),
         "special_asset_sfy.xlsx": loan_report(loans[special & (loans["platform"] == "sfy")]),
     }
+    return {name: frame.assign(rules_version=rules_version) for name, frame in reports.items()}
 
 
 SHARED_REPORTS = (
@@ -97,8 +101,10 @@ SHARED_REPORTS = (
 
 
 def share_copies(reports: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    """What the seller sees: the four exception reports, first 30 columns."""
-    return {f"share/{name}": reports[name].iloc[:, :SHARE_COLUMN_LIMIT] for name in SHARED_REPORTS}
+    """What the seller sees: the four exception reports, first 30 columns
+    (the buyer's rules version is the buyer's own)."""
+    return {f"share/{name}": reports[name].drop(columns="rules_version").iloc[:, :SHARE_COLUMN_LIMIT]
+            for name in SHARED_REPORTS}
 
 
 CHECK_FIELDS = ["platform", "check_id", "description", "metric", "op", "limit", "value", "before", "to_purchase",
