@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 import xlsxwriter
 
@@ -143,3 +146,45 @@ def test_a_bad_file_read_ahead_is_reported_by_the_step_as_always(tmp_path):
     assert err.value.file == "current_assets.csv"
     with pytest.raises(StructuralError, match="the file is missing"):
         read_csv(gone)
+
+
+@pytest.mark.parametrize("far", ["XFD1048576", "S1048576", "ZZ200000"])
+def test_a_value_far_outside_the_table_is_a_structural_error_not_a_crash(tmp_path, far):
+    # Past bug: calamine holds A1 to the last value as one block, and a stray
+    # value at XFD1048576 asked for 512 GiB and aborted the process with a
+    # Rust backtrace; the run died without naming the file.
+    import openpyxl
+
+    path = tmp_path / "SFY_02-19-2026_ExhibitAtoFormofSaleNotice - Pre-Funding.xlsx"
+    workbook = openpyxl.Workbook()
+    workbook.active.title = "Exhibit A"
+    workbook.active["A1"] = "SELLER Loan #"
+    workbook.active[far] = "."
+    workbook.save(path)
+    # In a child process: without the guard, the read aborts the process.
+    script = (
+        "import sys; from pathlib import Path\n"
+        "from loan_engine_dagster.adapters.files import open_workbook, read_ahead, read_sheet\n"
+        "path = Path(sys.argv[1])\n"
+        "read_ahead([path])  # met there first, its failure must leave the step its own error\n"
+        "try:\n"
+        "    read_sheet(open_workbook(path), path)\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, exc.file, exc.sheet, exc.problem)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith(f"StructuralError {path.name} Exhibit A values reach cell {far}, far outside the table")
+
+
+def test_a_far_cell_with_a_format_and_no_value_is_read_as_usual(tmp_path):
+    import openpyxl
+    from openpyxl.styles import Font
+
+    path = tmp_path / "MASTER_SHEET.xlsx"
+    workbook = openpyxl.Workbook()
+    workbook.active["A1"] = "loan program"
+    workbook.active["XFD1048576"].font = Font(bold=True)  # widens the sheet's declared range only
+    workbook.save(path)
+    _, frame = read_sheet(open_workbook(path), path)
+    assert frame.shape == (1, 1) and frame.iloc[0, 0] == "loan program"

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import threading
+import zipfile
+from xml.etree import ElementTree
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -54,11 +57,88 @@ def read_sheet(workbook: CalamineWorkbook, path: Path, sheet: str | None = None)
 
 
 def _sheet_frame(workbook: CalamineWorkbook, path: Path, name: str) -> pd.DataFrame:
+    _refuse_huge_sheet(path, name)
     try:
         rows = workbook.get_sheet_by_name(name).to_python(skip_empty_area=False)
     except Exception as exc:
         raise StructuralError(f"sheet cannot be read ({exc})", file=path.name, sheet=name) from None
     return pd.DataFrame(rows, dtype=object)
+
+
+# Calamine holds a sheet as one block from A1 to its last value: a single
+# stray value at XFD1048576 asks for 512 GiB and aborts the process, and one
+# at the bottom of column S (20 million cells) takes over a gigabyte. Sixteen
+# million cells is 2.5 times a 200,000-loan exhibit.
+MAX_SHEET_CELLS = 16_000_000
+_CELL = re.compile(rb'<c r="([A-Z]+)([0-9]+)"[^>]*?(/?)>')
+_DIMENSION = re.compile(rb'<dimension ref="(?:[A-Z]+[0-9]+:)?([A-Z]+)([0-9]+)"')
+
+
+def _column_number(letters: bytes) -> int:
+    number = 0
+    for letter in letters:
+        number = number * 26 + letter - 64
+    return number
+
+
+def _sheet_part(archive: zipfile.ZipFile, name: str) -> str | None:
+    """The sheet's XML file inside an .xlsx, by the sheet's name."""
+    ns = {"m": "http://schemas.openxmlformats.org/spreadsheetml/2006/main",
+          "r": "http://schemas.openxmlformats.org/officeDocument/2006/relationships",
+          "p": "http://schemas.openxmlformats.org/package/2006/relationships"}
+    book = ElementTree.fromstring(archive.read("xl/workbook.xml"))
+    ids = [s.get(f"{{{ns['r']}}}id") for s in book.iterfind("m:sheets/m:sheet", ns) if s.get("name") == name]
+    rels = ElementTree.fromstring(archive.read("xl/_rels/workbook.xml.rels"))
+    targets = [r.get("Target") for r in rels.iterfind("p:Relationship", ns) if ids and r.get("Id") == ids[0]]
+    if not targets:
+        return None
+    return targets[0].lstrip("/") if targets[0].startswith("/") else f"xl/{targets[0]}"
+
+
+def _refuse_huge_sheet(path: Path, name: str) -> None:
+    """A structural error, naming the far cell, for a sheet whose values
+    reach further than MAX_SHEET_CELLS from A1. The sheet's declared range
+    is read first (a few bytes); only when it is that large are its cells
+    scanned, since cells with a format and no value widen the declared range
+    but not what calamine reads."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            part = _sheet_part(archive, name)
+            if part is None:
+                return
+            with archive.open(part) as xml:
+                found = _DIMENSION.search(xml.read(4096))
+                if found is None or _column_number(found[1]) * int(found[2]) <= MAX_SHEET_CELLS:
+                    return
+            rows = columns = 0
+            far_row = far_column = ""
+            with archive.open(part) as xml:
+                tail = b""
+                while True:
+                    chunk = xml.read(1 << 22)
+                    text = tail + chunk
+                    # A cell cut in two by the chunk waits for the next one.
+                    cut = text.rfind(b"<c ") if chunk else -1
+                    text, tail = (text[:cut], text[cut:]) if cut > 0 else (text, b"")
+                    if not text:
+                        break
+                    for cell in _CELL.finditer(text):
+                        if cell[3]:  # <c .../>: a format, no value
+                            continue
+                        row, column = int(cell[2]), _column_number(cell[1])
+                        if row > rows:
+                            rows, far_row = row, (cell[1] + cell[2]).decode()
+                        if column > columns:
+                            columns, far_column = column, (cell[1] + cell[2]).decode()
+    except (OSError, KeyError, zipfile.BadZipFile, ElementTree.ParseError):
+        return  # not an .xlsx as expected: calamine reports what is wrong with it
+    if rows * columns > MAX_SHEET_CELLS:
+        far = far_row if far_row == far_column else f"{far_row} and {far_column}"
+        raise StructuralError(
+            f"values reach cell {far}, far outside the table: reading A1 to there is {rows * columns:,} cells "
+            f"(at most {MAX_SHEET_CELLS:,}); delete what lies outside the table and save the workbook again",
+            file=path.name, sheet=name,
+        )
 
 
 def read_csv(path: Path) -> pd.DataFrame:
