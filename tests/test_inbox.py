@@ -40,6 +40,23 @@ def test_tape_on_window_start_is_used(inbox):
     assert scan_inbox(inbox, 4)["2026-02-19"].complete
 
 
+def test_two_files_for_one_exhibit_or_tape_are_never_chosen_between(inbox):
+    # Past bug: of two names differing in case (the seller's re-send), the last
+    # in sorted order was read and the other ignored, without a word.
+    touch(inbox, exhibit("SFY", "02-19-2026"), exhibit("sfy", "02-19-2026").lower(), exhibit("PRIME", "02-19-2026"),
+          "Tape20Loans_02-18-2026.csv", "tape20loans_02-18-2026.csv", "Tape20Loans_02-17-2026.csv")
+    batch = scan_inbox(inbox, 4)["2026-02-19"]
+    assert not batch.complete
+    assert batch.missing == [
+        "a single SFY exhibit (2 files match: 'SFY_02-19-2026_ExhibitAtoFormofSaleNotice - Pre-Funding.xlsx', "
+        "'sfy_02-19-2026_exhibitatoformofsalenotice - pre-funding.xlsx'; keep one)",
+        "a single tape dated 2026-02-18 (2 files match: 'Tape20Loans_02-18-2026.csv', 'tape20loans_02-18-2026.csv'; keep one)",
+    ]
+    (inbox / "tape20loans_02-18-2026.csv").unlink()
+    (inbox / exhibit("SFY", "02-19-2026")).unlink()
+    assert scan_inbox(inbox, 4)["2026-02-19"].complete
+
+
 def test_missing_exhibit_and_reference_named(tmp_path):
     touch(tmp_path, exhibit("SFY", "02-19-2026"), "Tape20Loans_02-19-2026.csv", "MASTER_SHEET.xlsx")
     batch = scan_inbox(tmp_path, 4)["2026-02-19"]

@@ -78,6 +78,9 @@ class BatchFiles:
     servicing: list[Path] = field(default_factory=list)
     reference: dict[str, Path] = field(default_factory=dict)
     lookback_days: int = 4
+    # Inputs that more than one file matches (names differing in case or
+    # spacing): nobody can tell which one the seller meant.
+    ambiguous: dict[str, list[Path]] = field(default_factory=dict)
 
     @property
     def missing(self) -> list[str]:
@@ -86,6 +89,10 @@ class BatchFiles:
             start = self.notice_date - dt.timedelta(days=self.lookback_days)
             waiting.append(f"a tape dated {start.isoformat()}..{self.notice_date.isoformat()}")
         waiting += [name for role, name in REFERENCE_FILES.items() if role not in self.reference]
+        waiting += [
+            f"a single {what} ({len(paths)} files match: {', '.join(repr(p.name) for p in paths)}; keep one)"
+            for what, paths in self.ambiguous.items()
+        ]
         return waiting
 
     @property
@@ -119,7 +126,8 @@ def scan_inbox(inbox: str | Path, lookback_days: int) -> dict[str, BatchFiles]:
     names = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith((".", "~$")))
     reference = reference_files(root)
     batches: dict[str, BatchFiles] = {}
-    tapes: dict[dt.date, Path] = {}
+    exhibits: dict[tuple[str, str], list[Path]] = {}
+    tapes: dict[dt.date, list[Path]] = {}
     servicing: list[tuple[dt.date, Path]] = []
     for path in names:
         name = re.sub(r"\s+", " ", path.name)
@@ -127,14 +135,20 @@ def scan_inbox(inbox: str | Path, lookback_days: int) -> dict[str, BatchFiles]:
             key = batch_key(day, bool(m["off"]))
             batch = batches.setdefault(key, BatchFiles(key=key, notice_date=day, reference=reference, lookback_days=lookback))
             batch.exhibits[m["platform"].lower()] = path
+            exhibits.setdefault((key, m["platform"].lower()), []).append(path)
         elif (m := _TAPE.match(name)) and (day := _date(m)):
-            tapes[day] = path
+            tapes.setdefault(day, []).append(path)
         elif (m := _SERVICING.match(name)) and (day := _date(m)):
             servicing.append((day, path))
+    for (key, platform), paths in exhibits.items():
+        if len(paths) > 1:
+            batches[key].ambiguous[f"{platform.upper()} exhibit"] = paths
     for batch in batches.values():
         window = [d for d in tapes if batch.notice_date - dt.timedelta(days=lookback) <= d <= batch.notice_date]
         if window:
-            batch.tape = tapes[max(window)]
+            batch.tape = tapes[max(window)][-1]
+            if len(tapes[max(window)]) > 1:
+                batch.ambiguous[f"tape dated {max(window).isoformat()}"] = tapes[max(window)]
         batch.servicing = [
             p for d, p in servicing if batch.notice_date - dt.timedelta(days=lookback) <= d <= batch.notice_date
         ]
