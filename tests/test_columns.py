@@ -47,6 +47,22 @@ def test_income_header_as_sellers_write_it(rules):
     assert frame.loc[0, "row_problems"] == ""
 
 
+@pytest.mark.parametrize("written", ["Orig.\nBalance", "Orig.\xa0Balance", "Orig.  Balance", "Orig.\r\nBalance"])
+def test_white_space_inside_a_header_reads_as_one_space(rules, written):
+    # A header typed with Alt+Enter, a non-breaking space or two spaces was
+    # refused, and the Alt+Enter one cut the error message at its line break.
+    raw = _renamed(exhibit_raw([loan("SFC_1")]), {"Orig. Balance": written, "SELLER Loan #": "SELLER\xa0Loan #"})
+    frame = _parse(raw, rules)
+    assert frame.loc[0, "orig_balance"] == 10000.0 and frame.loc[0, "row_problems"] == ""
+
+
+def test_a_missing_column_message_stays_one_line(rules):
+    raw = _renamed(exhibit_raw([loan("SFC_1")]), {"Orig. Balance": "Original\nBalance"})
+    with pytest.raises(StructuralError) as err:
+        _parse(raw, rules)
+    assert "\n" not in str(err.value) and "'Original\\nBalance'" in str(err.value)
+
+
 def test_sample_inbox_writes_the_real_headers(tmp_path, rules):
     generate_inbox(tmp_path, batch=dt.date(2026, 2, 19), loans=20, existing=20)
     files = find_batch(tmp_path, "2026-02-19", rules.inbox.tape_lookback_days)

@@ -78,7 +78,14 @@ def one_line(message: str | None, error_type: str | None = None) -> str:
         line = re.sub(rf"^(?:[\w.]+\.)?{re.escape(error_type)}: ", "", line)
     for prefix in ("loan_engine_dagster.rules.errors.StructuralError: ",):
         line = line.removeprefix(prefix)
-    return line[:500]
+    if len(line) > CAUSE_LENGTH:  # cut between words, and say so
+        line = line[: CAUSE_LENGTH - 2].rsplit(" ", 1)[0] + " …"
+    return line
+
+
+# A cause is one line of a terminal, an alert or a UI table; the list of
+# headers a file holds fits, the rest of a long message is in the run's log.
+CAUSE_LENGTH = 1000
 
 
 def save_incident(url: str, incident: Incident) -> None:

@@ -43,7 +43,10 @@ class StructuralError(Exception):
             more = f" and {len(self.rows) - 10} more" if len(self.rows) > 10 else ""
             where.append(f"row{'s' if len(self.rows) > 1 else ''} {shown}{more}")
         prefix = "Data problem"
-        return f"{prefix} in {', '.join(where)}: {self.problem}" if where else f"{prefix}: {self.problem}"
+        text = f"{prefix} in {', '.join(where)}: {self.problem}" if where else f"{prefix}: {self.problem}"
+        # One line, whatever the names in it hold: a header typed with Alt+Enter
+        # shows its line break as \n instead of cutting the message there.
+        return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\\n")
 
     def as_dict(self) -> dict:
         return {

@@ -131,8 +131,10 @@ Aliases = Mapping[str, Sequence[str]]
 
 
 def header_key(value: object) -> str:
-    """How column names are matched: trimmed, case-insensitive."""
-    return str(value).strip().casefold()
+    """How column names are matched: trimmed, case-insensitive, any run of
+    white space inside (a line break typed with Alt+Enter, a non-breaking
+    space, two spaces) read as one space."""
+    return " ".join(str(value).split()).casefold()
 
 
 def _loose_key(value: object) -> str:
@@ -416,6 +418,11 @@ def bool_invalid(series: pd.Series) -> pd.Series:
     return _read_bool(series, False)[1]
 
 
+def _header_keys_of(cells: pd.Series) -> pd.Series:
+    """header_key of every cell of a text column."""
+    return cells.str.replace(r"\s+", " ", regex=True).str.strip().str.casefold()
+
+
 def find_header_row(
     raw: pd.DataFrame, *, marker: str | None, max_rows: int, file: str, sheet: str | None, aliases: Aliases | None = None
 ) -> int:
@@ -426,9 +433,9 @@ def find_header_row(
     if top.empty:
         raise StructuralError("the sheet is empty", file=file, sheet=sheet)
     if (top.dtypes == object).all():  # a workbook sheet: its cells keyed in one pass, not column by column
-        cells = pd.Series(top.to_numpy().ravel(), dtype=object).astype("string").str.strip().str.casefold()
+        cells = _header_keys_of(pd.Series(top.to_numpy().ravel(), dtype=object).astype("string"))
     else:
-        cells = top.astype("string").apply(lambda col: col.str.strip().str.casefold())
+        cells = top.astype("string").apply(_header_keys_of)
     if marker is None:
         found = cells.fillna("") != ""
     else:
