@@ -56,6 +56,18 @@ def test_white_space_inside_a_header_reads_as_one_space(rules, written):
     assert frame.loc[0, "orig_balance"] == 10000.0 and frame.loc[0, "row_problems"] == ""
 
 
+@pytest.mark.parametrize(("header", "written"), [
+    ("promo_term", "Promo Term"), ("Stamp fee", "Stamp Fees"), ("TU144", "TU-144"),
+])
+def test_an_optional_column_under_a_near_spelling_is_refused_not_read_as_absent(rules, header, written):
+    # Past bug: `Promo Term` left every promo term at 0 and `TU-144` cost a
+    # loan its exemption, silently: the near spelling was an unknown column.
+    raw = _renamed(exhibit_raw([loan("SFC_1", promo_term=12, TU144=1)], extra_header=["TU144"]), {header: written})
+    with pytest.raises(StructuralError, match=f"column '{written}' for '{header}': optional") as err:
+        _parse(raw, rules)
+    assert err.value.columns == [written] and "columns: exhibit" in str(err.value)
+
+
 def test_a_missing_column_message_stays_one_line(rules):
     raw = _renamed(exhibit_raw([loan("SFC_1")]), {"Orig. Balance": "Original\nBalance"})
     with pytest.raises(StructuralError) as err:

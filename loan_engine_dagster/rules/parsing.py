@@ -10,6 +10,7 @@ problems of buy loans are collected in a `row_problems` column and become
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -506,7 +507,30 @@ def resolve_columns(
             missing.append(field.header)
     if missing:
         raise StructuralError(_missing_problem(frame, missing, set(found.values()), kind), file=file, sheet=sheet, columns=missing)
+    _refuse_near_misses(frame, [f for f in fields if f.name not in found], set(found.values()), file, sheet, kind)
     return found
+
+
+def _bare(header: object) -> str:
+    """A header with only its letters and digits, singular: how near misses are told."""
+    bare = re.sub(r"[\W_]+", "", str(header).casefold())
+    return bare.removesuffix("s")
+
+
+def _refuse_near_misses(frame, absent, used: set, file, sheet, kind) -> None:
+    """An optional column missing while another column differs from its header
+    only by punctuation, spacing or a plural (`Promo Term`, `TU-144`, `Stamp
+    Fees`) is refused rather than read as absent: its default (0 for a promo
+    term, no TU144 exemption) would silently replace the seller's values."""
+    others = {_bare(c): c for c in frame.columns if c != "source_row" and c not in used}
+    close = [(f.header, others[_bare(f.header)]) for f in absent if _bare(f.header) in others]
+    if close:
+        named = ", ".join(f"'{written}' for '{header}'" for header, written in close)
+        raise StructuralError(
+            f"column {named}: optional, but a column named so nearly like it is not read as absent; rename it to the "
+            f"exact header" + (f", or map that spelling in the rules file under columns: {kind}" if kind else ""),
+            file=file, sheet=sheet, columns=[written for _, written in close],
+        )
 
 
 def _missing_problem(frame: pd.DataFrame, missing: list[str], used: set, kind: str | None) -> str:
