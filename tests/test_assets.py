@@ -70,7 +70,7 @@ def test_materialize_whole_batch(sample_inbox, tmp_path, rules):
             irr = conn.exec_driver_sql("select distinct run_id from loan_facts").scalars().all()
         assert irr == [result.run_id]
         checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
-        assert len(checks) == 50  # 44 limits, 5 loan data-quality checks, exhibits_have_loans
+        assert len(checks) == 51  # 44 limits, 6 loan data-quality checks, exhibits_have_loans
         assert checks["invalid_rows"].passed is False and checks["invalid_rows"].severity == dg.AssetCheckSeverity.WARN
         assert checks["duplicate_loan_numbers"].metadata["loans"].value == 4  # one number offered twice per platform
 

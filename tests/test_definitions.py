@@ -29,7 +29,7 @@ def test_asset_checks_one_per_limit_plus_data_quality(rules):
     limits = [f"{p}_{c.id}" for p, cs in (("prime", rules.eligibility.prime), ("sfy", rules.eligibility.sfy))
               for c in cs if c.limit is not None]
     assert len(limits) == 44
-    assert names == sorted(limits + ["invalid_rows", "unknown_programs", "buy_loans_missing_from_tape",
+    assert names == sorted(limits + ["invalid_rows", "unknown_programs", "buy_loans_missing_from_tape", "offered_loans_already_held",
                                      "duplicate_loan_numbers", "not_in_grid", "exhibits_have_loans"])
 
 

@@ -133,3 +133,26 @@ def test_tape_status_codes(codes, repurchased):
     assert bool(tape.loc[0, "repurchased"]) is repurchased
     assert tape.loc[0, "seller_loan_number"] == "SFC_12"
     assert tape.loc[0, "tagging"] == "SFY"
+
+
+def test_a_loan_the_buyer_already_holds_is_flagged_unless_repurchased():
+    # Offered again while current_assets.csv lists it: a second sale of the
+    # same loan. Only a warning (the rules' reasons are fixed), but one that
+    # the exceptions, the summary and the UI's data-quality check show.
+    existing = existing_frame([{"SELLER Loan #": "SFC_1"}, {"SELLER Loan #": "SFC_2", "Repurchase": "TRUE"},
+                               {"SELLER Loan #": "SFC_3"}])
+    decisions = run_rules([loan("SFC_1"), loan("SFC_2"), loan("SFC_3")], existing=existing,
+                          tape=tape_frame(["SFC_1", "SFC_2", "SFC_3"], repurchased=["SFC_3"]))
+    exc = decisions.exceptions
+    held = exc[exc["reason"] == "already_owned"]
+    assert held["seller_loan_number"].tolist() == ["SFC_1"] and set(held["severity"]) == {"warning"}
+    assert "already held" in held["message"].iloc[0]
+    assert set(by_number(decisions)["disposition"]) == {"to_purchase"}
+
+
+def test_a_loan_listed_twice_in_the_existing_assets_is_refused():
+    from loan_engine_dagster.rules.errors import StructuralError
+
+    with pytest.raises(StructuralError, match="listed more than once") as err:
+        existing_frame([{"SELLER Loan #": "SFC_7"}, {"SELLER Loan #": "SFC_8"}, {"SELLER Loan #": "SFC_7"}])
+    assert (err.value.file, err.value.columns, err.value.rows) == ("current_assets.csv", ["SELLER Loan #"], [2, 4])

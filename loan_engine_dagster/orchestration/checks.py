@@ -154,6 +154,10 @@ def _not_on_tape(loans):
     return ~loans["invalid"] & ~loans["on_tape"]
 
 
+def _already_held(loans):
+    return ~loans["invalid"] & loans["already_owned"]
+
+
 def _duplicates(loans):
     return loans["row_problems"].str.contains("appears more than once", regex=False)
 
@@ -167,6 +171,8 @@ _QUALITY = {
         "invalid_rows": ("Offered loans rejected as invalid_data (empty or unreadable fields, FICO or balance out of range).", _invalid_rows),
         "unknown_programs": ("Offered loans whose program is not in the master sheet of their kind.", _unknown_programs),
         "buy_loans_missing_from_tape": ("Offered loans the servicer tape does not list.", _not_on_tape),
+        "offered_loans_already_held": (
+            "Offered loans the buyer already holds: current_assets.csv lists them, not repurchased.", _already_held),
         "duplicate_loan_numbers": ("SELLER Loan # offered more than once in the batch.", _duplicates),
     },
     "comap": {

@@ -16,6 +16,10 @@ REASON_ORDER = (
     "comap_prime",
     "comap_notes",
 )
+# Never a reason to reject (business rules, section 8), but listed with the
+# loan's exceptions: a loan CoMAP has no sheet for, one the servicer tape does
+# not list, and one the buyer already holds (a second sale of the same loan).
+WARNINGS = ("not_in_grid", "not_on_tape", "already_owned")
 MASTER_FILES = {"regular": "MASTER_SHEET.xlsx", "notes": "MASTER_SHEET - Notes.xlsx"}
 
 
@@ -50,11 +54,13 @@ def _messages(m: pd.DataFrame) -> dict:
         + " in sheet '" + m["comap_sheet"] + "'",
         "not_in_grid": lambda: "program '" + m["loan_program"] + "' appears in no applicable CoMAP sheet",
         "not_on_tape": lambda: pd.Series("SELLER Loan # is not on the servicer tape", index=m.index),
+        "already_owned": lambda: pd.Series(
+            "SELLER Loan # is already held: current_assets.csv lists it, not repurchased", index=m.index),
     }
 
 
 _MESSAGE_COLUMNS = [
-    "seller_loan_number", "platform", "invalid", "known_program", "purchase_price_check", "on_tape",
+    "seller_loan_number", "platform", "invalid", "known_program", "purchase_price_check", "on_tape", "already_owned",
     "source_file", "source_row", "row_problems", "loan_program", "loan_kind", "lender_price", "modeled_purchase_price",
     "fico", "income", "orig_balance", "stamp_fee", "dti", "pti",
     "underwriting_status", "underwriting_sheet", "underwriting_grid_rows", "underwriting_reason",
@@ -63,8 +69,7 @@ _MESSAGE_COLUMNS = [
 
 
 def exceptions(loans: pd.DataFrame) -> pd.DataFrame:
-    """One row per loan and reason: rejection reasons as errors, CoMAP
-    `not_in_grid` and buy loans missing from the tape as warnings."""
+    """One row per loan and reason: rejection reasons as errors, WARNINGS as warnings."""
     valid = ~loans["invalid"]
     loans = loans[_MESSAGE_COLUMNS]  # each subset below copies only what the messages read
     flags = [
@@ -75,6 +80,7 @@ def exceptions(loans: pd.DataFrame) -> pd.DataFrame:
         ("comap", loans["comap_status"] == "fail", loans["comap_reason"]),
         ("not_in_grid", loans["comap_status"] == "not_in_grid", "not_in_grid"),
         ("not_on_tape", valid & ~loans["on_tape"], "not_on_tape"),
+        ("already_owned", valid & loans["already_owned"], "already_owned"),
     ]
     frames = []
     for key, mask, reason in flags:
@@ -93,7 +99,7 @@ def exceptions(loans: pd.DataFrame) -> pd.DataFrame:
         )
     out = pd.concat(frames, ignore_index=True)
     out["severity"] = np.where(out["reason"].isin(REASON_ORDER), "error", "warning")
-    rank = {r: i for i, r in enumerate(REASON_ORDER + ("not_in_grid", "not_on_tape"))}
+    rank = {r: i for i, r in enumerate(REASON_ORDER + WARNINGS)}
     out["rank"] = out["reason"].map(rank)
     return out.sort_values(["loan", "rank"], kind="stable").drop(columns="rank").reset_index(drop=True)
 

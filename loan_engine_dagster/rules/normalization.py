@@ -76,6 +76,13 @@ def normalize_buy_loans(
     return loans
 
 
+def already_owned(loans: pd.DataFrame, existing: pd.DataFrame) -> pd.Series:
+    """Offered loans the buyer already holds: in the existing assets and not
+    repurchased (a repurchased loan may come back on offer)."""
+    held = existing.loc[~existing["repurchase"].to_numpy(dtype=bool), "seller_loan_number"]
+    return is_listed(loans["seller_loan_number"], held)
+
+
 def mark_repurchases(existing: pd.DataFrame, tape: pd.DataFrame) -> pd.DataFrame:
     """An existing asset the servicer tape reports as REPURCHASE leaves the
     portfolio base, whatever the asset file says."""

@@ -780,6 +780,8 @@ def parse_existing(frame: pd.DataFrame, *, file: str, aliases: Aliases | None = 
     frame = _with_csv_rows(frame)
     out, mapping = _reference_table(frame, EXISTING_FIELDS, file=file, sheet=None, aliases=aliases, kind="existing")
     _platform_and_type(out, mapping, file=file, sheet=None)
+    _reject_rows(out["seller_loan_number"].duplicated(keep=False), "a loan is listed more than once (every limit would "
+                 "count it as often)", out, mapping["seller_loan_number"], file=file, sheet=None)
     return out
 
 

@@ -13,7 +13,7 @@ from .comap import check_comap
 from .config import Rules
 from .disposition import dispose, exceptions
 from .eligibility import build_population, evaluate_checks
-from .normalization import mark_repurchases, normalize_buy_loans
+from .normalization import already_owned, mark_repurchases, normalize_buy_loans
 from .parsing import flag_duplicate_loan_numbers
 from .purchase_plan import PurchasePlan, make_plan
 from .purchase_price import check_buy_loans, existing_mismatches
@@ -67,8 +67,10 @@ def resolve_pdate(notice_date: dt.date, override: dt.date | None = None) -> dt.d
 def normalize(reference: ReferenceData, batch: BatchInputs, rules: Rules, pdate: dt.date) -> NormalizedBatch:
     exhibits = flag_duplicate_loan_numbers(batch.exhibits)
     loans = normalize_buy_loans(exhibits, reference.master, reference.notes_master, batch.tape, pdate=pdate, rules=rules)
-    repurchase = mark_repurchases(reference.existing, batch.tape)["repurchase"]
-    return NormalizedBatch(loans=loans, repurchase=repurchase, pdate=pdate, input_files=reference.files + batch.files)
+    marked = mark_repurchases(reference.existing, batch.tape)
+    loans["already_owned"] = already_owned(loans, marked)
+    return NormalizedBatch(loans=loans, repurchase=marked["repurchase"], pdate=pdate,
+                           input_files=reference.files + batch.files)
 
 
 def run_underwriting(loans: pd.DataFrame, grids: pd.DataFrame, rules: Rules) -> pd.DataFrame:
