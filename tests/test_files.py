@@ -62,7 +62,7 @@ def test_unreadable_csv(tmp_path):
 def _pandas_reader(path):
     import pandas as pd
 
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, skip_blank_lines=False)
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame
 

@@ -111,6 +111,24 @@ def test_tape_errors_name_rows():
         parsing.parse_tape(frame.drop(columns="Status Codes"), file="Tape20Loans_02-18-2026.csv")
 
 
+@pytest.mark.parametrize("fast", [True, False])  # the Arrow reader, and pandas' (a cell after ", ")
+def test_csv_blank_lines_and_empty_rows_are_skipped_and_rows_numbered_as_a_spreadsheet_shows_them(tmp_path, fast):
+    # Past bug: Excel's trailing ",,," rows refused the file, and the blank
+    # lines the reader dropped shifted every row number named after them.
+    from loan_engine_dagster.adapters.files import read_csv
+
+    sep = "," if fast else ", "
+    path = tmp_path / "Tape20Loans_02-18-2026.csv"
+    path.write_text(f"Account Number{sep}Loan Group{sep}Status Codes\n1{sep}FX3{sep}ACTIVE\n\n\n"
+                    f"2{sep}FX3{sep}ACTIVE\nx{sep}FX3{sep}ACTIVE\n,,\n,,\n")
+    with pytest.raises(StructuralError) as err:
+        parsing.parse_tape(read_csv(path), file=path.name)
+    assert err.value.rows == [6]  # line 6 of the file, as a spreadsheet numbers it
+    path.write_text(path.read_text().replace(f"x{sep}", f"3{sep}"))
+    tape = parsing.parse_tape(read_csv(path), file=path.name)
+    assert tape["seller_loan_number"].tolist() == ["SFC_1", "SFC_2", "SFC_3"]
+
+
 def test_tape_tagging():
     frame = pd.DataFrame({"Account Number": ["1", "2", "3"], "Loan Group": ["FX3-A", "grp fx1", "PRM"], "Status Codes": ["", "", ""]})
     assert list(parsing.parse_tape(frame, file="t.csv")["tagging"]) == ["SFY", "SFY", "PRIME"]

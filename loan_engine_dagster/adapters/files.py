@@ -154,7 +154,7 @@ def _csv_frame(path: Path) -> pd.DataFrame:
     frame = _read_csv_fast(path)
     if frame is None:
         try:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, skip_blank_lines=False)
         except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
             raise StructuralError(f"not a readable CSV file ({exc})", file=path.name) from None
     frame.columns = [str(c).strip() for c in frame.columns]
@@ -168,7 +168,7 @@ def _read_csv_fast(path: Path) -> pd.DataFrame | None:
     cannot read, goes back to pandas' own reader (None), which gives the
     result and the error messages the rest of the engine expects."""
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, engine="pyarrow")
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, engine="pyarrow", skip_blank_lines=False)
     except Exception:  # pyarrow raises its own error types; the fallback names the problem
         return None
     return None if _starts_with_space(frame) else frame

@@ -465,20 +465,25 @@ def frame_below_header(raw: pd.DataFrame, header_row: int) -> pd.DataFrame:
     repeated = pd.Index(body.columns).duplicated()
     body = body.loc[:, ~repeated]
     body["source_row"] = body.index.to_numpy() + 1
-    # A row is empty when every cell is blank. Column by column, only the rows
-    # still empty so far are looked at: after the first filled column of a
-    # real sheet (the loan number) hardly any are left.
-    empty = np.ones(len(body), dtype=bool)
-    for position in np.flatnonzero(body.columns != "source_row"):
-        rows = np.flatnonzero(empty)
-        if not len(rows):
-            break
-        empty[rows] = is_blank(body.iloc[rows, position]).to_numpy()
-    out = body[~empty].reset_index(drop=True)
+    out = _without_empty_rows(body)
     # A header written twice keeps its first column; `resolve_columns` refuses
     # it when it names a field, as it does for two spellings of one field.
     out.attrs[REPEATED_HEADERS] = sorted(set(pd.Index(headers)[keep][repeated]))
     return out
+
+
+def _without_empty_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows with at least one cell that is not blank. Column by column,
+    only the rows still empty so far are looked at: after the first filled
+    column of a real file (the loan number) hardly any are left."""
+    empty = np.ones(len(frame), dtype=bool)
+    for position in np.flatnonzero(frame.columns != "source_row"):
+        rows = np.flatnonzero(empty)
+        if not len(rows):
+            break
+        empty[rows] = is_blank(frame.iloc[rows, position]).to_numpy()
+    # Selecting rows copies every column; a file without empty rows keeps its own.
+    return (frame[~empty] if empty.any() else frame).reset_index(drop=True)
 
 
 def resolve_columns(
@@ -698,9 +703,12 @@ def flag_duplicate_loan_numbers(buy: pd.DataFrame) -> pd.DataFrame:
 
 
 def _with_csv_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows numbered as a spreadsheet program shows the file (row 1 is the
+    header; the reader keeps blank lines for this), then fully empty rows
+    (blank lines, Excel's trailing `,,,`) dropped, as in a workbook."""
     frame = frame.copy()
-    frame["source_row"] = np.arange(len(frame)) + 2  # row 1 is the CSV header
-    return frame
+    frame["source_row"] = np.arange(len(frame)) + 2
+    return _without_empty_rows(frame)
 
 
 def _reference_table(
