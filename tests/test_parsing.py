@@ -209,3 +209,25 @@ def test_blank_cells_on_every_path():
     assert is_blank(numbers).tolist() == [False, True, True, True, False, False]
     text = pd.Series(["", " a", None, "  "], dtype="str")  # a CSV column
     assert is_blank(text).tolist() == [True, False, True, True]
+
+
+@pytest.mark.parametrize(("column", "value"), [("APR", 0.0799), ("Dealer Fee", 0.045)])
+def test_a_percent_column_entered_as_fractions_is_refused(rules, column, value):
+    # Past bug: a column formatted as a percentage in Excel (11.2% stored as
+    # 0.112) was read as APRs of a hundredth of a percent, without a word.
+    loans = [loan(f"SFC_{i}", **{column: value}) for i in range(10)]
+    with pytest.raises(StructuralError, match=f"every {column} is below 1") as err:
+        parsing.parse_exhibit(exhibit_raw(loans), platform="sfy", file="SFY.xlsx", sheet="Exhibit A", rules=rules)
+    assert (err.value.sheet, err.value.columns, err.value.rows) == ("Exhibit A", [column], [5, 6, 7])
+    # Nine loans are too few to tell a whole column in the other unit from odd loans.
+    frame = parsing.parse_exhibit(exhibit_raw(loans[:9]), platform="sfy", file="SFY.xlsx", sheet="Exhibit A", rules=rules)
+    assert (frame["row_problems"] == "").all()
+
+
+def test_existing_dealer_fees_entered_as_percent_are_refused():
+    from conftest import existing_frame
+
+    with pytest.raises(StructuralError, match="every Dealer Fee is 1 or more") as err:
+        existing_frame([{"SELLER Loan #": f"SFC_{i}", "Dealer Fee": "4.5"} for i in range(10)])
+    assert err.value.file == "current_assets.csv" and err.value.rows == [2, 3, 4]
+    existing_frame([{"SELLER Loan #": f"SFC_{i}", "Dealer Fee": "4.5" if i else "0.045"} for i in range(10)])

@@ -631,6 +631,8 @@ def parse_exhibit(raw: pd.DataFrame, *, platform: str, file: str, sheet: str, ru
     fields = FIELDS_BY_KIND["exhibit"]
     mapping = resolve_columns(frame, fields, file=file, sheet=sheet, aliases=aliases, kind="exhibit")
     out, invalid = typed_frame(frame, fields, mapping)
+    for name in ("apr", "dealer_fee"):
+        _refuse_wrong_unit(out[name], percent=True, header=mapping[name], rows=frame["source_row"], file=file, sheet=sheet)
     extras = _extra_columns(frame, mapping)
     for column in extras:
         out[SELLER_COLUMN_PREFIX + column] = frame[column]
@@ -681,6 +683,29 @@ def parse_exhibit(raw: pd.DataFrame, *, platform: str, file: str, sheet: str, ru
     out["source_row"] = frame["source_row"].to_numpy()
     out["row_problems"] = problems.str.rstrip("; ").fillna("")
     return out
+
+
+# A whole column in the other unit is told from a few odd loans by its size.
+UNIT_EVIDENCE_ROWS = 10
+
+
+def _refuse_wrong_unit(values: pd.Series, *, percent: bool, header: str, rows: pd.Series, file: str, sheet: str | None):
+    """A column whose every non-zero value (at least UNIT_EVIDENCE_ROWS of
+    them) is in the other unit is a structural error. Excel shows a cell
+    formatted as a percentage as 11.2% but stores 0.112: read as a percent,
+    every APR of the file would be a hundredth of itself, without a word."""
+    present = values[values.notna() & (values != 0)]
+    if len(present) < UNIT_EVIDENCE_ROWS:
+        return
+    if percent and (present.abs() < 1).all():
+        problem = (f"every {header} is below 1 (e.g. {present.iloc[0]:g}), but it is a percent (7.99 for 7.99%); "
+                   "a column formatted as a percentage in Excel stores 0.0799: enter the percent figures")
+    elif not percent and (present.abs() >= 1).all():
+        problem = (f"every {header} is 1 or more (e.g. {present.iloc[0]:g}), but it is a fraction here (0.045 for "
+                   "4.5%): enter the fractions")
+    else:
+        return
+    raise StructuralError(problem, file=file, sheet=sheet, columns=[header], rows=rows[present.index][:3])
 
 
 def flag_duplicate_loan_numbers(buy: pd.DataFrame) -> pd.DataFrame:
@@ -790,6 +815,9 @@ def parse_existing(frame: pd.DataFrame, *, file: str, aliases: Aliases | None = 
     _platform_and_type(out, mapping, file=file, sheet=None)
     _reject_rows(out["seller_loan_number"].duplicated(keep=False), "a loan is listed more than once (every limit would "
                  "count it as often)", out, mapping["seller_loan_number"], file=file, sheet=None)
+    _refuse_wrong_unit(out["apr"], percent=True, header=mapping["apr"], rows=out["source_row"], file=file, sheet=None)
+    _refuse_wrong_unit(out["dealer_fee"], percent=False, header=mapping["dealer_fee"], rows=out["source_row"],
+                       file=file, sheet=None)
     return out
 
 
