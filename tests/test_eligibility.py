@@ -151,7 +151,7 @@ def test_a_text_filter_compared_by_order_reads_only_its_platforms_rows():
 def _portfolio_only(rows: list[dict], buy_on: str) -> pd.DataFrame:
     """The checks of a portfolio of existing assets, with one buy loan on the other platform."""
     existing = existing_frame([{"SELLER Loan #": f"SFC_{100 + i}", **r} for i, r in enumerate(rows)])
-    buy = [loan("L1")]
+    buy = [loan("SFC_1")]
     return _checks(run_rules(buy if buy_on == "sfy" else [], buy if buy_on == "prime" else [], existing=existing))
 
 

@@ -129,6 +129,13 @@ def test_csv_blank_lines_and_empty_rows_are_skipped_and_rows_numbered_as_a_sprea
     assert tape["seller_loan_number"].tolist() == ["SFC_1", "SFC_2", "SFC_3"]
 
 
+def test_a_tape_with_no_loan_is_refused():
+    frame = pd.DataFrame({"Account Number": [], "Loan Group": [], "Status Codes": []}, dtype=str)
+    with pytest.raises(StructuralError, match="the tape lists no loan") as err:
+        parsing.parse_tape(frame, file="Tape20Loans_02-18-2026.csv")
+    assert err.value.file == "Tape20Loans_02-18-2026.csv"
+
+
 def test_tape_tagging():
     frame = pd.DataFrame({"Account Number": ["1", "2", "3"], "Loan Group": ["FX3-A", "grp fx1", "PRM"], "Status Codes": ["", "", ""]})
     assert list(parsing.parse_tape(frame, file="t.csv")["tagging"]) == ["SFY", "SFY", "PRIME"]

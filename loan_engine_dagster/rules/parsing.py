@@ -777,6 +777,10 @@ def parse_tape(frame: pd.DataFrame, *, file: str, aliases: Aliases | None = None
     """The servicer tape: loan number, SFY/PRIME tagging and repurchase flag."""
     frame = _with_csv_rows(frame)
     mapping = resolve_columns(frame, TAPE_FIELDS, file=file, sheet=None, aliases=aliases, kind="tape")
+    if frame.empty:
+        # The servicer's tape lists every loan it services: an empty one is a
+        # failed export, and read as such every repurchase would be missed.
+        raise StructuralError("the tape lists no loan (its header only): ask the servicer for the whole tape", file=file)
     out, invalid = typed_frame(frame, TAPE_FIELDS, mapping)
     out["source_row"] = frame["source_row"].to_numpy()
     invalid["loan_group"] = pd.Series(False, index=out.index)  # may be empty: the loan is then PRIME
