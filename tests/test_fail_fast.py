@@ -57,6 +57,16 @@ def test_unreachable_database_fails_the_first_phase_as_infra(sample_inbox, tmp_p
     assert not (tmp_path / "out").exists()  # no report, not even the folder the write check made
 
 
+def test_a_database_url_naming_some_other_file_fails_as_infra_naming_it(sample_inbox, tmp_path):
+    # Past bug: reported as a code bug, `file is not a database`, without the URL.
+    (tmp_path / "notes.sqlite").write_text("not a database")
+    url = f"sqlite:///{tmp_path / 'notes.sqlite'}"
+    with dg.instance_for_test() as instance:
+        stop, kind = _stopped(instance, _run(instance, sample_inbox, tmp_path / "out", url), failed_phases=())
+    assert (stop.phase, stop.error_type, kind) == (None, "PreflightError", "infra")
+    assert stop.message == f"results database {url} is not usable (DatabaseError: file is not a database)"
+
+
 def test_output_folder_that_cannot_be_written_fails_the_first_phase_as_infra(sample_inbox, tmp_path):
     (tmp_path / "taken").write_text("a file where the output folder should be")
     root = tmp_path / "taken" / "outputs"

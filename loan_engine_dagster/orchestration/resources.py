@@ -105,6 +105,16 @@ class ResultsDatabase(dg.ConfigurableResource):
                     f"in {self.retry_wait_seconds:g}s: {str(exc).splitlines()[0]}"
                 )
                 time.sleep(self.retry_wait_seconds)
+            except sqlalchemy.exc.DatabaseError as exc:
+                # Reached, but not a database it can use (a SQLite URL naming some
+                # other file, a database of another schema): the setup, not the code.
+                if self._lease_engine is not None:
+                    self._lease_engine.dispose()
+                raise preflight.PreflightError(
+                    f"results database {preflight.shown_url(self.resolved_url)} is not usable "
+                    f"({type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__}: "
+                    f"{str(exc.orig or exc).splitlines()[0]})"
+                ) from None
         # A worker process that ends (the terminal's `loan-engine run`, a run
         # worker) hands the batch back at once; a killed one leaves it to go stale.
         atexit.register(_hand_back, self.resolved_url, self._lease)
