@@ -321,7 +321,11 @@ def list_runs(status, older_than_minutes, limit) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def mark(run_id, as_status, older_than_minutes, reason, yes) -> None:
     """Mark RUN_ID, or every in-progress run older than N minutes, failed or canceled."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from loan_engine_dagster.orchestration import run_records as rr
+    from loan_engine_dagster.orchestration.failures import revoke_lease
+    from loan_engine_dagster.orchestration.resources import ResultsDatabase
 
     if (run_id is None) == (older_than_minutes is None):
         raise click.UsageError("give either RUN_ID or --older-than-minutes N, not both and not neither")
@@ -346,8 +350,14 @@ def mark(run_id, as_status, older_than_minutes, reason, yes) -> None:
                 click.echo("Nothing changed.")
                 sys.exit(1)
         for run in targets:
+            # The lease first: a worker that still lives must not save after being marked.
+            try:
+                revoked = "its batch lease is revoked" if revoke_lease(run, ResultsDatabase()) else "it held no batch lease"
+            except SQLAlchemyError as exc:
+                revoked = (f"its batch lease could not be revoked (results database: {type(exc).__name__}); a worker "
+                           "that still lives can write until its heartbeat goes stale")
             rr.mark_run(instance, run, as_status, reason)
-            click.echo(f"Marked {run.run_id} {as_status}: {reason}")
+            click.echo(f"Marked {run.run_id} {as_status}: {reason}; {revoked}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import sqlalchemy
 from sqlalchemy import select
 
 from conftest import PG_ADMIN_URL  # noqa: F401  (the postgres_url fixture lives there)
@@ -321,6 +322,35 @@ def test_runs_mark_paths(big_inbox, tmp_path, backend):
     instance = instance_of(env)
     try:
         assert instance.get_run_by_id(second).status == dg.DagsterRunStatus.FAILURE
+    finally:
+        instance.dispose()
+
+
+@pytest.mark.slow
+def test_a_live_run_marked_by_hand_can_no_longer_save(big_inbox, tmp_path, backend):
+    # Past bug: `runs mark` on a frozen worker left its lease; resumed, it saved
+    # its rows, published its folder and turned its status back to SUCCESS.
+    env, results_url = backend
+    process = start_run(env, big_inbox, tmp_path / "out", results_url)
+    run_id = kill_in_phase(process, env, "normalized_loans", kill=False)
+    os.killpg(process.pid, signal.SIGSTOP)
+    try:
+        marked = cli(env, "runs", "mark", run_id, "--as", "failed", "--reason", "frozen host")
+        assert marked.returncode == 0 and "its batch lease is revoked" in marked.stdout, marked.stdout + marked.stderr
+    finally:
+        os.killpg(process.pid, signal.SIGCONT)
+    output = process.communicate(timeout=300)[0].decode()
+    assert process.returncode == 1, output
+    assert "FAILED" in output and run_id in output
+    assert not (tmp_path / "out" / BATCH).exists()  # nothing published
+    engine = sqlalchemy.create_engine(results_url)
+    try:
+        assert database.batch_row_counts(engine, BATCH) == {"loan_facts": 0, "loan_exceptions": 0, "eligibility_results": 0}
+    finally:
+        engine.dispose()
+    instance = instance_of(env)
+    try:
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
     finally:
         instance.dispose()
 

@@ -29,7 +29,8 @@ class BatchLeaseHeld(RuntimeError):
         super().__init__(
             f"Batch {batch_key} is being written by run {holder} (last heartbeat {age:.0f}s ago); "
             f"this run stops without writing anything. Wait for run {holder} to finish, "
-            f"or if it is stuck: loan-engine runs mark {holder} --as failed"
+            f"or if it is stuck: loan-engine runs mark {holder} --as failed (with the DAGSTER_HOME that started "
+            "it; from another one, wait for its heartbeat to go stale)"
         )
 
 

@@ -23,6 +23,16 @@ def _run_database(run: dg.DagsterRun, results_db: ResultsDatabase) -> ResultsDat
     return ResultsDatabase(url=url) if url else results_db
 
 
+def revoke_lease(run: dg.DagsterRun, results_db: ResultsDatabase) -> bool:
+    """Void the run's batch lease in the database it writes to, so that its
+    worker, should it still live, can no longer save or publish anything."""
+    engine = _run_database(run, results_db).engine()
+    try:
+        return leases.revoke(engine, batch_of(run), run.run_id)
+    finally:
+        engine.dispose()
+
+
 def build_incident(instance: dg.DagsterInstance, run: dg.DagsterRun, notifier: Notifier,
                    fallback_message: str) -> incidents.Incident:
     """Where the run stopped and why, as on-call reads it."""
