@@ -96,3 +96,49 @@ def test_bulk_insert_sqlite(tmp_path):
 @pytest.mark.postgres
 def test_bulk_insert_postgresql(postgres_url):
     _bulk_matches_sqlalchemy_insert(postgres_url)
+
+
+@pytest.mark.postgres
+def test_a_connection_killed_during_copy_is_a_lost_connection_and_keeps_the_old_rows(postgres_url):
+    # Past bug: the COPY's AdminShutdown surfaced as the InterfaceError of the
+    # rollback after it ("connection already closed"), which the save step
+    # did not take for a lost connection: no retry, the run failed at once.
+    import threading
+    import time
+
+    import sqlalchemy
+
+    engine = database.engine_for(postgres_url)
+    decisions = _decisions()
+    before = _save(engine, decisions)
+    with engine.begin() as conn:  # a COPY slow enough to be caught in the act: its trigger sleeps
+        conn.exec_driver_sql("CREATE FUNCTION slow() RETURNS trigger AS $$ BEGIN PERFORM pg_sleep(5); RETURN NULL; END $$"
+                             " LANGUAGE plpgsql")
+        conn.exec_driver_sql("CREATE TRIGGER slow BEFORE INSERT ON eligibility_results FOR EACH STATEMENT EXECUTE FUNCTION slow()")
+    killed = []
+
+    def terminate_the_copy():
+        admin = sqlalchemy.create_engine(postgres_url, poolclass=sqlalchemy.pool.NullPool)
+        deadline = time.monotonic() + 30
+        with admin.connect() as conn:
+            while not killed and time.monotonic() < deadline:
+                killed.extend(conn.execute(sqlalchemy.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event = 'PgSleep' AND pid <> pg_backend_pid()")).scalars())
+                time.sleep(0.05)
+        admin.dispose()
+
+    terminator = threading.Thread(target=terminate_the_copy)
+    terminator.start()
+    with pytest.raises(sqlalchemy.exc.DBAPIError) as err:
+        _save(engine, decisions, run_id="r2")
+    terminator.join()
+    assert killed and database.connection_lost(err.value), repr(err.value)
+    engine.dispose()
+    engine = database.engine_for(postgres_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TRIGGER slow ON eligibility_results")
+    assert database.batch_row_counts(engine, "2026-02-19") == before
+    with engine.connect() as conn:
+        assert set(conn.execute(select(database.loan_facts.c.run_id)).scalars()) == {"r1"}
+    engine.dispose()

@@ -297,6 +297,16 @@ def save_batch(
     return {"loan_facts": len(facts), "loan_exceptions": len(exc), "eligibility_results": len(elig)}
 
 
+def connection_lost(exc: BaseException) -> bool:
+    """Whether a failed save lost its database rather than met bad data: worth
+    another try, since the write is one transaction. A connection killed in
+    the middle of a COPY surfaces as the InterfaceError of the rollback that
+    followed ("connection already closed"), not as an OperationalError."""
+    return isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) or (
+        isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
+    )
+
+
 def batch_row_counts(engine: Engine, batch_key: str) -> dict[str, int]:
     with engine.connect() as conn:
         return {

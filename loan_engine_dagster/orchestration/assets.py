@@ -330,8 +330,10 @@ def results_database(
             )
         finally:
             engine.dispose()
-    except sqlalchemy.exc.OperationalError as exc:
-        # A database that is down or restarting is worth another try; the write is transactional.
+    except sqlalchemy.exc.DBAPIError as exc:
+        if not database.connection_lost(exc):
+            raise
+        # A database that is down, restarting or that dropped us is worth another try; the write is transactional.
         raise dg.RetryRequested(max_retries=results_db.connect_retries, seconds_to_wait=results_db.retry_wait_seconds) from exc
     return dg.MaterializeResult(
         metadata={
