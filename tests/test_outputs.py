@@ -329,3 +329,74 @@ def test_summary_workbook_charts_each_platforms_share_limits(tmp_path, rules):
     sfy_chart = next(x for x in xml.values() if "SFY!$D$2:$D$" in x)
     for column in ("C", "D", "E", "F"):  # limit, value, before, to_purchase
         assert f"SFY!${column}$2:${column}${len(shares) + 1}" in sfy_chart
+
+
+# ---------------------------------------------------------------- reports and rows after a worker died
+
+
+def _stage(root, decisions, rules, run_id):
+    plan = make_plan(decisions.loans, existing_frame([]), decisions.checks, rules)
+    staging, _ = batch.stage_batch_outputs(root, decisions, plan, batch="b", pdate=dt.date(2026, 2, 24), rules=rules,
+                                           input_files=[], run_id=run_id)
+    return staging
+
+
+def _commit(engine, decisions, run_id, publish=None):
+    from loan_engine_dagster.adapters import database
+
+    database.save_batch(engine, batch_key="b", run_id=run_id, rules_version="v", loans=decisions.loans,
+                        exceptions=decisions.exceptions, checks=decisions.checks, publish=publish)
+
+
+def _swapped_in_then_killed(root, staging):
+    """What a worker killed between the swap and the commit leaves: its
+    reports in place, the previous ones set aside (swapped_in's renames)."""
+    if (root / "b").exists():
+        (root / "b").rename(root / ".b.old-0123")
+    staging.rename(root / "b")
+
+
+def _reconcile(engine, root):
+    with engine.begin() as conn:
+        return batch.reconcile_reports(conn, root, "b")
+
+
+def _shown(root):
+    return json.loads((root / "b" / "run_summary.json").read_text())["run_id"]
+
+
+@pytest.fixture
+def results(tmp_path):
+    from loan_engine_dagster.adapters import database
+
+    engine = database.engine_for(f"sqlite:///{tmp_path / 'results.db'}")
+    yield engine
+    engine.dispose()
+
+
+def test_reports_swapped_in_by_a_worker_killed_before_its_commit_give_way_to_the_rows(tmp_path, rules, results):
+    root, decisions = tmp_path / "out", run_rules([loan("SFC_1")])
+    _commit(results, decisions, "q", publish=lambda: batch.delivered(_stage(root, decisions, rules, "q"), root / "b", "q"))
+    # Run r swaps its reports in, then its worker dies before the commit.
+    _swapped_in_then_killed(root, _stage(root, decisions, rules, "r"))
+    assert _shown(root) == "r"
+    assert "put back the reports of run q" in _reconcile(results, root)
+    assert _shown(root) == "q" and _reconcile(results, root) is None
+
+
+def test_rows_committed_by_a_worker_that_lost_the_answer_get_their_reports(tmp_path, rules, results):
+    root, decisions = tmp_path / "out", run_rules([loan("SFC_1")])
+    _commit(results, decisions, "q", publish=lambda: batch.delivered(_stage(root, decisions, rules, "q"), root / "b", "q"))
+    # Run r's commit went through, but the answer never came: its reports were put back aside.
+    _stage(root, decisions, rules, "r")
+    _commit(results, decisions, "r")
+    assert _shown(root) == "q"
+    assert "put back the reports of run r" in _reconcile(results, root)
+    assert _shown(root) == "r"
+
+
+def test_reports_without_any_rows_are_set_aside(tmp_path, rules, results):
+    root, decisions = tmp_path / "out", run_rules([loan("SFC_1")])
+    _swapped_in_then_killed(root, _stage(root, decisions, rules, "r"))
+    assert "had no rows" in _reconcile(results, root)
+    assert not (root / "b").exists()

@@ -8,10 +8,13 @@ import contextlib
 import datetime as dt
 import json
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+
+from sqlalchemy import select
 
 from loan_engine_dagster.rules import pipeline, reports
 from loan_engine_dagster.rules.config import Rules
@@ -66,6 +69,46 @@ def stage_batch_outputs(
         ])
 
     return stage_batch(output_root, batch, run_id, write), summary
+
+
+def _summary_run(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / SUMMARY_FILE).read_text()).get("run_id")
+    except (OSError, ValueError):
+        return None
+
+
+def reconcile_reports(conn, output_root: Path, batch_key: str) -> str | None:
+    """Put the reports that go with the batch's rows back in the batch folder,
+    and say what was done (None when they already match).
+
+    Reports and rows cannot be committed as one. A worker killed after its
+    reports were swapped in but before its rows were committed leaves its
+    reports beside the previous run's rows (whose reports wait, set aside,
+    in a hidden folder), and one that lost the commit's answer leaves its
+    rows beside the previous reports (its own staged beside them). The rows
+    decide; called by the batch's next run while it holds the batch, inside
+    its fenced transaction."""
+    target = output_root / batch_key
+    rows_run = conn.execute(
+        select(database.eligibility_results.c.run_id).where(database.eligibility_results.c.batch_key == batch_key).limit(1)
+    ).scalar()
+    shown_run = _summary_run(target) if target.is_dir() else None
+    if shown_run == rows_run:
+        return None
+    if rows_run is None:
+        target.rename(output_root / f".{batch_key}.old-{uuid.uuid4().hex}")
+        return (f"the reports of run {shown_run} had no rows in the results database (its worker died before the "
+                "commit): set aside, so that no reports show without their rows")
+    found = sorted(p for p in output_root.glob(f".{batch_key}.*") if p.is_dir() and _summary_run(p) == rows_run)
+    if not found:
+        return (f"the batch's rows are run {rows_run}'s but its reports are gone; the folder holds run {shown_run}'s "
+                "reports until this run replaces both")
+    if target.exists():
+        target.rename(output_root / f".{batch_key}.old-{uuid.uuid4().hex}")
+    found[0].rename(target)
+    was = f"run {shown_run}'s" if shown_run else "no"
+    return f"put back the reports of run {rows_run}, whose rows the results database holds (the folder held {was} reports)"
 
 
 @contextlib.contextmanager

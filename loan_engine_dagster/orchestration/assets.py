@@ -116,6 +116,10 @@ def batch_inputs(
     """The seller's SFY and PRIME exhibits and the servicer tape of this batch."""
     start = time.perf_counter()
     _check_destinations(outputs, results_db)
+    # Only this phase: a folder is never renamed by two phases at once.
+    repaired = results_db.reconcile_reports(outputs.path, context.partition_key)
+    if repaired:
+        context.log.warning(f"batch folder: {repaired}")
     loaded = rules.load()
     files = inbox.batch(context.partition_key, loaded)
     tag_run_with_batch(context, files, str(inbox.root))

@@ -14,6 +14,7 @@ from pydantic import PrivateAttr
 from sqlalchemy.engine import Connection, Engine
 
 from loan_engine_dagster.adapters import database, leases, preflight
+from loan_engine_dagster.adapters.batch import reconcile_reports
 from loan_engine_dagster.adapters.inbox import BatchFiles, find_batch, reference_files, resolve_inbox, scan_inbox
 from loan_engine_dagster.adapters.notifications import WEBHOOK_DEADLINE_SECONDS, post_webhook
 from loan_engine_dagster.adapters.settings import setting
@@ -162,6 +163,17 @@ class ResultsDatabase(dg.ConfigurableResource):
             with engine.begin() as conn:
                 leases.check(conn, self._lease)
                 return action()
+        finally:
+            engine.dispose()
+
+    def reconcile_reports(self, output_root: Path, batch_key: str) -> str | None:
+        """The batch folder brought back to the reports of the rows, while this
+        run holds the batch (adapters.batch.reconcile_reports); what was done."""
+        engine = self.engine()
+        try:
+            with engine.begin() as conn:
+                self.fence(conn)
+                return reconcile_reports(conn, output_root, batch_key)
         finally:
             engine.dispose()
 
