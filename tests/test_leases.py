@@ -133,3 +133,34 @@ def test_a_batch_row_cannot_be_saved_twice(engine):
         conn.execute(database.loan_facts.insert(), [{**row, "run_id": "run-b"}])
     with engine.connect() as conn:
         assert conn.execute(text("select count(*) from loan_facts")).scalar_one() == 2
+
+
+@pytest.mark.postgres
+def test_a_worker_frozen_in_its_save_neither_blocks_the_batch_nor_the_revocation(postgres_url, monkeypatch):
+    # Past bug: a worker frozen inside its save transaction (SIGSTOP, a paused
+    # VM) kept the lease row locked: the next run of the batch waited in
+    # acquire for over 11 minutes, and the dead-worker sensor's revocation
+    # blocked on every tick.
+    import time
+
+    monkeypatch.setattr(leases, "LOCK_WAIT_SECONDS", 1)
+    frozen_engine = database.engine_for(postgres_url, leases.SESSION_NAME + "run-a")
+    lease = leases.acquire(frozen_engine, BATCH, "run-a", stale_after=60)
+    frozen = frozen_engine.connect()
+    transaction = frozen.begin()
+    leases.check(frozen, lease)  # the save's fence: the lease row stays locked until the commit that never comes
+    engine = database.engine_for(postgres_url)
+    try:
+        started = time.monotonic()
+        with pytest.raises(leases.BatchLeaseHeld, match="being written by run run-a"):
+            leases.acquire(engine, BATCH, "run-b", stale_after=0)
+        assert time.monotonic() - started < 10
+        assert leases.revoke(engine, BATCH, "run-a")  # ends the frozen session, then voids the lease
+        assert leases.acquire(engine, BATCH, "run-b", stale_after=60).run_id == "run-b"
+        with pytest.raises(Exception):
+            transaction.commit()  # the frozen worker's session is gone: it can write nothing
+    finally:
+        with contextlib.suppress(Exception):
+            frozen.close()
+        frozen_engine.dispose()
+        engine.dispose()

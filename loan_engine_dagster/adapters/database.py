@@ -123,9 +123,13 @@ BATCH_TABLES = (loan_facts, loan_exceptions, eligibility_results)
 FACT_COLUMNS = [c.name for c in loan_facts.columns if c.name not in ("id", "batch_key", "run_id", "rules_version")]
 
 
-def engine_for(url: str) -> Engine:
+def engine_for(url: str, session_name: str | None = None) -> Engine:
+    """`session_name`: the PostgreSQL `application_name` of its connections (a
+    run's, so that the sessions of a run declared dead can be ended)."""
     sqlite = url.startswith("sqlite")
     connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS} if sqlite else {}
+    if session_name and url.startswith("postgresql"):
+        connect_args["application_name"] = session_name[:63]
     engine = create_engine(url, future=True, pool_pre_ping=True, connect_args=connect_args)
     if sqlite:
         _serialize_sqlite_writers(engine)

@@ -15,10 +15,20 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import sqlalchemy.exc
 from sqlalchemy import select, text, update
 from sqlalchemy.engine import Connection, Engine
 
 from .database import batch_leases
+
+# How long a lease operation waits for the batch's lease row on PostgreSQL.
+# A worker frozen inside its save (a paused VM, a host cut off) keeps that
+# row locked in its open transaction: without a bound, every later run of
+# the batch and the dead-worker sensor's revocation waited for it forever.
+LOCK_WAIT_SECONDS = 10
+# Each run's connections carry this name and the run id (`application_name`),
+# so that the sessions of a run declared dead can be found and ended.
+SESSION_NAME = "loan-engine run "
 
 
 class BatchLeaseHeld(RuntimeError):
@@ -63,6 +73,15 @@ def db_now(conn: Connection) -> float:
     raise NotImplementedError(f"batch leases need PostgreSQL or SQLite, not {conn.dialect.name}")
 
 
+def _bounded_lock_wait(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(text(f"SET LOCAL lock_timeout = '{int(LOCK_WAIT_SECONDS * 1000)}ms'"))
+
+
+def _lock_timed_out(exc: BaseException) -> bool:
+    return getattr(getattr(exc, "orig", None), "pgcode", None) == "55P03"  # lock_not_available
+
+
 def _ensure_row(conn: Connection, batch_key: str) -> None:
     """The batch's lease row exists (free) before anyone locks it; two first
     runs of a batch cannot both insert it."""
@@ -85,8 +104,22 @@ def acquire(
 ) -> Lease:
     """Take the batch for `run_id`. A lease held by another run is taken over
     only when its holder is known to be finished or has not renewed it for
-    `stale_after` seconds; otherwise BatchLeaseHeld names the holder."""
+    `stale_after` seconds; otherwise BatchLeaseHeld names the holder (also
+    when the holder's open transaction keeps the row locked)."""
+    try:
+        return _acquire(engine, batch_key, run_id, stale_after, holder_finished)
+    except sqlalchemy.exc.OperationalError as exc:
+        if not _lock_timed_out(exc):
+            raise
+        with engine.connect() as conn:  # a plain read is not held up by the row lock
+            row = conn.execute(select(batch_leases).where(batch_leases.c.batch_key == batch_key)).mappings().one()
+            age = db_now(conn) - (row["heartbeat_at"] or 0.0)
+        raise BatchLeaseHeld(batch_key, row["run_id"], age) from None
+
+
+def _acquire(engine: Engine, batch_key: str, run_id: str, stale_after: float, holder_finished) -> Lease:
     with engine.begin() as conn:
+        _bounded_lock_wait(conn)
         _ensure_row(conn, batch_key)
         row = _locked_row(conn, batch_key)
         now = db_now(conn)
@@ -141,8 +174,24 @@ def check(conn: Connection, lease: Lease) -> None:
 
 def revoke(engine: Engine, batch_key: str, run_id: str) -> bool:
     """Void `run_id`'s lease on the batch (its run was declared dead), so that
-    the worker, should it still live, cannot write afterwards."""
+    the worker, should it still live, cannot write afterwards. A worker
+    frozen inside its write transaction keeps the lease row locked: its
+    database sessions are ended (PostgreSQL), which rolls that transaction
+    back, and the lease is voided then."""
+    try:
+        return _revoke(engine, batch_key, run_id)
+    except sqlalchemy.exc.OperationalError as exc:
+        if not _lock_timed_out(exc):
+            raise
     with engine.begin() as conn:
+        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = :name"),
+                     {"name": SESSION_NAME + run_id})
+    return _revoke(engine, batch_key, run_id)
+
+
+def _revoke(engine: Engine, batch_key: str, run_id: str) -> bool:
+    with engine.begin() as conn:
+        _bounded_lock_wait(conn)
         result = conn.execute(
             update(batch_leases)
             .where((batch_leases.c.batch_key == batch_key) & (batch_leases.c.run_id == run_id) & (batch_leases.c.released == False))  # noqa: E712

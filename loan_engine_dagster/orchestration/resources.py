@@ -71,6 +71,7 @@ class ResultsDatabase(dg.ConfigurableResource):
 
     _lease: leases.Lease | None = PrivateAttr(default=None)
     _lease_engine: Engine | None = PrivateAttr(default=None)
+    _run_id: str | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         run = context.run
@@ -85,6 +86,7 @@ class ResultsDatabase(dg.ConfigurableResource):
             holder = context.instance.get_run_by_id(run_id)
             return holder is not None and holder.is_finished
 
+        self._run_id = run.run_id
         grace = dead_worker_seconds()
         for attempt in range(self.connect_retries + 1):
             try:
@@ -190,7 +192,8 @@ class ResultsDatabase(dg.ConfigurableResource):
         return url
 
     def engine(self) -> Engine:
-        return database.engine_for(self.resolved_url)
+        """An engine on the results database; inside a run, its sessions carry the run id."""
+        return database.engine_for(self.resolved_url, self._run_id and leases.SESSION_NAME + self._run_id)
 
     def check_reachable(self) -> None:
         preflight.check_database(self.resolved_url)
