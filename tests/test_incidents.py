@@ -34,3 +34,10 @@ def test_classification(phase, error_type, message, kind):
 def test_one_line_drops_type_prefix_and_keeps_first_line():
     assert one_line("StructuralError: Data problem in file 'x'\n\nStack trace", "StructuralError") == "Data problem in file 'x'"
     assert one_line("", None) == ""
+
+
+def test_an_interrupted_run_says_so_in_words():
+    # It said `dagster._core.errors.DagsterExecutionInterruptedError` and nothing else.
+    assert one_line("dagster._core.errors.DagsterExecutionInterruptedError", "DagsterExecutionInterruptedError") == (
+        "interrupted (Ctrl-C, or a signal to stop its worker)")
+    assert classify("results_database", "DagsterExecutionInterruptedError", None) == "infra"

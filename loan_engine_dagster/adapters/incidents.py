@@ -71,7 +71,13 @@ def classify(phase: str | None, error_type: str | None, message: str | None) -> 
     return "code"
 
 
+# Errors whose own message is only their class name.
+_SAID_PLAINLY = {"DagsterExecutionInterruptedError": "interrupted (Ctrl-C, or a signal to stop its worker)"}
+
+
 def one_line(message: str | None, error_type: str | None = None) -> str:
+    if error_type in _SAID_PLAINLY and (message or "").strip().split(".")[-1].split(":")[0] == error_type:
+        return _SAID_PLAINLY[error_type]
     lines = [line.strip() for line in (message or "").strip().splitlines() if line.strip()]
     line = lines[0] if lines else ""
     if error_type:  # "StructuralError: ..." or "loan_engine_dagster.adapters.preflight.PreflightError: ..."
