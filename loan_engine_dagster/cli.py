@@ -6,6 +6,7 @@ import atexit
 import datetime as dt
 import gc
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -43,6 +44,12 @@ def _irr_target(ctx, param, value: float | None) -> float | None:
         return check_irr_target(value)
     except RunOptionError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _minutes(ctx, param, value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value!r} is not a number of minutes")
+    return value
 
 
 @click.group()
@@ -290,7 +297,7 @@ def _started(record) -> str:
 
 @runs.command("list")
 @click.option("--status", type=click.Choice(["running", "failed", "canceled", "success", "queued"]), help="Only runs in this state.")
-@click.option("--older-than-minutes", type=click.FloatRange(min=0), help="Only runs started at least this long ago.")
+@click.option("--older-than-minutes", type=click.FloatRange(min=0), callback=_minutes, help="Only runs started at least this long ago.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1), help="Newest runs to look at.")
 def list_runs(status, older_than_minutes, limit) -> None:
     """Loan engine runs, newest first, with where each stopped and why."""
@@ -316,7 +323,8 @@ def list_runs(status, older_than_minutes, limit) -> None:
 @runs.command("mark")
 @click.argument("run_id", required=False)
 @click.option("--as", "as_status", type=click.Choice(["failed", "canceled"]), required=True, help="The state to put the run in.")
-@click.option("--older-than-minutes", type=click.FloatRange(min=0), help="Every in-progress run started at least this long ago.")
+@click.option("--older-than-minutes", type=click.FloatRange(min=0), callback=_minutes,
+              help="Every in-progress run started at least this long ago.")
 @click.option("--reason", default="closed by hand with loan-engine runs mark", show_default=True, help="Shown in the run's event log.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def mark(run_id, as_status, older_than_minutes, reason, yes) -> None:

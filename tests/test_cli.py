@@ -146,6 +146,13 @@ def test_run_incomplete_batch_and_bad_key(tmp_path, home):
     assert bad.returncode == 2 and "is not YYYY-MM-DD" in bad.stderr
 
 
+@pytest.mark.parametrize("minutes", ["nan", "inf"])
+def test_minutes_must_be_a_number(home, minutes):
+    for command in (("runs", "mark", "--as", "failed", "--yes"), ("runs", "list")):
+        result = cli(*command, "--older-than-minutes", minutes, env=home)
+        assert result.returncode == 2 and "is not a number of minutes" in result.stderr
+
+
 @pytest.mark.slow
 def test_dagster_job_execute_once_batch_registered(sample_inbox, tmp_path, home):
     locate(home, sample_inbox, tmp_path)
