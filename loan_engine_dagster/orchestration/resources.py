@@ -170,14 +170,16 @@ class ResultsDatabase(dg.ConfigurableResource):
 
     def reconcile_reports(self, output_root: Path, batch_key: str) -> str | None:
         """The batch folder brought back to the reports of the rows, while this
-        run holds the batch (adapters.batch.reconcile_reports); what was done."""
-        engine = self.engine()
+        run holds the batch (adapters.batch.reconcile_reports); what was done.
+        On the lease's own engine (its tables already checked) when there is one."""
+        engine = self._lease_engine or self.engine()
         try:
             with engine.begin() as conn:
                 self.fence(conn)
                 return reconcile_reports(conn, output_root, batch_key)
         finally:
-            engine.dispose()
+            if engine is not self._lease_engine:
+                engine.dispose()
 
     def fence(self, conn: Connection) -> None:
         """Inside a write transaction: refuse the write unless this run still holds the batch."""

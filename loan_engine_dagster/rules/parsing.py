@@ -817,8 +817,10 @@ def parse_existing(frame: pd.DataFrame, *, file: str, aliases: Aliases | None = 
     frame = _with_csv_rows(frame)
     out, mapping = _reference_table(frame, EXISTING_FIELDS, file=file, sheet=None, aliases=aliases, kind="existing")
     _platform_and_type(out, mapping, file=file, sheet=None)
-    _reject_rows(out["seller_loan_number"].duplicated(keep=False), "a loan is listed more than once (every limit would "
-                 "count it as often)", out, mapping["seller_loan_number"], file=file, sheet=None)
+    numbers = out["seller_loan_number"]
+    if not numbers.is_unique:  # asked first: on 500k loan numbers, half the time of finding which
+        _reject_rows(numbers.duplicated(keep=False), "a loan is listed more than once (every limit would count it as "
+                     "often)", out, mapping["seller_loan_number"], file=file, sheet=None)
     _refuse_wrong_unit(out["apr"], percent=True, header=mapping["apr"], rows=out["source_row"], file=file, sheet=None)
     _refuse_wrong_unit(out["dealer_fee"], percent=False, header=mapping["dealer_fee"], rows=out["source_row"],
                        file=file, sheet=None)
