@@ -79,6 +79,10 @@ def normalize_buy_loans(
 def already_owned(loans: pd.DataFrame, existing: pd.DataFrame) -> pd.Series:
     """Offered loans the buyer already holds: in the existing assets and not
     repurchased (a repurchased loan may come back on offer)."""
+    # The batch's 100k numbers are the set, the 500k assets probe it (a third
+    # of the time the other way round); the usual batch offers none of them.
+    if not is_listed(existing["seller_loan_number"], loans["seller_loan_number"]).any():
+        return pd.Series(False, index=loans.index)
     held = existing.loc[~existing["repurchase"].to_numpy(dtype=bool), "seller_loan_number"]
     return is_listed(loans["seller_loan_number"], held)
 

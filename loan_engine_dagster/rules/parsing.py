@@ -481,7 +481,9 @@ def _without_empty_rows(frame: pd.DataFrame) -> pd.DataFrame:
         rows = np.flatnonzero(empty)
         if not len(rows):
             break
-        empty[rows] = is_blank(frame.iloc[rows, position]).to_numpy()
+        column = frame.iloc[:, position]
+        # The first column is asked whole: picking all 500k rows of a text column copies it.
+        empty[rows] = is_blank(column if len(rows) == len(frame) else column.iloc[rows]).to_numpy()
     # Selecting rows copies every column; a file without empty rows keeps its own.
     return (frame[~empty] if empty.any() else frame).reset_index(drop=True)
 
