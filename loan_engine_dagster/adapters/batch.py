@@ -8,7 +8,6 @@ import contextlib
 import datetime as dt
 import json
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -26,7 +25,7 @@ from . import database
 from .inbox import find_batch
 from .loading import load_batch_inputs, load_reference
 from .outputs import (
-    clear_leftovers, stage_batch, swapped_in, write_concurrently, write_csv, write_json, write_workbook,
+    clear_leftovers, retire, stage_batch, swapped_in, write_concurrently, write_csv, write_json, write_workbook,
 )
 
 
@@ -97,7 +96,7 @@ def reconcile_reports(conn, output_root: Path, batch_key: str) -> str | None:
     if shown_run == rows_run:
         return None
     if rows_run is None:
-        target.rename(output_root / f".{batch_key}.old-{uuid.uuid4().hex}")
+        retire(target)
         return (f"the reports of run {shown_run} had no rows in the results database (its worker died before the "
                 "commit): set aside, so that no reports show without their rows")
     found = sorted(p for p in output_root.glob(f".{batch_key}.*") if p.is_dir() and _summary_run(p) == rows_run)
@@ -105,7 +104,7 @@ def reconcile_reports(conn, output_root: Path, batch_key: str) -> str | None:
         return (f"the batch's rows are run {rows_run}'s but its reports are gone; the folder holds run {shown_run}'s "
                 "reports until this run replaces both")
     if target.exists():
-        target.rename(output_root / f".{batch_key}.old-{uuid.uuid4().hex}")
+        retire(target)
     found[0].rename(target)
     was = f"run {shown_run}'s" if shown_run else "no"
     return f"put back the reports of run {rows_run}, whose rows the results database holds (the folder held {was} reports)"

@@ -277,16 +277,22 @@ def stage_batch(output_root: Path, batch_key: str, run_id: str, write) -> Path:
     return staging
 
 
+def retire(folder: Path) -> Path:
+    """Move a batch folder aside, hidden beside it, where clear_leftovers finds it."""
+    retired = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex}"
+    folder.rename(retired)
+    return retired
+
+
 @contextlib.contextmanager
 def swapped_in(staging: Path, target: Path):
     """Put `staging` in place of `target` by renames: readers see the old batch
     or the new one, never half. If the with-block fails (the database commit
     that goes with the reports), the old folder comes back and the staged one
     is kept for a re-execution."""
-    retired = target.parent / f".{target.name}.old-{uuid.uuid4().hex}"
     had_old = target.exists()
     if had_old:
-        target.rename(retired)
+        retired = retire(target)
     try:
         staging.rename(target)
     except BaseException:

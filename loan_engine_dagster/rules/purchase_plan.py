@@ -158,11 +158,16 @@ def limit_rows(
         ids.append(check.id)
         g0.append(c)
         rows.append(a)
-        rhs.append(-SOLVER_MARGIN * 10 ** (steps - 1) * scale if steps else 0.0)
-        exact_rhs.append(-SOLVER_MARGIN * 10 ** (tightened - 1) * scale if tightened else 0.0)
+        rhs.append(_held_inside(steps, scale))
+        exact_rhs.append(_held_inside(tightened, scale))
     a = np.vstack(rows) if rows else np.zeros((0, n))
     return LimitRows(ids, np.asarray(g0, dtype=float), a, np.asarray(rhs, dtype=float),
                      np.asarray(exact_rhs, dtype=float), upper, forbidden, not_curable, unconstrained), variables
+
+
+def _held_inside(steps: int, scale: float) -> float:
+    """A row's right-hand side held `steps` tightenings inside its bound (0: on it)."""
+    return -SOLVER_MARGIN * 10 ** (steps - 1) * scale if steps else 0.0
 
 
 def _variables(pop: pd.DataFrame, bases: dict[str, np.ndarray]) -> np.ndarray:
