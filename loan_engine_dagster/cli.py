@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime as dt
 import gc
 import json
@@ -27,7 +28,8 @@ def ensure_dagster_home() -> Path:
     home.mkdir(exist_ok=True)
     project_yaml = Path.cwd() / "dagster.yaml"
     if project_yaml.is_file() and not (home / "dagster.yaml").exists():
-        (home / "dagster.yaml").symlink_to(project_yaml)
+        with contextlib.suppress(FileExistsError):  # another terminal's first run linked it just now
+            (home / "dagster.yaml").symlink_to(project_yaml)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 

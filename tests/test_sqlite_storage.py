@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -180,6 +181,39 @@ def test_two_processes_and_two_threads_write_one_instance_at_once(home):
         checks = instance.event_log_storage.get_asset_check_execution_history(
             dg.AssetCheckKey(dg.AssetKey("thing"), "ok"), limit=100)
         assert len(checks) == 12
+
+
+def test_processes_opening_a_new_home_at_once_all_succeed(home, tmp_path):
+    """Past bug: two first `loan-engine run`s on a new DAGSTER_HOME (or the
+    webserver and the daemon) both created the storage's tables; one failed
+    with "table runs already exists" or a duplicate alembic version (5 of 5
+    tries with four processes released together). Opening is now serialized."""
+    line = tmp_path / "start"
+    line.mkdir()
+    script = textwrap.dedent(
+        """
+        import os, sys, time
+        from pathlib import Path
+        import dagster as dg
+        import loan_engine_dagster.orchestration.sqlite_storage  # imported before the start, as in the CLI
+        line = Path(sys.argv[1])
+        (line / f"ready-{os.getpid()}").touch()
+        while not (line / "go").exists():
+            time.sleep(0.001)
+        with dg.DagsterInstance.get() as instance:
+            instance.get_runs()
+        """
+    )
+    processes = [subprocess.Popen([sys.executable, "-c", script, str(line)], stderr=subprocess.PIPE, text=True)
+                 for _ in range(4)]
+    deadline = time.monotonic() + 120
+    while len(list(line.glob("ready-*"))) < 4 and time.monotonic() < deadline and all(p.poll() is None for p in processes):
+        time.sleep(0.01)
+    (line / "go").touch()  # all four open the new home together
+    errors = [p.communicate(timeout=300)[1] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0, 0], "\n".join(e[-600:] for e in errors)
+    with dg.DagsterInstance.get() as instance:
+        assert instance.get_runs() == []
 
 
 def _events_of(instance, run_id: str, event_type: dg.DagsterEventType) -> int:

@@ -11,7 +11,8 @@ one per event and file.
 
 Everything else (the files, their schema, the run and schedule storage, the
 webserver's file watcher) is Dagster's own SQLite storage unchanged: a home
-created by either class opens with the other. An idle SQLite connection holds
+created by either class opens with the other. Only opening the storage is
+serialized across processes (PooledSqliteStorage says why). An idle SQLite connection holds
 no lock, so other processes (daemon, webserver, a second run) write the same
 files as before. Production on PostgreSQL does not use this module.
 """
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 import yaml
+from filelock import FileLock
 from dagster._core.events.log import EventLogEntry
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
@@ -166,13 +168,27 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         super().dispose()
 
 
+# Held while a process opens the instance's SQLite storage (next to it).
+SETUP_LOCK_FILE = ".storage-setup.lock"
+
+
 class PooledSqliteStorage(DagsterSqliteStorage):
     """Dagster's SQLite storage (runs, event log, schedules under the
-    instance's folder) with the pooled event log."""
+    instance's folder) with the pooled event log.
+
+    Opening it creates the databases and their tables the first time.
+    Dagster's run storage does that without a guard: two processes starting
+    on a new home at once (two terminals' first `loan-engine run`, the
+    webserver and the daemon) both created the tables, and one failed with
+    "table runs already exists" or a duplicate alembic version. Processes
+    open the storage one at a time, under a file lock; on a home already
+    set up that costs a lock and a few checks."""
 
     def __init__(self, base_dir: str, inst_data=None) -> None:
-        super().__init__(base_dir, inst_data)
-        self._event_log_storage = PooledSqliteEventLogStorage(_event_logs_directory(base_dir))
+        os.makedirs(base_dir, exist_ok=True)
+        with FileLock(os.path.join(base_dir, SETUP_LOCK_FILE)):
+            super().__init__(base_dir, inst_data)
+            self._event_log_storage = PooledSqliteEventLogStorage(_event_logs_directory(base_dir))
 
     @classmethod
     def from_config_value(cls, inst_data, config_value) -> PooledSqliteStorage:
