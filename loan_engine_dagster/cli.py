@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from loan_engine_dagster.adapters.inbox import InboxUnreadable
 from loan_engine_dagster.adapters.settings import setting
 from loan_engine_dagster.rules.config import RulesFileError
 from loan_engine_dagster.rules.errors import StructuralError
@@ -106,6 +107,9 @@ def _main() -> None:
     except StructuralError as exc:
         click.echo(str(exc), err=True)
         sys.exit(1)
+    except InboxUnreadable as exc:  # raised before any run starts: nothing ran, as for a usage problem
+        click.echo(str(exc), err=True)
+        sys.exit(2)
     except Exception as exc:
         if os.environ.get("LOAN_ENGINE_DEBUG"):
             raise
@@ -181,7 +185,7 @@ def _has_password(url: str) -> bool:
 @click.option("--verbose", is_flag=True, help="Print Dagster's event log while the run goes.")
 def run(batch_key: str, inbox, output_dir, database_url, pdate, irr_target, verbose) -> None:
     """Check BATCH_KEY's files, register the batch and run loan_engine_job as a Dagster run."""
-    from loan_engine_dagster.adapters.inbox import find_batch, parse_batch_key
+    from loan_engine_dagster.adapters.inbox import find_batch, parse_batch_key, require_inbox
     from loan_engine_dagster.orchestration.resources import RulesResource
 
     try:
@@ -192,7 +196,7 @@ def run(batch_key: str, inbox, output_dir, database_url, pdate, irr_target, verb
     inbox_path = Path(setting(inbox, "LOAN_ENGINE_INBOX")).resolve()
     output_root = Path(setting(output_dir, "LOAN_ENGINE_OUTPUT_DIR")).resolve()
     db_url = setting(database_url, "LOAN_ENGINE_DATABASE_URL")
-    files = find_batch(inbox_path, batch_key, rules.inbox.tape_lookback_days)
+    files = find_batch(require_inbox(inbox_path), batch_key, rules.inbox.tape_lookback_days)
     if not files.complete:
         click.echo(f"Batch {batch_key} is not complete in {inbox_path}: missing {', '.join(files.missing)}", err=True)
         sys.exit(2)

@@ -146,6 +146,24 @@ def test_run_incomplete_batch_and_bad_key(tmp_path, home):
     assert bad.returncode == 2 and "is not YYYY-MM-DD" in bad.stderr
 
 
+@pytest.mark.parametrize("where", ["missing", "a file"])
+def test_run_names_an_inbox_that_is_no_folder(tmp_path, home, where):
+    # Past bug: read as an empty folder, the batch was "not complete" with all
+    # seven files missing, and the seller was asked for files that were there.
+    inbox = tmp_path / "no" / "such" / "folder"
+    if where == "a file":
+        inbox = tmp_path / "inbox.txt"
+        inbox.write_text("not a folder")
+    result = cli("run", BATCH, "--inbox", str(inbox), env=home)
+    assert result.returncode == 2
+    problem = "does not exist" if where == "missing" else "is not a folder"
+    assert result.stderr.startswith(f"inbox folder {inbox} {problem}; ")
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
+    assert "missing" not in result.stderr and "Traceback" not in result.stderr
+    locate(home, inbox, tmp_path)  # the environment's inbox is checked the same way
+    assert cli("run", BATCH, env=home).stderr == result.stderr
+
+
 @pytest.mark.parametrize("minutes", ["nan", "inf"])
 def test_minutes_must_be_a_number(home, minutes):
     for command in (("runs", "mark", "--as", "failed", "--yes"), ("runs", "list")):

@@ -76,6 +76,16 @@ def test_output_folder_that_cannot_be_written_fails_the_first_phase_as_infra(sam
     assert stop.message.startswith(f"output folder {root} is not writable (")
 
 
+def test_a_run_whose_inbox_is_missing_fails_as_infra_naming_it(tmp_path):
+    # A run launched from the UI or a schedule with a wrong or unmounted inbox:
+    # past bug, `reference file missing from the inbox` (data), naming four files.
+    inbox = tmp_path / "unmounted" / "inbox"
+    with dg.instance_for_test() as instance:
+        stop, kind = _stopped(instance, _run(instance, inbox, tmp_path / "out", f"sqlite:///{tmp_path / 'r.db'}"))
+    assert (stop.phase in INTAKE, stop.error_type, kind) == (True, "InboxUnreadable", "infra")
+    assert stop.message.startswith(f"inbox folder {inbox} does not exist; ")
+
+
 @pytest.mark.slow
 def test_loan_engine_run_says_so_at_once(sample_inbox, tmp_path):
     home = tmp_path / "dagster_home"

@@ -152,6 +152,12 @@ def test_empty_inbox(tmp_path):
         assert skip(Ticker(instance, tmp_path).tick()) == "no batch in the inbox"
 
 
+def test_missing_inbox_folder_leaves_the_sensor_quiet(tmp_path):
+    # A tick is no run: a folder not mounted yet says only that it holds no batch.
+    with dg.instance_for_test() as instance:
+        assert skip(Ticker(instance, tmp_path / "not_mounted").tick()) == "no batch in the inbox"
+
+
 # ---------------------------------------------------------------- missing-batch alert
 
 @pytest.mark.parametrize(
@@ -222,6 +228,18 @@ def test_missing_batch_alert_once_with_webhook(tmp_path, monkeypatch):
         assert instance.get_dynamic_partitions("batches") == []
         again = missing_batch_alert_sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor, resources=resources))
         assert again.skip_reason.skip_message == "no alert due" and len(hook.received) == 1
+
+
+def test_missing_batch_alert_goes_out_when_the_inbox_folder_is_not_there(tmp_path, monkeypatch):
+    now = dt.datetime.now(AlertPolicy().zone)
+    monkeypatch.setenv("LOAN_ENGINE_NOTICE_WEEKDAY", ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"][now.weekday()])
+    monkeypatch.setenv("LOAN_ENGINE_ALERT_TIME", "00:00")
+    gone = tmp_path / "not_mounted"
+    with dg.instance_for_test() as instance:
+        resources = {"inbox": InboxResource(path=str(gone)), "rules": RulesResource(), "notifier": Notifier()}
+        result = missing_batch_alert_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+    assert result.skip_reason.skip_message.startswith(f"ALERT: Batch {now.date().isoformat()} is not complete")
+    assert f"(inbox {gone})" in result.skip_reason.skip_message
 
 
 def test_batches_list_in_date_order_whoever_registers_them(inbox, tmp_path):

@@ -25,6 +25,31 @@ _SERVICING = re.compile(r"^(?P<kind>FX[34])_(?P<y>\d{4})_(?P<m>\d{3})_(?P<d>\d{2
 OFFCYCLE = "-offcycle"
 
 
+class InboxUnreadable(Exception):
+    """The inbox folder, or a file in it, that this process cannot reach: a
+    wrong path, a mount that is not there, permissions. The deployment's
+    problem, never the seller's data: kind `infra`."""
+
+    kind = "infra"
+
+
+def require_inbox(path: str | Path) -> Path:
+    """The inbox folder, or `InboxUnreadable` naming it in full (a run's
+    working folder is not the reader's). Read as an empty folder, a wrong or
+    unmounted path reported all seven files of the batch missing, and
+    on-call asked the seller for files that were there."""
+    path = Path(path)
+    if not path.exists():
+        problem = "does not exist"
+    elif not path.is_dir():
+        problem = "is not a folder"
+    else:
+        return path
+    raise InboxUnreadable(
+        f"inbox folder {path.absolute()} {problem}; point --inbox, LOAN_ENGINE_INBOX or the inbox resource's path at the folder the files land in"
+    )
+
+
 def resolve_inbox(path: str | Path) -> Path:
     """An inbox holding `files_required/` keeps its files there."""
     path = Path(path)

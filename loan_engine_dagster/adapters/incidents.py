@@ -16,7 +16,7 @@ from loan_engine_dagster.rules.errors import StructuralError
 from loan_engine_dagster.rules.run_options import RunOptionError
 
 from .database import incidents
-from .inbox import BatchKeyError
+from .inbox import BatchKeyError, InboxUnreadable
 from .preflight import quick_engine
 
 # Errors that always mean the inputs are wrong (files, rules file, run options), wherever raised.
@@ -29,6 +29,7 @@ INFRA_ERROR_TYPES = {
     "DagsterExecutionInterruptedError", "DeadWorker", "PreflightError",
     "BatchLeaseHeld", "BatchLeaseLost",  # another run holds the batch, or this run was declared dead
     "StoredResultMissing",  # a re-execution needs a result its dead worker never wrote
+    InboxUnreadable.__name__,  # the inbox, or a file in it, this process cannot reach: the setup, not the seller
 }
 INFRA_MARKERS = (
     "run worker", "worker disappeared", "maximum runtime", "max_runtime", "timed out", "timeout expired",

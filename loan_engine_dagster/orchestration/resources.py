@@ -15,7 +15,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from loan_engine_dagster.adapters import database, leases, preflight
 from loan_engine_dagster.adapters.batch import reconcile_reports
-from loan_engine_dagster.adapters.inbox import BatchFiles, find_batch, reference_files, resolve_inbox, scan_inbox
+from loan_engine_dagster.adapters.inbox import (
+    BatchFiles, find_batch, reference_files, require_inbox, resolve_inbox, scan_inbox,
+)
 from loan_engine_dagster.adapters.notifications import WEBHOOK_DEADLINE_SECONDS, post_webhook
 from loan_engine_dagster.adapters.settings import setting
 from loan_engine_dagster.rules.config import Rules, RulesFileError, default_rules, load_rules, refuse_other_limits
@@ -34,6 +36,13 @@ class InboxResource(dg.ConfigurableResource):
         return resolve_inbox(Path(setting(self.path, "LOAN_ENGINE_INBOX")))
 
     def batch(self, key: str, rules: Rules) -> BatchFiles:
+        """The files a run of the batch reads, from an inbox folder that exists
+        (`InboxUnreadable` otherwise, kind infra, naming the folder)."""
+        return find_batch(require_inbox(self.root), key, rules.inbox.tape_lookback_days)
+
+    def expected(self, key: str, rules: Rules) -> BatchFiles:
+        """What the inbox holds of a batch that is due, even when the folder is
+        not there: the missing-batch alert goes out all the same, naming it."""
         return find_batch(self.root, key, rules.inbox.tape_lookback_days)
 
     def batches(self, rules: Rules) -> dict[str, BatchFiles]:

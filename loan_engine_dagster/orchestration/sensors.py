@@ -95,7 +95,7 @@ def missing_batch_alert_sensor(
         return dg.SensorResult(skip_reason="no alert due")
     retrying = context.cursor == key + WEBHOOK_PENDING
     try:
-        files = inbox.batch(key, rules.load())
+        files = inbox.expected(key, rules.load())
     except RulesFileError as exc:
         return _rules_refused(context, exc)
     if files.complete:
