@@ -59,6 +59,54 @@ def test_unreadable_csv(tmp_path):
     assert err.value.file == "current_assets.csv"
 
 
+def _hidden_first(path, *states):
+    """A workbook whose sheets have these states, the first one hidden: the
+    seller's old tab kept out of sight in front of the one to review."""
+    import openpyxl
+
+    wb = openpyxl.Workbook()
+    for i, state in enumerate(("hidden", *states)):
+        ws = wb.active if i == 0 else wb.create_sheet()
+        ws.title = f"S{i}"
+        ws["A1"] = f"sheet {i} ({state})"
+        ws.sheet_state = state
+    wb.active = next((i for i, state in enumerate(("hidden", *states)) if state == "visible"), 0)
+    wb.save(path)
+
+
+def test_a_hidden_first_sheet_is_not_read_as_the_first_sheet(tmp_path, monkeypatch):
+    path = tmp_path / "SFY_02-19-2026_ExhibitAtoFormofSaleNotice - Pre-Funding.xlsx"
+    _hidden_first(path, "veryHidden", "visible", "visible")
+    name, raw = read_sheet(open_workbook(path), path)
+    assert (name, raw.iloc[0, 0]) == ("S2", "sheet 2 (visible)")
+    assert read_sheet(open_workbook(path), path, "S0")[1].iloc[0, 0] == "sheet 0 (hidden)"  # by name, as asked
+    # Read ahead, every sheet is read by name: the step takes the visible one from there.
+    _read_ahead_and_wait(path)
+    from_disk = []
+    monkeypatch.setattr(files, "_sheet_frame", lambda *a, real=files._sheet_frame: from_disk.append(a[2]) or real(*a))
+    name, raw = read_sheet(open_workbook(path), path)
+    assert (name, raw.iloc[0, 0], from_disk) == ("S2", "sheet 2 (visible)", [])
+
+
+def test_a_workbook_with_every_sheet_hidden_is_a_structural_error(tmp_path):
+    import zipfile
+
+    # Excel and openpyxl refuse to save such a workbook; another program, or a
+    # hand edit, need not: its last visible sheet is hidden inside the file.
+    saved, path = tmp_path / "saved.xlsx", tmp_path / "MASTER_SHEET.xlsx"
+    _hidden_first(saved, "visible")
+    with zipfile.ZipFile(saved) as source, zipfile.ZipFile(path, "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename == "xl/workbook.xml":
+                assert data.count(b'state="visible"') == 1
+                data = data.replace(b'state="visible"', b'state="hidden"')
+            target.writestr(item, data)
+    with pytest.raises(StructuralError, match=r"every sheet is hidden \(S0, S1\)") as err:
+        read_sheet(open_workbook(path), path)
+    assert err.value.file == "MASTER_SHEET.xlsx"
+
+
 def _pandas_reader(path):
     import pandas as pd
 

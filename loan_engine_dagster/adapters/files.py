@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from python_calamine import CalamineWorkbook
+from python_calamine import CalamineWorkbook, SheetVisibleEnum
 
 from loan_engine_dagster.rules.errors import StructuralError
 from loan_engine_dagster.rules.parsing import REPEATED_HEADERS
@@ -39,12 +39,12 @@ def open_workbook(path: Path) -> CalamineWorkbook:
 
 def read_sheet(workbook: CalamineWorkbook, path: Path, sheet: str | None = None) -> tuple[str, pd.DataFrame]:
     """One sheet as an object frame aligned to A1 (index 0 = row 1); the first
-    sheet when `sheet` is None. Sheet names match case-insensitively."""
+    visible sheet when `sheet` is None. Sheet names match case-insensitively."""
     names = workbook.sheet_names
     if sheet is None:
         if not names:
             raise StructuralError("the workbook has no sheets", file=path.name)
-        name = names[0]
+        name = _first_visible(workbook, path)
     else:
         by_key = {n.strip().casefold(): n for n in names}
         name = by_key.get(sheet.strip().casefold())
@@ -54,6 +54,20 @@ def read_sheet(workbook: CalamineWorkbook, path: Path, sheet: str | None = None)
             )
     ahead = _taken(path, name)
     return name, ahead if ahead is not None else _sheet_frame(workbook, path, name)
+
+
+def _first_visible(workbook: CalamineWorkbook, path: Path) -> str:
+    """The first sheet of the tab bar that a person opening the file sees. A
+    hidden first sheet (an earlier version kept out of sight, a lookup list)
+    was read as the exhibit or the master sheet, rows nobody reviewing the
+    file could see."""
+    shown = [sheet.name for sheet in workbook.sheets_metadata if sheet.visible == SheetVisibleEnum.Visible]
+    if not shown:
+        raise StructuralError(
+            f"every sheet is hidden ({', '.join(workbook.sheet_names)}); unhide the one to read and save the workbook again",
+            file=path.name,
+        )
+    return shown[0]
 
 
 def _sheet_frame(workbook: CalamineWorkbook, path: Path, name: str) -> pd.DataFrame:
