@@ -242,9 +242,11 @@ def run(batch_key: str, inbox, output_dir, database_url, pdate, irr_target, verb
                 err=True,
             )
             sys.exit(2)
-        register_batches(instance, [batch_key])
-        # Tagged like the sensor's runs, so the sensor never runs these exact files again.
+        # Tagged like the sensor's runs, so the sensor never runs these exact
+        # files again. Hashed before the batch is registered: a file this
+        # account may not read stops the command here (InboxUnreadable).
         tags = batch_tags(batch_key, str(inbox_path), batch_fingerprint(files))
+        register_batches(instance, [batch_key])
         click.echo(f"Running loan_engine_job for batch {batch_key} (Dagster home {os.environ['DAGSTER_HOME']})")
         _imports_done()
         with dg.execute_job(

@@ -179,3 +179,34 @@ def sample_inbox(tmp_path_factory):
     folder = tmp_path_factory.mktemp("inbox")
     generate_inbox(folder, loans=600, existing=3000, seed=11)
     return folder
+
+
+@pytest.fixture
+def unreadable():
+    """`unreadable.make(path)` takes read access away from a file for real, and
+    `unreadable.prefix` is the command prefix under which it stays away: tests
+    run as root here, and root reads a file whatever its mode (the
+    CAP_DAC_OVERRIDE capability), so as root the command runs without that
+    capability (setpriv) and the kernel refuses the read with EACCES, as it
+    does for a service account. Monkeypatching an opener would only test the
+    fake."""
+    import os
+    import shutil
+    import stat
+
+    class Unreadable:
+        def __init__(self):
+            self.prefix, self.made = [], []
+
+        def make(self, path):
+            path.chmod(0)
+            self.made.append(path)
+
+    helper = Unreadable()
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: no way to be refused a read")
+        helper.prefix = ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search", "--"]
+    yield helper
+    for path in helper.made:
+        path.chmod(stat.S_IRUSR | stat.S_IWUSR)

@@ -164,6 +164,29 @@ def test_run_names_an_inbox_that_is_no_folder(tmp_path, home, where):
     assert cli("run", BATCH, env=home).stderr == result.stderr
 
 
+@pytest.mark.parametrize(("name", "code", "before"), [
+    # The batch's own files are hashed before a run starts: refused there.
+    ("SFY_02-19-2026_ExhibitAtoFormofSaleNotice - Pre-Funding.xlsx", 2, ""),
+    # The buyer's files are read by the run's first phase.
+    ("MASTER_SHEET.xlsx", 1, "FAILED in phase reference_data [infra]: "),
+])
+def test_run_names_a_file_it_may_not_read(sample_inbox, tmp_path, home, unreadable, name, code, before):
+    inbox = tmp_path / "inbox"
+    shutil.copytree(sample_inbox, inbox)
+    unreadable.make(inbox / name)
+    result = subprocess.run(
+        [*unreadable.prefix, str(BIN / "loan-engine"), "run", BATCH, "--inbox", str(inbox), "--output-dir", str(tmp_path / "out"),
+         "--database-url", f"sqlite:///{tmp_path / 'r.db'}"], capture_output=True, text=True, env=home, timeout=600)
+    assert result.returncode == code, result.stdout + result.stderr
+    said = f"file '{name}' cannot be read: permission denied to this process's account ({inbox / name}); give it read access and re-run"
+    last = result.stderr.strip().splitlines()[-1]  # after Dagster's first-use notice, when it gets that far
+    assert last.endswith(before + said) and (before or last == said)
+    assert "Traceback" not in result.stdout + result.stderr
+    if code == 2:  # stopped before registering the batch: no partition for a batch that never ran
+        with dg.DagsterInstance.from_config(home["DAGSTER_HOME"]) as instance:
+            assert instance.get_dynamic_partitions("batches") == []
+
+
 @pytest.mark.parametrize("minutes", ["nan", "inf"])
 def test_minutes_must_be_a_number(home, minutes):
     for command in (("runs", "mark", "--as", "failed", "--yes"), ("runs", "list")):

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -105,6 +106,47 @@ def test_a_workbook_with_every_sheet_hidden_is_a_structural_error(tmp_path):
     with pytest.raises(StructuralError, match=r"every sheet is hidden \(S0, S1\)") as err:
         read_sheet(open_workbook(path), path)
     assert err.value.file == "MASTER_SHEET.xlsx"
+
+
+# Each reader of an input file, by name, in a process of its own (see the
+# `unreadable` fixture): what it raised, as JSON.
+_READERS = """
+import json, sys
+from pathlib import Path
+from loan_engine_dagster.adapters.files import open_workbook, read_ahead, read_csv, read_sheet
+from loan_engine_dagster.adapters.inbox import describe_file
+path = Path(sys.argv[1])
+read_ahead([path])  # met there first, its failure must leave the steps their own error
+readers = {"read": lambda: read_csv(path) if path.suffix == ".csv" else read_sheet(open_workbook(path), path),
+           "describe_file": lambda: describe_file("tape", path)}
+out = {}
+for name, reader in readers.items():
+    try:
+        reader()
+        out[name] = None
+    except Exception as exc:
+        out[name] = [type(exc).__name__, str(exc), getattr(exc, "kind", None)]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("name", ["SFY_02-19-2026_ExhibitAtoFormofSaleNotice - Pre-Funding.xlsx", "Tape20Loans_02-19-2026.csv"])
+def test_a_file_this_process_may_not_read_is_named_as_such(tmp_path, unreadable, name):
+    # Past bug: `not a readable workbook (OSError: Permission denied (os error 13))`
+    # or a bare PermissionError, both blamed on the seller's file.
+    path = tmp_path / name
+    if path.suffix == ".csv":
+        path.write_text("SELLER Loan #,Orig. Balance\nSFC_1,100.5\n")
+    else:
+        _two_sheets(path, "SELLER Loan #")
+    unreadable.make(path)
+    result = subprocess.run([*unreadable.prefix, sys.executable, "-c", _READERS, str(path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    said = (f"file '{name}' cannot be read: permission denied to this process's account ({path}); "
+            "give it read access and re-run")
+    assert json.loads(result.stdout) == {"read": ["InboxUnreadable", said, "infra"],
+                                         "describe_file": ["InboxUnreadable", said, "infra"]}
 
 
 def _pandas_reader(path):

@@ -21,6 +21,8 @@ from python_calamine import CalamineWorkbook, SheetVisibleEnum
 from loan_engine_dagster.rules.errors import StructuralError
 from loan_engine_dagster.rules.parsing import REPEATED_HEADERS
 
+from .inbox import open_input
+
 # Files are read side by side on threads of our own (the read-ahead, the
 # loading steps). Arrow's CSV reader adding a thread per core on top of them
 # left more busy threads than cores, and the run's main thread waited for a
@@ -31,10 +33,19 @@ pa.set_cpu_count(max(1, (os.cpu_count() or 2) - 1))
 def open_workbook(path: Path) -> CalamineWorkbook:
     if not path.is_file():
         raise StructuralError("the file is missing", file=path.name)
+    _may_read(path)
     try:
         return CalamineWorkbook.from_path(str(path))
     except Exception as exc:  # calamine raises several error types for bad files
         raise StructuralError(f"not a readable workbook ({type(exc).__name__}: {exc})", file=path.name) from None
+
+
+def _may_read(path: Path) -> None:
+    """`InboxUnreadable` (kind infra) naming a file this process may not read.
+    Asked before the readers: calamine reports a refused file as a bare
+    OSError without its name (read as a broken workbook), pandas as a
+    PermissionError, and either way the run blamed the seller's file (data)."""
+    open_input(path).close()
 
 
 def read_sheet(workbook: CalamineWorkbook, path: Path, sheet: str | None = None) -> tuple[str, pd.DataFrame]:
@@ -165,6 +176,7 @@ def read_csv(path: Path) -> pd.DataFrame:
 def _csv_frame(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise StructuralError("the file is missing", file=path.name)
+    _may_read(path)
     frame = _read_csv_fast(path)
     if frame is None:
         try:

@@ -7,6 +7,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 REFERENCE_FILES = {
     "master": "MASTER_SHEET.xlsx",
@@ -190,9 +191,22 @@ def find_batch(inbox: str | Path, key: str, lookback_days: int) -> BatchFiles:
     return found
 
 
+def open_input(path: Path) -> BinaryIO:
+    """An input file opened for reading, or `InboxUnreadable` naming it when
+    this process may not read it: the service account's access, not the
+    seller's file, is what on-call has to fix."""
+    try:
+        return open(path, "rb")
+    except PermissionError:
+        raise InboxUnreadable(
+            f"file '{path.name}' cannot be read: permission denied to this process's account ({path}); "
+            "give it read access and re-run"
+        ) from None
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_input(path) as handle:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
