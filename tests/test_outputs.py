@@ -276,6 +276,33 @@ def test_workbook_with_a_mixed_column_reads_back_the_same(tmp_path):
     assert sheet["H2"].quotePrefix and sheet.auto_filter.ref == "A1:H4"
 
 
+@pytest.mark.parametrize("mixed", [False, True], ids=["columnar writer", "cell-by-cell writer"])
+def test_text_longer_than_an_excel_cell_is_cut_there_not_a_failed_export(tmp_path, mixed):
+    """Past bug: one cell over Excel's 32,767 characters made the Rust writer
+    refuse the whole workbook ("String exceeds Excel's limit"), failing the
+    batch's exports; XlsxWriter cuts such text. Both writers now cut it."""
+    from loan_engine_dagster.adapters.outputs import EXCEL_CELL_CHARS
+
+    long = "=" + "x" * 40_000  # formula-like too: still quoted text once cut
+    notes = [long, None, "short"] if not mixed else [long, 12.5, "short"]
+    write_workbook(_every_kind(Notes=notes), tmp_path / "long.xlsx")
+    sheet, cells = _cells(tmp_path / "long.xlsx")
+    assert cells[1][-1] == (long[:EXCEL_CELL_CHARS], "s") and sheet["H2"].quotePrefix
+    assert cells[3][-1] == ("short", "s")
+
+
+def test_a_workbook_or_csv_that_cannot_be_written_is_named(tmp_path):
+    """The Rust writers' own message ("Failed to save workbook: No such file
+    or directory") named no file."""
+    from loan_engine_dagster.adapters.outputs import write_csv
+
+    missing = tmp_path / "gone"
+    with pytest.raises(OSError, match="gone/r.xlsx"):
+        write_workbook(_every_kind(), missing / "r.xlsx")
+    with pytest.raises(OSError, match="gone/r.csv"):
+        write_csv(pd.DataFrame({"a": pd.array(["x"], dtype="string")}), missing / "r.csv")
+
+
 def test_empty_workbook_keeps_its_header(tmp_path):
     path = tmp_path / "e.xlsx"
     write_workbook(_every_kind().iloc[:0], path)

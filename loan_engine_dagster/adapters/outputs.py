@@ -44,12 +44,28 @@ def write_workbook(
     quoted = rustpy_xlsxwriter.Format().set_quote_prefix()
     dates = rustpy_xlsxwriter.Format().set_num_format(DATE_FORMAT)
     formats = {c: quoted for c in text_columns} | {c: dates for c in date_columns}
-    rustpy_xlsxwriter.write_worksheet(
-        body, str(path), sheet_name=sheet, bold_headers=True, autofilter=True, column_formats=formats,
-    )
+    with _naming(path):
+        rustpy_xlsxwriter.write_worksheet(
+            body, str(path), sheet_name=sheet, bold_headers=True, autofilter=True, column_formats=formats,
+        )
+
+
+@contextlib.contextmanager
+def _naming(path: Path):
+    """The Rust writers' errors ("Failed to save workbook: No such file or
+    directory") name no file; on-call needs to know which one."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        raise type(exc)(f"writing {path}: {exc}") from exc
 
 
 DATE_FORMAT = "yyyy-mm-dd"
+# The most characters an Excel cell holds. Longer text is cut there, as
+# XlsxWriter (the cell-by-cell writer) cuts it; the Rust writer refused the
+# whole workbook instead, failing the batch's exports over one cell. The
+# full text stays in loan_decisions.csv and the results database.
+EXCEL_CELL_CHARS = 32_767
 # Text Excel would read as a formula (or a formula's sign) if typed into a cell.
 _FORMULA_STARTS = ("=", "+", "-", "@")
 _EXCEL_EPOCH = pd.Timestamp("1899-12-30")
@@ -108,8 +124,12 @@ def _columnar(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]] 
         if kind == "date":
             body[name] = _excel_serial(body[name])
             dates.append(name)
-        elif kind == "text" and body[name].astype("string").str.startswith(_FORMULA_STARTS).any():
-            text.append(name)  # the prefix costs a third of the writing time: only where a cell needs it
+        elif kind == "text":
+            cells = body[name].astype("string")
+            if (cells.str.len() > EXCEL_CELL_CHARS).any():
+                body[name] = cells = cells.str.slice(0, EXCEL_CELL_CHARS)
+            if cells.str.startswith(_FORMULA_STARTS).any():
+                text.append(name)  # the prefix costs a third of the writing time: only where a cell needs it
     body.columns = [str(c) for c in body.columns]
     return body, [str(c) for c in text], [str(c) for c in dates]
 
@@ -157,7 +177,8 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
     return, and any non-text column send the frame to pandas."""
     text = all(_kind(frame[c]) == "text" for c in frame.columns) and not frame.columns.has_duplicates
     if text and not any(frame[c].astype("string").str.contains("\r", regex=False).any() for c in frame.columns):
-        rustpy_xlsxwriter.write_csv(frame.reset_index(drop=True), str(path))
+        with _naming(path):
+            rustpy_xlsxwriter.write_csv(frame.reset_index(drop=True), str(path))
     else:
         frame.to_csv(path, index=False)
 
