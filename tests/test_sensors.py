@@ -158,6 +158,49 @@ def test_missing_inbox_folder_leaves_the_sensor_quiet(tmp_path):
         assert skip(Ticker(instance, tmp_path / "not_mounted").tick()) == "no batch in the inbox"
 
 
+# A tick evaluated in a process that may not read the file (tests run as root,
+# who reads any file: the `unreadable` fixture's prefix drops that power).
+_TICKS = """
+import json, sys
+import dagster as dg
+from loan_engine_dagster.orchestration.resources import InboxResource, RulesResource
+from loan_engine_dagster.orchestration.sensors import inbox_sensor
+cursor, out = None, []
+with dg.instance_for_test() as instance:
+    for _ in range(2):
+        context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={
+            "inbox": InboxResource(path=sys.argv[1]), "rules": RulesResource()})
+        result = inbox_sensor(context)
+        cursor = result.cursor
+        out.append({"runs": [r.partition_key for r in result.run_requests],
+                    "skip": result.skip_reason.skip_message if result.skip_reason else None})
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize(("name", "runs"), [(TAPE, []), ("MASTER_SHEET.xlsx", [BATCH])], ids=["tape", "reference"])
+def test_a_file_the_sensor_may_not_read_is_told_and_the_tick_goes_on(inbox, unreadable, name, runs):
+    """Past bug: hashing a file the daemon's account may not read failed the
+    whole tick, every other batch with it. A batch whose own file is
+    unreadable is not started (its run could not read it either) and the tick
+    says why; an unreadable reference file is told, and the batch still
+    starts (its run then fails as infra, naming the file)."""
+    import subprocess
+    import sys
+
+    unreadable.make(inbox / name)
+    done = subprocess.run([*unreadable.prefix, sys.executable, "-c", _TICKS, str(inbox)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, second = json.loads(done.stdout.strip().splitlines()[-1])
+    said = f"file '{name}' cannot be read: permission denied to this process's account ({inbox / name})"
+    assert second["runs"] == runs
+    if runs:
+        assert said in " ".join(done.stderr.splitlines())  # the tick's warning, in the sensor's log
+    else:
+        assert second["skip"] == f"{BATCH}: {said}; give it read access and re-run"
+
+
 # ---------------------------------------------------------------- missing-batch alert
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .inbox import REFERENCE_FILES, BatchFiles, sha256_file
+from .inbox import REFERENCE_FILES, BatchFiles, InboxUnreadable, sha256_file
 
 FINGERPRINT_RUN_KEY_CHARS = 16
 ALREADY_RUN_SHOWN = 3
@@ -76,9 +76,12 @@ class WatchResult:
     already_run: list[str]
     reference_changed: list[str]
     state: WatchState
+    # Files this process may not read (InboxUnreadable): the tick goes on
+    # with every other batch instead of failing for all of them.
+    unreadable: list[str] = field(default_factory=list)
 
     def skip_message(self) -> str:
-        lines = [f"{key}: {why}" for key, why in self.pending.items()]
+        lines = [f"{key}: {why}" for key, why in self.pending.items()] + self.unreadable
         if self.already_run:
             # The tick list shows this line: name the newest batches, count the rest.
             done = sorted(self.already_run)
@@ -132,8 +135,14 @@ def evaluate(batches: dict[str, BatchFiles], reference: dict[str, Path], previou
     stable = {name for name, seen in state.observed.items() if previous.observed.get(name) == seen}
 
     reference_changed: list[str] = []
+    unreadable: list[str] = []
+    ref_digests = None
     if set(reference) == set(REFERENCE_FILES) and all(p.name in stable for p in reference.values()):
-        ref_digests = {role: _sha(path, previous, state) for role, path in reference.items()}
+        try:
+            ref_digests = {role: _sha(path, previous, state) for role, path in reference.items()}
+        except InboxUnreadable as exc:  # told until it is readable; runs that need it fail saying so
+            unreadable.append(f"reference files: {exc}")
+    if ref_digests is not None:
         ref_fp = fingerprint(ref_digests)
         if previous.reference and short(previous.reference) != short(ref_fp):
             reference_changed = [
@@ -152,10 +161,15 @@ def evaluate(batches: dict[str, BatchFiles], reference: dict[str, Path], previou
         if copying:
             pending[key] = "waiting for files to finish copying: " + ", ".join(copying)
             continue
-        fp = fingerprint({role: _sha(path, previous, state) for role, path in own_files(batch).items()})
+        try:
+            fp = fingerprint({role: _sha(path, previous, state) for role, path in own_files(batch).items()})
+        except InboxUnreadable as exc:  # not started: its run could not read the file either
+            unreadable.append(f"{key}: {exc}")
+            continue
         if short(state.requested.get(key)) == short(fp):
             already.append(key)
             continue
         state.requested[key] = fp
         ready.append(ReadyBatch(key=key, fingerprint=fp, files=batch))
-    return WatchResult(ready=ready, pending=pending, already_run=already, reference_changed=reference_changed, state=state)
+    return WatchResult(ready=ready, pending=pending, already_run=already, reference_changed=reference_changed,
+                       state=state, unreadable=unreadable)

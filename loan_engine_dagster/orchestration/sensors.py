@@ -51,6 +51,8 @@ def inbox_sensor(context: dg.SensorEvaluationContext, inbox: InboxResource, rule
     result = watch.evaluate(found, inbox.reference(), watch.WatchState.from_cursor(context.cursor))
     if result.reference_changed:
         context.log.warning(result.skip_message())
+    for problem in result.unreadable:
+        context.log.warning(problem)
     ready = []
     for batch in result.ready:
         # The same files may already have run from `loan-engine run` or the UI.
