@@ -282,7 +282,7 @@ def test_missing_batch_alert_goes_out_when_the_inbox_folder_is_not_there(tmp_pat
         resources = {"inbox": InboxResource(path=str(gone)), "rules": RulesResource(), "notifier": Notifier()}
         result = missing_batch_alert_sensor(dg.build_sensor_context(instance=instance, resources=resources))
     assert result.skip_reason.skip_message.startswith(f"ALERT: Batch {now.date().isoformat()} is not complete")
-    assert f"(inbox {gone})" in result.skip_reason.skip_message
+    assert f"(inbox {gone}); inbox folder {gone} does not exist;" in result.skip_reason.skip_message
 
 
 def test_batches_list_in_date_order_whoever_registers_them(inbox, tmp_path):

@@ -8,7 +8,7 @@ import dagster as dg
 
 from loan_engine_dagster.adapters import watch
 from loan_engine_dagster.adapters.alerts import AlertPolicy, due_batch
-from loan_engine_dagster.adapters.inbox import BatchKeyError, parse_batch_key
+from loan_engine_dagster.adapters.inbox import BatchKeyError, InboxUnreadable, parse_batch_key, require_inbox
 
 from loan_engine_dagster.rules.config import RulesFileError
 
@@ -104,6 +104,10 @@ def missing_batch_alert_sensor(
         return dg.SensorResult(skip_reason=f"{key}: complete", cursor=key)
     missing = ", ".join(files.missing)
     text = f"Batch {key} is not complete at {now:%a %H:%M %Z}: missing {missing} (inbox {inbox.root})"
+    try:
+        require_inbox(inbox.root)
+    except InboxUnreadable as exc:  # the seller may have sent everything: the folder is what is missing
+        text += f"; {exc}"
     context.log.error(text)
     # The alert is recorded in the UI whatever the webhook does; a webhook that
     # failed is tried again on the next ticks, without a second observation.
