@@ -3,9 +3,12 @@ Dagster's own, connections reused, bounded, and safe with two writers."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -213,6 +216,42 @@ def test_processes_opening_a_new_home_at_once_all_succeed(home, tmp_path):
     errors = [p.communicate(timeout=300)[1] for p in processes]
     assert [p.returncode for p in processes] == [0, 0, 0, 0], "\n".join(e[-600:] for e in errors)
     with dg.DagsterInstance.get() as instance:
+        assert instance.get_runs() == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv to be two accounts")
+def test_an_admin_opening_the_home_once_leaves_the_service_account_able_to(tmp_path):
+    """Past bug (with a lock file): the first process to create it was an
+    admin's (`sudo loan-engine runs list`), whose file the service account
+    could not open for writing; every later run, the webserver and the daemon
+    failed with PermissionError on the lock file."""
+    home = Path(tempfile.mkdtemp(dir="/tmp"))  # a folder another account can reach, unlike pytest's
+    try:
+        shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+        os.chown(home, 1000, 1000)
+        os.chown(home / "dagster.yaml", 1000, 1000)
+        home.chmod(0o755)
+        look = "import dagster as dg\nwith dg.DagsterInstance.get() as i:\n    print(len(i.get_runs()))"
+        as_service = ["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups"]
+        env = {**os.environ, "DAGSTER_HOME": str(home)}
+        for prefix in (as_service, [], as_service):  # set up by the service, looked at by root, used again
+            done = subprocess.run([*prefix, sys.executable, "-c", look], env=env, cwd="/tmp", capture_output=True, text=True)
+            assert done.returncode == 0 and done.stdout.strip() == "0", done.stderr[-2000:]
+        assert not [p.name for p in home.iterdir() if "lock" in p.name]
+    finally:
+        shutil.rmtree(home)
+
+
+def test_a_process_stopped_while_opening_the_home_is_named_not_waited_for_forever(home, monkeypatch):
+    monkeypatch.setattr(sqlite_storage, "SETUP_WAIT_SECONDS", 0.2)
+    holder = os.open(home, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # as a process stopped in the middle of opening it holds it
+    try:
+        with pytest.raises(sqlite_storage.StorageSetupBusy, match=f"opening the Dagster instance in {home}"):
+            dg.DagsterInstance.get()
+    finally:
+        os.close(holder)
+    with dg.DagsterInstance.get() as instance:  # and once it is gone, the home opens
         assert instance.get_runs() == []
 
 

@@ -20,8 +20,10 @@ files as before. Production on PostgreSQL does not use this module.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -29,7 +31,6 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 import yaml
-from filelock import FileLock
 from dagster._core.events.log import EventLogEntry
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
@@ -168,8 +169,42 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         super().dispose()
 
 
-# Held while a process opens the instance's SQLite storage (next to it).
-SETUP_LOCK_FILE = ".storage-setup.lock"
+# How long opening the storage waits for another process opening it: a
+# process stopped (Ctrl-Z, SIGSTOP) in the middle would otherwise hold every
+# other one, the webserver and the daemon included, without a word.
+SETUP_WAIT_SECONDS = 60
+
+
+class StorageSetupBusy(RuntimeError):
+    """Another process has been opening the instance's storage for too long."""
+
+
+@contextmanager
+def _opening_alone(base_dir: str) -> Iterator[None]:
+    """Held while this process opens the storage under `base_dir`: an
+    exclusive flock on that folder itself. A lock file would do as well
+    until the first process to create it is another account (an admin's
+    `sudo loan-engine runs list`): then it is that account's file, and
+    filelock, which opens its file for writing, shut every other account out
+    of the instance. Locking the folder needs only read access to it and
+    leaves nothing behind; the kernel drops it with the process."""
+    folder = os.open(base_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        deadline = time.monotonic() + SETUP_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StorageSetupBusy(
+                        f"another process has been opening the Dagster instance in {base_dir} for "
+                        f"{SETUP_WAIT_SECONDS} s (stopped or hung?); find it with `fuser -v {base_dir}`"
+                    ) from None
+                time.sleep(0.01)
+        yield
+    finally:
+        os.close(folder)  # releases the lock
 
 
 class PooledSqliteStorage(DagsterSqliteStorage):
@@ -181,12 +216,12 @@ class PooledSqliteStorage(DagsterSqliteStorage):
     on a new home at once (two terminals' first `loan-engine run`, the
     webserver and the daemon) both created the tables, and one failed with
     "table runs already exists" or a duplicate alembic version. Processes
-    open the storage one at a time, under a file lock; on a home already
-    set up that costs a lock and a few checks."""
+    open the storage one at a time; on a home already set up that costs a
+    lock and a few checks."""
 
     def __init__(self, base_dir: str, inst_data=None) -> None:
         os.makedirs(base_dir, exist_ok=True)
-        with FileLock(os.path.join(base_dir, SETUP_LOCK_FILE)):
+        with _opening_alone(base_dir):
             super().__init__(base_dir, inst_data)
             self._event_log_storage = PooledSqliteEventLogStorage(_event_logs_directory(base_dir))
 
