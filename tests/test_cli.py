@@ -164,6 +164,37 @@ def test_run_names_an_inbox_that_is_no_folder(tmp_path, home, where):
     assert cli("run", BATCH, env=home).stderr == result.stderr
 
 
+@pytest.mark.parametrize("locked", ["inbox", "above it"])
+def test_run_names_an_inbox_folder_it_may_not_read(sample_inbox, tmp_path, home, unreadable, locked):
+    """Past bug: a bare `loan-engine: PermissionError` (exit 1), and from the
+    UI a run classified [data], sending on-call to the seller."""
+    inbox = tmp_path / "share" / "inbox"
+    shutil.copytree(sample_inbox, inbox)
+    unreadable.make(inbox if locked == "inbox" else inbox.parent)
+    result = subprocess.run([*unreadable.prefix, str(BIN / "loan-engine"), "run", BATCH, "--inbox", str(inbox)],
+                            capture_output=True, text=True, env=home, timeout=600)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip() == (f"inbox folder {inbox} cannot be read: permission denied to this process's account; "
+                                     "give it read and search access to the folder (and search access to the folders above it)")
+
+
+def test_an_entry_it_may_not_look_at_does_not_block_the_batch(sample_inbox, tmp_path, unreadable):
+    """Past bug: a link named like no input (`seller notes.txt`) into a folder
+    the account may not enter stopped every run of the inbox with a bare
+    PermissionError."""
+    inbox = tmp_path / "inbox"
+    shutil.copytree(sample_inbox, inbox)
+    private = tmp_path / "private"
+    private.mkdir()
+    (private / "notes.txt").write_text("x")
+    (inbox / "seller notes.txt").symlink_to(private / "notes.txt")
+    unreadable.make(private)
+    look = (f"from loan_engine_dagster.adapters.inbox import find_batch\n"
+            f"print(find_batch({str(inbox)!r}, {BATCH!r}, 4).complete)")
+    result = subprocess.run([*unreadable.prefix, sys.executable, "-c", look], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "True", result.stderr[-2000:]
+
+
 @pytest.mark.parametrize(("name", "code", "before"), [
     # The batch's own files are hashed before a run starts: refused there.
     ("SFY_02-19-2026_ExhibitAtoFormofSaleNotice - Pre-Funding.xlsx", 2, ""),

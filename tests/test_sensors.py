@@ -201,6 +201,38 @@ def test_a_file_the_sensor_may_not_read_is_told_and_the_tick_goes_on(inbox, unre
         assert second["skip"] == f"{BATCH}: {said}; give it read access and re-run"
 
 
+_BOTH_SENSORS = """
+import json, sys
+import dagster as dg
+from loan_engine_dagster.orchestration.resources import InboxResource, Notifier, RulesResource
+from loan_engine_dagster.orchestration.sensors import inbox_sensor, missing_batch_alert_sensor
+with dg.instance_for_test() as instance:
+    resources = {"inbox": InboxResource(path=sys.argv[1]), "rules": RulesResource(), "notifier": Notifier()}
+    ticks = [sensor(dg.build_sensor_context(instance=instance, resources=resources))
+             for sensor in (inbox_sensor, missing_batch_alert_sensor)]
+print(json.dumps([t.skip_reason.skip_message for t in ticks]))
+"""
+
+
+def test_an_inbox_folder_the_sensors_may_not_read_is_told_not_a_failed_tick(inbox, unreadable, monkeypatch):
+    """Past bug: both sensors' ticks failed with a bare PermissionError, so the
+    missing-batch alert never went out."""
+    import subprocess
+    import sys
+
+    now = dt.datetime.now(AlertPolicy().zone)
+    monkeypatch.setenv("LOAN_ENGINE_NOTICE_WEEKDAY", ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"][now.weekday()])
+    monkeypatch.setenv("LOAN_ENGINE_ALERT_TIME", "00:00")
+    unreadable.make(inbox)
+    done = subprocess.run([*unreadable.prefix, sys.executable, "-c", _BOTH_SENSORS, str(inbox)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    watching, alert = json.loads(done.stdout.strip().splitlines()[-1])
+    said = f"inbox folder {inbox} cannot be read: permission denied to this process's account"
+    assert watching.startswith(said)
+    assert alert.startswith(f"ALERT: Batch {now.date().isoformat()} is not complete") and said in alert
+
+
 # ---------------------------------------------------------------- missing-batch alert
 
 @pytest.mark.parametrize(

@@ -40,22 +40,54 @@ def require_inbox(path: str | Path) -> Path:
     unmounted path reported all seven files of the batch missing, and
     on-call asked the seller for files that were there."""
     path = Path(path)
-    if not path.exists():
-        problem = "does not exist"
-    elif not path.is_dir():
-        problem = "is not a folder"
-    else:
-        return path
+    try:
+        if not path.exists():
+            problem = "does not exist"
+        elif not path.is_dir():
+            problem = "is not a folder"
+        else:
+            return path
+    except PermissionError:
+        raise _denied(path) from None
     raise InboxUnreadable(
         f"inbox folder {path.absolute()} {problem}; point --inbox, LOAN_ENGINE_INBOX or the inbox resource's path at the folder the files land in"
     )
+
+
+def _denied(folder: Path) -> InboxUnreadable:
+    return InboxUnreadable(
+        f"inbox folder {folder.absolute()} cannot be read: permission denied to this process's account; "
+        "give it read and search access to the folder (and search access to the folders above it)"
+    )
+
+
+def _listing(root: Path) -> list[Path] | None:
+    """The inbox folder's entries; None when there is no such folder (the
+    sensors stay quiet about a folder not mounted yet)."""
+    try:
+        return list(root.iterdir()) if root.is_dir() else None
+    except PermissionError:
+        raise _denied(root) from None
+
+
+def _is_file(path: Path) -> bool:
+    """Whether an inbox entry is a file. One this account may not even look
+    at (a link into a folder it may not enter) counts as one: ignored when
+    its name is no input's, and named by the reader (open_input) when it is."""
+    try:
+        return path.is_file()
+    except PermissionError:
+        return True
 
 
 def resolve_inbox(path: str | Path) -> Path:
     """An inbox holding `files_required/` keeps its files there."""
     path = Path(path)
     nested = path / "files_required"
-    return nested if nested.is_dir() else path
+    try:
+        return nested if nested.is_dir() else path
+    except PermissionError:  # `path` itself cannot be entered: reading it says so
+        return path
 
 
 def _date(match: re.Match) -> dt.date | None:
@@ -139,7 +171,7 @@ class BatchFiles:
 def reference_files(inbox: str | Path) -> dict[str, Path]:
     """The buyer's reference files present in the inbox, by role."""
     root = resolve_inbox(inbox)
-    return {role: root / name for role, name in REFERENCE_FILES.items() if (root / name).is_file()}
+    return {role: root / name for role, name in REFERENCE_FILES.items() if _is_file(root / name)}
 
 
 def scan_inbox(inbox: str | Path, lookback_days: int) -> dict[str, BatchFiles]:
@@ -147,9 +179,10 @@ def scan_inbox(inbox: str | Path, lookback_days: int) -> dict[str, BatchFiles]:
     Files that match no pattern are ignored."""
     root = resolve_inbox(inbox)
     lookback = lookback_days
-    if not root.is_dir():
+    entries = _listing(root)
+    if entries is None:
         return {}
-    names = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith((".", "~$")))
+    names = sorted(p for p in entries if not p.name.startswith((".", "~$")) and _is_file(p))
     reference = reference_files(root)
     batches: dict[str, BatchFiles] = {}
     exhibits: dict[tuple[str, str], list[Path]] = {}

@@ -8,7 +8,7 @@ import dagster as dg
 
 from loan_engine_dagster.adapters import watch
 from loan_engine_dagster.adapters.alerts import AlertPolicy, due_batch
-from loan_engine_dagster.adapters.inbox import BatchKeyError, InboxUnreadable, parse_batch_key, require_inbox
+from loan_engine_dagster.adapters.inbox import BatchFiles, BatchKeyError, InboxUnreadable, parse_batch_key, require_inbox
 
 from loan_engine_dagster.rules.config import RulesFileError
 
@@ -42,7 +42,12 @@ def inbox_sensor(context: dg.SensorEvaluationContext, inbox: InboxResource, rule
     except RulesFileError as exc:
         return _rules_refused(context, exc)
     found, refused = {}, []
-    for key, files in inbox.batches(loaded).items():
+    try:
+        listed = inbox.batches(loaded)
+    except InboxUnreadable as exc:  # the deployment's problem: said on every tick until fixed
+        context.log.warning(str(exc))
+        return dg.SensorResult(skip_reason=str(exc), cursor=context.cursor)
+    for key, files in listed.items():
         try:
             parse_batch_key(key)  # the CLI's check too: a batch key is a real date, nothing else
             found[key] = files
@@ -97,17 +102,22 @@ def missing_batch_alert_sensor(
         return dg.SensorResult(skip_reason="no alert due")
     retrying = context.cursor == key + WEBHOOK_PENDING
     try:
-        files = inbox.expected(key, rules.load())
+        loaded = rules.load()
     except RulesFileError as exc:
         return _rules_refused(context, exc)
+    problem = None
+    try:
+        files = inbox.expected(key, loaded)
+        require_inbox(inbox.root)
+    except InboxUnreadable as exc:  # the seller may have sent everything: the folder is what cannot be seen
+        problem = exc
+        files = BatchFiles(key=key, notice_date=parse_batch_key(key)[0], lookback_days=loaded.inbox.tape_lookback_days)
     if files.complete:
         return dg.SensorResult(skip_reason=f"{key}: complete", cursor=key)
     missing = ", ".join(files.missing)
     text = f"Batch {key} is not complete at {now:%a %H:%M %Z}: missing {missing} (inbox {inbox.root})"
-    try:
-        require_inbox(inbox.root)
-    except InboxUnreadable as exc:  # the seller may have sent everything: the folder is what is missing
-        text += f"; {exc}"
+    if problem is not None:
+        text += f"; {problem}"
     context.log.error(text)
     # The alert is recorded in the UI whatever the webhook does; a webhook that
     # failed is tried again on the next ticks, without a second observation.
