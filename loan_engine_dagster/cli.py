@@ -185,7 +185,7 @@ def _has_password(url: str) -> bool:
 @click.option("--verbose", is_flag=True, help="Print Dagster's event log while the run goes.")
 def run(batch_key: str, inbox, output_dir, database_url, pdate, irr_target, verbose) -> None:
     """Check BATCH_KEY's files, register the batch and run loan_engine_job as a Dagster run."""
-    from loan_engine_dagster.adapters.inbox import find_batch, parse_batch_key, require_inbox
+    from loan_engine_dagster.adapters.inbox import empty_inbox_note, find_batch, parse_batch_key, require_inbox
     from loan_engine_dagster.orchestration.resources import RulesResource
 
     try:
@@ -198,7 +198,8 @@ def run(batch_key: str, inbox, output_dir, database_url, pdate, irr_target, verb
     db_url = setting(database_url, "LOAN_ENGINE_DATABASE_URL")
     files = find_batch(require_inbox(inbox_path), batch_key, rules.inbox.tape_lookback_days)
     if not files.complete:
-        click.echo(f"Batch {batch_key} is not complete in {inbox_path}: missing {', '.join(files.missing)}", err=True)
+        click.echo(f"Batch {batch_key} is not complete in {inbox_path}: missing {', '.join(files.missing)}"
+                   f"{empty_inbox_note(inbox_path)}", err=True)
         sys.exit(2)
     # The files are read while Dagster starts (adapters/files.py says how the
     # run knows they are still the same files).

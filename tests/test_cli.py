@@ -164,6 +164,16 @@ def test_run_names_an_inbox_that_is_no_folder(tmp_path, home, where):
     assert cli("run", BATCH, env=home).stderr == result.stderr
 
 
+def test_an_empty_inbox_folder_is_told_as_such(tmp_path, home):
+    """An unmounted share is an empty folder (its mount point): the batch's
+    seven files "missing" sent on-call to the seller."""
+    empty = tmp_path / "mnt" / "inbox"
+    empty.mkdir(parents=True)
+    result = cli("run", BATCH, "--inbox", str(empty), env=home)
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("; the inbox folder is empty: if the files land on a share, check that it is mounted")
+
+
 @pytest.mark.parametrize("locked", ["inbox", "above it"])
 def test_run_names_an_inbox_folder_it_may_not_read(sample_inbox, tmp_path, home, unreadable, locked):
     """Past bug: a bare `loan-engine: PermissionError` (exit 1), and from the

@@ -315,6 +315,11 @@ def test_missing_batch_alert_goes_out_when_the_inbox_folder_is_not_there(tmp_pat
         result = missing_batch_alert_sensor(dg.build_sensor_context(instance=instance, resources=resources))
     assert result.skip_reason.skip_message.startswith(f"ALERT: Batch {now.date().isoformat()} is not complete")
     assert f"(inbox {gone}); inbox folder {gone} does not exist;" in result.skip_reason.skip_message
+    gone.mkdir()  # a share not mounted: its mount point, empty
+    with dg.instance_for_test() as instance:
+        result = missing_batch_alert_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+    assert result.skip_reason.skip_message.endswith("; the inbox folder is empty: if the files land on a share, check that it is mounted"
+                                                    " (no LOAN_ENGINE_WEBHOOK_URL set)")
 
 
 def test_batches_list_in_date_order_whoever_registers_them(inbox, tmp_path):

@@ -70,6 +70,18 @@ def _listing(root: Path) -> list[Path] | None:
         raise _denied(root) from None
 
 
+def empty_inbox_note(inbox: str | Path) -> str:
+    """What to add when a batch is reported incomplete from a folder that holds
+    nothing at all: most often a share not mounted (its mount point is an
+    empty folder), not a seller who sent nothing."""
+    root = resolve_inbox(inbox)
+    try:
+        empty = not any(p for p in (_listing(root) or []) if not p.name.startswith("."))
+    except InboxUnreadable:
+        return ""
+    return "; the inbox folder is empty: if the files land on a share, check that it is mounted" if empty else ""
+
+
 def _is_file(path: Path) -> bool:
     """Whether an inbox entry is a file. One this account may not even look
     at (a link into a folder it may not enter) counts as one: ignored when

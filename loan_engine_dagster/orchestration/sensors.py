@@ -8,7 +8,9 @@ import dagster as dg
 
 from loan_engine_dagster.adapters import watch
 from loan_engine_dagster.adapters.alerts import AlertPolicy, due_batch
-from loan_engine_dagster.adapters.inbox import BatchFiles, BatchKeyError, InboxUnreadable, parse_batch_key, require_inbox
+from loan_engine_dagster.adapters.inbox import (
+    BatchFiles, BatchKeyError, InboxUnreadable, empty_inbox_note, parse_batch_key, require_inbox,
+)
 
 from loan_engine_dagster.rules.config import RulesFileError
 
@@ -116,8 +118,7 @@ def missing_batch_alert_sensor(
         return dg.SensorResult(skip_reason=f"{key}: complete", cursor=key)
     missing = ", ".join(files.missing)
     text = f"Batch {key} is not complete at {now:%a %H:%M %Z}: missing {missing} (inbox {inbox.root})"
-    if problem is not None:
-        text += f"; {problem}"
+    text += f"; {problem}" if problem is not None else empty_inbox_note(inbox.root)
     context.log.error(text)
     # The alert is recorded in the UI whatever the webhook does; a webhook that
     # failed is tried again on the next ticks, without a second observation.
