@@ -89,6 +89,27 @@ def test_a_hidden_first_sheet_is_not_read_as_the_first_sheet(tmp_path, monkeypat
     assert (name, raw.iloc[0, 0], from_disk) == ("S2", "sheet 2 (visible)", [])
 
 
+def test_a_chart_tab_in_front_is_not_read_as_the_first_sheet(tmp_path):
+    """A chart of the data in front of the data sheet was read as an empty
+    sheet: "the sheet is empty", about a tab that holds no cells at all."""
+    import openpyxl
+    from openpyxl.chart import BarChart, Reference
+
+    path = tmp_path / "MASTER_SHEET.xlsx"
+    wb = openpyxl.Workbook()
+    data = wb.active
+    data.title = "Programs"
+    data.append(["Program", "Balance"])
+    data.append(["P1", 100])
+    tab = wb.create_chartsheet("Chart", 0)
+    chart = BarChart()
+    chart.add_data(Reference(data, min_col=2, min_row=1, max_row=2), titles_from_data=True)
+    tab.add_chart(chart)
+    wb.save(path)
+    name, raw = read_sheet(open_workbook(path), path)
+    assert (name, raw.iloc[1, 0]) == ("Programs", "P1")
+
+
 def test_a_workbook_with_every_sheet_hidden_is_a_structural_error(tmp_path):
     import zipfile
 
@@ -103,7 +124,7 @@ def test_a_workbook_with_every_sheet_hidden_is_a_structural_error(tmp_path):
                 assert data.count(b'state="visible"') == 1
                 data = data.replace(b'state="visible"', b'state="hidden"')
             target.writestr(item, data)
-    with pytest.raises(StructuralError, match=r"every sheet is hidden \(S0, S1\)") as err:
+    with pytest.raises(StructuralError, match=r"no visible worksheet \(S0, S1: hidden, or charts\)") as err:
         read_sheet(open_workbook(path), path)
     assert err.value.file == "MASTER_SHEET.xlsx"
 

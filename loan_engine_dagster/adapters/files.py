@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from python_calamine import CalamineWorkbook, SheetVisibleEnum
+from python_calamine import CalamineWorkbook, SheetTypeEnum, SheetVisibleEnum
 
 from loan_engine_dagster.rules.errors import StructuralError
 from loan_engine_dagster.rules.parsing import REPEATED_HEADERS
@@ -68,14 +68,16 @@ def read_sheet(workbook: CalamineWorkbook, path: Path, sheet: str | None = None)
 
 
 def _first_visible(workbook: CalamineWorkbook, path: Path) -> str:
-    """The first sheet of the tab bar that a person opening the file sees. A
+    """The first worksheet of the tab bar that a person opening the file sees. A
     hidden first sheet (an earlier version kept out of sight, a lookup list)
     was read as the exhibit or the master sheet, rows nobody reviewing the
     file could see."""
-    shown = [sheet.name for sheet in workbook.sheets_metadata if sheet.visible == SheetVisibleEnum.Visible]
+    shown = [sheet.name for sheet in workbook.sheets_metadata
+             if sheet.visible == SheetVisibleEnum.Visible and sheet.typ == SheetTypeEnum.WorkSheet]  # not a chart tab
     if not shown:
         raise StructuralError(
-            f"every sheet is hidden ({', '.join(workbook.sheet_names)}); unhide the one to read and save the workbook again",
+            f"no visible worksheet ({', '.join(workbook.sheet_names)}: hidden, or charts); unhide the one to read "
+            "and save the workbook again",
             file=path.name,
         )
     return shown[0]
