@@ -210,3 +210,32 @@ def unreadable():
     yield helper
     for path in helper.made:
         path.chmod(stat.S_IRUSR | stat.S_IWUSR)
+
+
+@pytest.fixture
+def dead_share(tmp_path):
+    """A folder where a network share is mounted whose server is gone: a FUSE
+    mount with no process behind it, so that every look at it fails with
+    ENOTCONN, as a crashed sshfs or rclone share does (NFS and CIFS give
+    ESTALE or EIO the same way). Needs root and /dev/fuse."""
+    import os
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse") or shutil.which("mount") is None:
+        pytest.skip("needs root and /dev/fuse to mount a share whose server is gone")
+    folder = tmp_path / "share"
+    folder.mkdir()
+    device = os.open("/dev/fuse", os.O_RDWR)
+    try:
+        mounted = subprocess.run(
+            ["mount", "-t", "fuse", "-o", f"fd={device},rootmode=40000,user_id=0,group_id=0,allow_other", "deadshare",
+             str(folder)], pass_fds=[device], capture_output=True, text=True)
+    finally:
+        os.close(device)  # the "server" is gone from here on
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a FUSE share here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)

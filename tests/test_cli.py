@@ -172,6 +172,11 @@ def test_an_empty_inbox_folder_is_told_as_such(tmp_path, home):
     result = cli("run", BATCH, "--inbox", str(empty), env=home)
     assert result.returncode == 2
     assert result.stderr.strip().endswith("; the inbox folder is empty: if the files land on a share, check that it is mounted")
+    (empty / "files_required").mkdir()  # the files beside it, not in it: the folder read is the one named
+    (empty / "MASTER_SHEET.xlsx").write_bytes(b"x")
+    result = cli("run", BATCH, "--inbox", str(empty), env=home)
+    assert result.stderr.strip().endswith(f"; {empty / 'files_required'} is empty, and an inbox holding a files_required "
+                                          "folder is read from there: put the files in it, or remove it")
 
 
 @pytest.mark.parametrize("locked", ["inbox", "above it"])
@@ -186,6 +191,14 @@ def test_run_names_an_inbox_folder_it_may_not_read(sample_inbox, tmp_path, home,
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.strip() == (f"inbox folder {inbox} cannot be read: permission denied to this process's account; "
                                      "give it read and search access to the folder (and search access to the folders above it)")
+
+
+def test_run_names_an_inbox_on_a_share_whose_server_is_gone(dead_share, home):
+    """Past bug: `loan-engine: OSError` (exit 1), and the sensors' ticks failed."""
+    result = cli("run", BATCH, "--inbox", str(dead_share), env=home)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (f"inbox folder {dead_share} cannot be read (Transport endpoint is not connected); "
+                                     "if it is a network share, check that it is mounted and that its server answers")
 
 
 def test_an_entry_it_may_not_look_at_does_not_block_the_batch(sample_inbox, tmp_path, unreadable):
@@ -219,7 +232,7 @@ def test_run_names_a_file_it_may_not_read(sample_inbox, tmp_path, home, unreadab
         [*unreadable.prefix, str(BIN / "loan-engine"), "run", BATCH, "--inbox", str(inbox), "--output-dir", str(tmp_path / "out"),
          "--database-url", f"sqlite:///{tmp_path / 'r.db'}"], capture_output=True, text=True, env=home, timeout=600)
     assert result.returncode == code, result.stdout + result.stderr
-    said = f"file '{name}' cannot be read: permission denied to this process's account ({inbox / name}); give it read access and re-run"
+    said = f"file '{name}' cannot be read: permission denied to this process's account ({inbox / name}); give it read access (and search access to the folders it is in) and re-run"
     last = result.stderr.strip().splitlines()[-1]  # after Dagster's first-use notice, when it gets that far
     assert last.endswith(before + said) and (before or last == said)
     assert "Traceback" not in result.stdout + result.stderr

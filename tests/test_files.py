@@ -151,21 +151,28 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.parametrize("linked", [False, True], ids=["file", "link into a private folder"])
 @pytest.mark.parametrize("name", ["SFY_02-19-2026_ExhibitAtoFormofSaleNotice - Pre-Funding.xlsx", "Tape20Loans_02-19-2026.csv"])
-def test_a_file_this_process_may_not_read_is_named_as_such(tmp_path, unreadable, name):
+def test_a_file_this_process_may_not_read_is_named_as_such(tmp_path, unreadable, name, linked):
     # Past bug: `not a readable workbook (OSError: Permission denied (os error 13))`
-    # or a bare PermissionError, both blamed on the seller's file.
+    # or a bare PermissionError, both blamed on the seller's file. A link into
+    # a folder it may not enter failed before the reader, on looking whether
+    # the file is there.
     path = tmp_path / name
+    target = tmp_path / "private" / name if linked else path
+    target.parent.mkdir(exist_ok=True)
     if path.suffix == ".csv":
-        path.write_text("SELLER Loan #,Orig. Balance\nSFC_1,100.5\n")
+        target.write_text("SELLER Loan #,Orig. Balance\nSFC_1,100.5\n")
     else:
-        _two_sheets(path, "SELLER Loan #")
-    unreadable.make(path)
+        _two_sheets(target, "SELLER Loan #")
+    if linked:
+        path.symlink_to(target)
+    unreadable.make(target.parent if linked else path)
     result = subprocess.run([*unreadable.prefix, sys.executable, "-c", _READERS, str(path)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     said = (f"file '{name}' cannot be read: permission denied to this process's account ({path}); "
-            "give it read access and re-run")
+            "give it read access (and search access to the folders it is in) and re-run")
     assert json.loads(result.stdout) == {"read": ["InboxUnreadable", said, "infra"],
                                          "describe_file": ["InboxUnreadable", said, "infra"]}
 

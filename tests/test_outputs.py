@@ -289,6 +289,12 @@ def test_text_longer_than_an_excel_cell_is_cut_there_not_a_failed_export(tmp_pat
     sheet, cells = _cells(tmp_path / "long.xlsx")
     assert cells[1][-1] == (long[:EXCEL_CELL_CHARS], "s") and sheet["H2"].quotePrefix
     assert cells[3][-1] == ("short", "s")
+    # Excel counts UTF-16 units: an emoji is two, and a cut through one drops it.
+    wide = "\N{THUMBS UP SIGN}" + "x" * 40_000
+    write_workbook(_every_kind(Notes=[wide, None, "short"] if not mixed else [wide, 12.5, "short"]), tmp_path / "wide.xlsx")
+    _, cells = _cells(tmp_path / "wide.xlsx")
+    assert cells[1][-1] == (wide[:EXCEL_CELL_CHARS - 1], "s")
+    assert len(cells[1][-1][0].encode("utf-16-le")) // 2 == EXCEL_CELL_CHARS
 
 
 def test_a_workbook_or_csv_that_cannot_be_written_is_named(tmp_path):

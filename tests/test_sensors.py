@@ -178,27 +178,35 @@ print(json.dumps(out))
 """
 
 
-@pytest.mark.parametrize(("name", "runs"), [(TAPE, []), ("MASTER_SHEET.xlsx", [BATCH])], ids=["tape", "reference"])
-def test_a_file_the_sensor_may_not_read_is_told_and_the_tick_goes_on(inbox, unreadable, name, runs):
-    """Past bug: hashing a file the daemon's account may not read failed the
-    whole tick, every other batch with it. A batch whose own file is
-    unreadable is not started (its run could not read it either) and the tick
-    says why; an unreadable reference file is told, and the batch still
-    starts (its run then fails as infra, naming the file)."""
+@pytest.mark.parametrize("linked", [False, True], ids=["file", "link into a private folder"])
+@pytest.mark.parametrize("name", [TAPE, "MASTER_SHEET.xlsx"], ids=["tape", "reference"])
+def test_a_file_the_sensor_may_not_read_is_told_and_the_tick_goes_on(inbox, tmp_path, unreadable, name, linked):
+    """Past bug: hashing a file the daemon's account may not read, or looking
+    at a link into a folder it may not enter, failed the whole tick, every
+    other batch with it. The batch is not started (its run could not read the
+    file either: for a reference file it would fail at once and not start
+    again by itself once fixed); the tick says why, on every tick until the
+    file can be read."""
     import subprocess
     import sys
 
-    unreadable.make(inbox / name)
+    if linked:
+        private = tmp_path / "private"
+        private.mkdir()
+        (inbox / name).rename(private / name)
+        (inbox / name).symlink_to(private / name)
+    unreadable.make(private if linked else inbox / name)
     done = subprocess.run([*unreadable.prefix, sys.executable, "-c", _TICKS, str(inbox)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     first, second = json.loads(done.stdout.strip().splitlines()[-1])
-    said = f"file '{name}' cannot be read: permission denied to this process's account ({inbox / name})"
-    assert second["runs"] == runs
-    if runs:
-        assert said in " ".join(done.stderr.splitlines())  # the tick's warning, in the sensor's log
+    said = (f"file '{name}' cannot be read: permission denied to this process's account ({inbox / name}); "
+            "give it read access (and search access to the folders it is in) and re-run")
+    assert first["runs"] == second["runs"] == []
+    if name == TAPE:
+        assert second["skip"] == f"{BATCH}: {said}"
     else:
-        assert second["skip"] == f"{BATCH}: {said}; give it read access and re-run"
+        assert second["skip"] == f"{BATCH}: waiting for reference files this process can read; reference files: {said}"
 
 
 _BOTH_SENSORS = """
@@ -231,6 +239,44 @@ def test_an_inbox_folder_the_sensors_may_not_read_is_told_not_a_failed_tick(inbo
     said = f"inbox folder {inbox} cannot be read: permission denied to this process's account"
     assert watching.startswith(said)
     assert alert.startswith(f"ALERT: Batch {now.date().isoformat()} is not complete") and said in alert
+
+
+def test_a_share_whose_server_is_gone_is_told_by_both_sensors(dead_share, monkeypatch):
+    now = dt.datetime.now(AlertPolicy().zone)
+    monkeypatch.setenv("LOAN_ENGINE_NOTICE_WEEKDAY", ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"][now.weekday()])
+    monkeypatch.setenv("LOAN_ENGINE_ALERT_TIME", "00:00")
+    said = (f"inbox folder {dead_share} cannot be read (Transport endpoint is not connected); "
+            "if it is a network share, check that it is mounted and that its server answers")
+    with dg.instance_for_test() as instance:
+        resources = {"inbox": InboxResource(path=str(dead_share)), "rules": RulesResource(), "notifier": Notifier()}
+        watching = inbox_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        alert = missing_batch_alert_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+    assert skip(watching) == said
+    assert skip(alert).startswith(f"ALERT: Batch {now.date().isoformat()} is not complete") and said in skip(alert)
+
+
+def test_a_due_batch_that_is_there_but_cannot_be_read_is_alerted(inbox, unreadable, monkeypatch):
+    """A batch complete in the inbox whose file the account may not read was
+    "complete" to the alert, while no run of it could start: no alert."""
+    import subprocess
+    import sys
+
+    now = dt.datetime.now(AlertPolicy().zone)
+    monkeypatch.setenv("LOAN_ENGINE_NOTICE_WEEKDAY", ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"][now.weekday()])
+    monkeypatch.setenv("LOAN_ENGINE_ALERT_TIME", "00:00")
+    due = now.date()
+    for path in list(inbox.iterdir()):  # the sample batch, renamed to the batch due today
+        name = path.name.replace("02-19-2026", due.strftime("%m-%d-%Y")).replace(
+            "02-18-2026", (due - dt.timedelta(days=1)).strftime("%m-%d-%Y"))
+        path.rename(inbox / name)
+    tape = inbox / TAPE.replace("02-18-2026", (due - dt.timedelta(days=1)).strftime("%m-%d-%Y"))
+    unreadable.make(tape)
+    done = subprocess.run([*unreadable.prefix, sys.executable, "-c", _BOTH_SENSORS, str(inbox)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, alert = json.loads(done.stdout.strip().splitlines()[-1])
+    assert alert.startswith(f"ALERT: Batch {due.isoformat()} is in the inbox at ") and "but cannot be read" in alert
+    assert f"file '{tape.name}' cannot be read: permission denied" in alert
 
 
 # ---------------------------------------------------------------- missing-batch alert

@@ -21,7 +21,7 @@ from python_calamine import CalamineWorkbook, SheetTypeEnum, SheetVisibleEnum
 from loan_engine_dagster.rules.errors import StructuralError
 from loan_engine_dagster.rules.parsing import REPEATED_HEADERS
 
-from .inbox import open_input
+from .inbox import is_input_file, open_input
 
 # Files are read side by side on threads of our own (the read-ahead, the
 # loading steps). Arrow's CSV reader adding a thread per core on top of them
@@ -31,7 +31,7 @@ pa.set_cpu_count(max(1, (os.cpu_count() or 2) - 1))
 
 
 def open_workbook(path: Path) -> CalamineWorkbook:
-    if not path.is_file():
+    if not is_input_file(path):
         raise StructuralError("the file is missing", file=path.name)
     _may_read(path)
     try:
@@ -176,7 +176,7 @@ def read_csv(path: Path) -> pd.DataFrame:
 
 
 def _csv_frame(path: Path) -> pd.DataFrame:
-    if not path.is_file():
+    if not is_input_file(path):
         raise StructuralError("the file is missing", file=path.name)
     _may_read(path)
     frame = _read_csv_fast(path)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -47,18 +49,34 @@ def require_inbox(path: str | Path) -> Path:
             problem = "is not a folder"
         else:
             return path
-    except PermissionError:
-        raise _denied(path) from None
+    except OSError as exc:
+        raise _folder_unreadable(path, exc) from None
     raise InboxUnreadable(
         f"inbox folder {path.absolute()} {problem}; point --inbox, LOAN_ENGINE_INBOX or the inbox resource's path at the folder the files land in"
     )
 
 
-def _denied(folder: Path) -> InboxUnreadable:
-    return InboxUnreadable(
-        f"inbox folder {folder.absolute()} cannot be read: permission denied to this process's account; "
-        "give it read and search access to the folder (and search access to the folders above it)"
-    )
+# A share whose server is gone answers neither "there" nor "not there":
+# ENOTCONN (sshfs, rclone), ESTALE, EIO or EHOSTDOWN (NFS, CIFS).
+_SHARE_HINT = "if it is a network share, check that it is mounted and that its server answers"
+
+
+def _folder_unreadable(folder: Path, exc: OSError) -> InboxUnreadable:
+    if isinstance(exc, PermissionError):
+        return InboxUnreadable(
+            f"inbox folder {folder.absolute()} cannot be read: permission denied to this process's account; "
+            "give it read and search access to the folder (and search access to the folders above it)"
+        )
+    return InboxUnreadable(f"inbox folder {folder.absolute()} cannot be read ({exc.strerror or exc}); {_SHARE_HINT}")
+
+
+def _file_unreadable(path: Path, exc: OSError) -> InboxUnreadable:
+    if isinstance(exc, PermissionError):
+        return InboxUnreadable(
+            f"file '{path.name}' cannot be read: permission denied to this process's account ({path}); "
+            "give it read access (and search access to the folders it is in) and re-run"
+        )
+    return InboxUnreadable(f"file '{path.name}' cannot be read ({exc.strerror or exc}) ({path}); {_SHARE_HINT}")
 
 
 def _listing(root: Path) -> list[Path] | None:
@@ -66,8 +84,8 @@ def _listing(root: Path) -> list[Path] | None:
     sensors stay quiet about a folder not mounted yet)."""
     try:
         return list(root.iterdir()) if root.is_dir() else None
-    except PermissionError:
-        raise _denied(root) from None
+    except OSError as exc:
+        raise _folder_unreadable(root, exc) from None
 
 
 def empty_inbox_note(inbox: str | Path) -> str:
@@ -79,17 +97,42 @@ def empty_inbox_note(inbox: str | Path) -> str:
         empty = not any(p for p in (_listing(root) or []) if not p.name.startswith("."))
     except InboxUnreadable:
         return ""
-    return "; the inbox folder is empty: if the files land on a share, check that it is mounted" if empty else ""
+    if not empty:
+        return ""
+    if root != Path(inbox):
+        return f"; {root} is empty, and an inbox holding a files_required folder is read from there: put the files in it, or remove it"
+    return "; the inbox folder is empty: if the files land on a share, check that it is mounted"
 
 
 def _is_file(path: Path) -> bool:
     """Whether an inbox entry is a file. One this account may not even look
     at (a link into a folder it may not enter) counts as one: ignored when
-    its name is no input's, and named by the reader (open_input) when it is."""
+    its name is no input's, and named (InboxUnreadable) by whatever looks at
+    it next when it is (input_stat, open_input)."""
     try:
         return path.is_file()
-    except PermissionError:
+    except OSError:
         return True
+
+
+def input_stat(path: Path) -> os.stat_result:
+    """An input file's status; `InboxUnreadable` naming it when this process
+    may not look at it (FileNotFoundError when it is gone)."""
+    try:
+        return path.stat()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise _file_unreadable(path, exc) from None
+
+
+def is_input_file(path: Path) -> bool:
+    """Whether an input file is there; `InboxUnreadable` when this process may
+    not even look (a bare PermissionError here made a run blame the seller)."""
+    try:
+        return stat.S_ISREG(input_stat(path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def resolve_inbox(path: str | Path) -> Path:
@@ -98,7 +141,7 @@ def resolve_inbox(path: str | Path) -> Path:
     nested = path / "files_required"
     try:
         return nested if nested.is_dir() else path
-    except PermissionError:  # `path` itself cannot be entered: reading it says so
+    except OSError:  # `path` itself cannot be entered or reached: listing it says so
         return path
 
 
@@ -242,11 +285,10 @@ def open_input(path: Path) -> BinaryIO:
     seller's file, is what on-call has to fix."""
     try:
         return open(path, "rb")
-    except PermissionError:
-        raise InboxUnreadable(
-            f"file '{path.name}' cannot be read: permission denied to this process's account ({path}); "
-            "give it read access and re-run"
-        ) from None
+    except (FileNotFoundError, IsADirectoryError):
+        raise
+    except OSError as exc:
+        raise _file_unreadable(path, exc) from None
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -259,4 +301,4 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 def describe_file(role: str, path: Path) -> dict:
     """The audit-trail entry of one input file."""
-    return {"role": role, "name": path.name, "size": path.stat().st_size, "sha256": sha256_file(path)}
+    return {"role": role, "name": path.name, "size": input_stat(path).st_size, "sha256": sha256_file(path)}

@@ -61,14 +61,23 @@ def _naming(path: Path):
 
 
 DATE_FORMAT = "yyyy-mm-dd"
-# The most characters an Excel cell holds. Longer text is cut there, as
-# XlsxWriter (the cell-by-cell writer) cuts it; the Rust writer refused the
+# The most characters an Excel cell holds (UTF-16 units: an emoji is two).
+# Longer text is cut there, as XlsxWriter (the cell-by-cell writer) cuts it; the Rust writer refused the
 # whole workbook instead, failing the batch's exports over one cell. The
 # full text stays in loan_decisions.csv and the results database.
 EXCEL_CELL_CHARS = 32_767
 # Text Excel would read as a formula (or a formula's sign) if typed into a cell.
 _FORMULA_STARTS = ("=", "+", "-", "@")
 _EXCEL_EPOCH = pd.Timestamp("1899-12-30")
+
+
+def _excel_cut(text: str) -> str:
+    """Text cut to what an Excel cell holds, counted as Excel and XlsxWriter
+    count (UTF-16 units); a character cut in half is dropped."""
+    units = text.encode("utf-16-le")
+    if len(units) <= 2 * EXCEL_CELL_CHARS:
+        return text
+    return units[: 2 * EXCEL_CELL_CHARS].decode("utf-16-le", errors="ignore")
 
 
 def _excel_serial(values: pd.Series) -> pd.Series:
@@ -126,8 +135,10 @@ def _columnar(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]] 
             dates.append(name)
         elif kind == "text":
             cells = body[name].astype("string")
-            if (cells.str.len() > EXCEL_CELL_CHARS).any():
-                body[name] = cells = cells.str.slice(0, EXCEL_CELL_CHARS)
+            # Only text over half the limit can pass it: Excel counts UTF-16 units, two for an emoji.
+            long = (cells.str.len() > EXCEL_CELL_CHARS // 2).fillna(False).astype(bool)
+            if long.any():
+                body[name] = cells = cells.where(~long, cells[long].map(_excel_cut))
             if cells.str.startswith(_FORMULA_STARTS).any():
                 text.append(name)  # the prefix costs a third of the writing time: only where a cell needs it
     body.columns = [str(c) for c in body.columns]

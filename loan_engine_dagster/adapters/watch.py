@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .inbox import REFERENCE_FILES, BatchFiles, InboxUnreadable, sha256_file
+from .inbox import REFERENCE_FILES, BatchFiles, InboxUnreadable, input_stat, sha256_file
 
 FINGERPRINT_RUN_KEY_CHARS = 16
 ALREADY_RUN_SHOWN = 3
@@ -96,7 +96,7 @@ class WatchResult:
 
 
 def _stat(path: Path) -> list:
-    info = path.stat()
+    info = input_stat(path)
     return [info.st_size, info.st_mtime_ns]
 
 
@@ -127,21 +127,27 @@ def evaluate(batches: dict[str, BatchFiles], reference: dict[str, Path], previou
     state = WatchState(requested=dict(previous.requested), reference=previous.reference)
     watched = {p.name: p for b in batches.values() for p in b.files.values()}
     watched.update({p.name: p for p in reference.values()})
+    denied: dict[str, InboxUnreadable] = {}  # files this process may not look at, told by name below
     for name, path in watched.items():
         try:
             state.observed[name] = _stat(path)
         except FileNotFoundError:
             continue
+        except InboxUnreadable as exc:
+            denied[name] = exc
     stable = {name for name, seen in state.observed.items() if previous.observed.get(name) == seen}
 
     reference_changed: list[str] = []
     unreadable: list[str] = []
     ref_digests = None
-    if set(reference) == set(REFERENCE_FILES) and all(p.name in stable for p in reference.values()):
+    ref_problem = next((denied[p.name] for p in reference.values() if p.name in denied), None)
+    if ref_problem is None and set(reference) == set(REFERENCE_FILES) and all(p.name in stable for p in reference.values()):
         try:
             ref_digests = {role: _sha(path, previous, state) for role, path in reference.items()}
-        except InboxUnreadable as exc:  # told until it is readable; runs that need it fail saying so
-            unreadable.append(f"reference files: {exc}")
+        except InboxUnreadable as exc:
+            ref_problem = exc
+    if ref_problem is not None:  # told on every tick until it is readable
+        unreadable.append(f"reference files: {ref_problem}")
     if ref_digests is not None:
         ref_fp = fingerprint(ref_digests)
         if previous.reference and short(previous.reference) != short(ref_fp):
@@ -156,6 +162,13 @@ def evaluate(batches: dict[str, BatchFiles], reference: dict[str, Path], previou
     for key, batch in batches.items():
         if batch.missing:
             pending[key] = "waiting for " + ", ".join(batch.missing)
+            continue
+        blocked = next((denied[p.name] for p in own_files(batch).values() if p.name in denied), None)
+        if blocked is not None:  # not started: its run could not read the file either
+            unreadable.append(f"{key}: {blocked}")
+            continue
+        if ref_problem is not None:  # a run would fail at once, and not start again by itself once fixed
+            pending[key] = "waiting for reference files this process can read"
             continue
         copying = sorted(p.name for p in batch.files.values() if p.name not in stable)
         if copying:

@@ -9,7 +9,7 @@ import dagster as dg
 from loan_engine_dagster.adapters import watch
 from loan_engine_dagster.adapters.alerts import AlertPolicy, due_batch
 from loan_engine_dagster.adapters.inbox import (
-    BatchFiles, BatchKeyError, InboxUnreadable, empty_inbox_note, parse_batch_key, require_inbox,
+    BatchFiles, BatchKeyError, InboxUnreadable, empty_inbox_note, open_input, parse_batch_key, require_inbox,
 )
 
 from loan_engine_dagster.rules.config import RulesFileError
@@ -115,15 +115,25 @@ def missing_batch_alert_sensor(
         problem = exc
         files = BatchFiles(key=key, notice_date=parse_batch_key(key)[0], lookback_days=loaded.inbox.tape_lookback_days)
     if files.complete:
-        return dg.SensorResult(skip_reason=f"{key}: complete", cursor=key)
+        try:  # there, but no run of it could start: that is worth the alert too
+            for path in files.files.values():
+                open_input(path).close()
+        except InboxUnreadable as exc:
+            problem = exc
+        else:
+            return dg.SensorResult(skip_reason=f"{key}: complete", cursor=key)
     missing = ", ".join(files.missing)
-    text = f"Batch {key} is not complete at {now:%a %H:%M %Z}: missing {missing} (inbox {inbox.root})"
-    text += f"; {problem}" if problem is not None else empty_inbox_note(inbox.root)
+    if files.missing:
+        text = f"Batch {key} is not complete at {now:%a %H:%M %Z}: missing {missing} (inbox {inbox.root})"
+        text += f"; {problem}" if problem is not None else empty_inbox_note(inbox.root)
+    else:
+        text = f"Batch {key} is in the inbox at {now:%a %H:%M %Z} but cannot be read (inbox {inbox.root}): {problem}"
     context.log.error(text)
     # The alert is recorded in the UI whatever the webhook does; a webhook that
     # failed is tried again on the next ticks, without a second observation.
     try:
-        webhook = "sent" if notifier.send(text, batch=key, kind="missing_files", missing=files.missing) else "not set"
+        kind = "missing_files" if files.missing else "unreadable_files"
+        webhook = "sent" if notifier.send(text, batch=key, kind=kind, missing=files.missing) else "not set"
     except Exception as exc:
         webhook = f"failed ({exc}); retried next tick"
         context.log.error(f"missing-batch alert for {key}: webhook {webhook}")
