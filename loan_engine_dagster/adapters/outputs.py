@@ -62,9 +62,10 @@ def _naming(path: Path):
 
 DATE_FORMAT = "yyyy-mm-dd"
 # The most characters an Excel cell holds (UTF-16 units: an emoji is two).
-# Longer text is cut there, as XlsxWriter (the cell-by-cell writer) cuts it; the Rust writer refused the
-# whole workbook instead, failing the batch's exports over one cell. The
-# full text stays in loan_decisions.csv and the results database.
+# Longer text is cut there, as XlsxWriter (the cell-by-cell writer) cuts
+# it; the Rust writer refused the whole workbook instead, failing the
+# batch's exports over one cell. The full text stays in loan_decisions.csv
+# and the results database.
 EXCEL_CELL_CHARS = 32_767
 # Text Excel would read as a formula (or a formula's sign) if typed into a cell.
 _FORMULA_STARTS = ("=", "+", "-", "@")
