@@ -61,22 +61,21 @@ def require_inbox(path: str | Path) -> Path:
 _SHARE_HINT = "if it is a network share, check that it is mounted and that its server answers"
 
 
-def _folder_unreadable(folder: Path, exc: OSError) -> InboxUnreadable:
+def _cannot_read(named: str, where: str, exc: OSError, fix: str) -> InboxUnreadable:
+    """`named` cannot be read: denied (and `fix`), or its share is gone."""
     if isinstance(exc, PermissionError):
-        return InboxUnreadable(
-            f"inbox folder {folder.absolute()} cannot be read: permission denied to this process's account; "
-            "give it read and search access to the folder (and search access to the folders above it)"
-        )
-    return InboxUnreadable(f"inbox folder {folder.absolute()} cannot be read ({exc.strerror or exc}); {_SHARE_HINT}")
+        return InboxUnreadable(f"{named} cannot be read: permission denied to this process's account{where}; {fix}")
+    return InboxUnreadable(f"{named} cannot be read ({exc.strerror or exc}){where}; {_SHARE_HINT}")
+
+
+def _folder_unreadable(folder: Path, exc: OSError) -> InboxUnreadable:
+    return _cannot_read(f"inbox folder {folder.absolute()}", "", exc,
+                        "give it read and search access to the folder (and search access to the folders above it)")
 
 
 def _file_unreadable(path: Path, exc: OSError) -> InboxUnreadable:
-    if isinstance(exc, PermissionError):
-        return InboxUnreadable(
-            f"file '{path.name}' cannot be read: permission denied to this process's account ({path}); "
-            "give it read access (and search access to the folders it is in) and re-run"
-        )
-    return InboxUnreadable(f"file '{path.name}' cannot be read ({exc.strerror or exc}) ({path}); {_SHARE_HINT}")
+    return _cannot_read(f"file '{path.name}'", f" ({path})", exc,
+                        "give it read access (and search access to the folders it is in) and re-run")
 
 
 def _listing(root: Path) -> list[Path] | None:
