@@ -373,7 +373,17 @@ def mark(run_id, as_status, older_than_minutes, reason, yes) -> None:
             except SQLAlchemyError as exc:
                 revoked = (f"its batch lease could not be revoked (results database: {type(exc).__name__}); a worker "
                            "that still lives can write until its heartbeat goes stale")
-            rr.mark_run(instance, run, as_status, reason)
+            try:
+                rr.mark_run(instance, run, as_status, reason)
+            except SQLAlchemyError as exc:
+                if "database is locked" not in str(exc):
+                    raise
+                # A worker frozen in the middle of writing its event log keeps
+                # that SQLite file locked for as long as it is frozen.
+                click.echo(
+                    f"Run {run.run_id} not marked: its event log is locked by its worker, which is frozen in the middle "
+                    f"of writing it ({revoked}); end the worker's process, then mark the run again", err=True)
+                sys.exit(1)
             click.echo(f"Marked {run.run_id} {as_status}: {reason}; {revoked}")
 
 

@@ -333,7 +333,7 @@ def test_a_live_run_marked_by_hand_can_no_longer_save(big_inbox, tmp_path, backe
     env, results_url = backend
     process = start_run(env, big_inbox, tmp_path / "out", results_url)
     run_id = kill_in_phase(process, env, "normalized_loans", kill=False)
-    os.killpg(process.pid, signal.SIGSTOP)
+    _freeze_between_writes(process, env, run_id)
     try:
         marked = cli(env, "runs", "mark", run_id, "--as", "failed", "--reason", "frozen host")
         assert marked.returncode == 0 and "its batch lease is revoked" in marked.stdout, marked.stdout + marked.stderr
@@ -353,6 +353,62 @@ def test_a_live_run_marked_by_hand_can_no_longer_save(big_inbox, tmp_path, backe
         assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
     finally:
         instance.dispose()
+
+
+def _run_log_locked(env, run_id) -> bool:
+    """Whether the run's own event-log file is locked by a writer (SQLite)."""
+    import sqlite3
+
+    path = Path(env["DAGSTER_HOME"]) / "history" / "runs" / f"{run_id}.db"
+    con = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        con.execute("ROLLBACK")
+        return False
+    except sqlite3.OperationalError as exc:
+        assert "locked" in str(exc), exc
+        return True
+    finally:
+        con.close()
+
+
+def _freeze_between_writes(process, env, run_id):
+    """SIGSTOP the worker between two writes of its event log; frozen in the
+    middle of one, it keeps the file locked (the next test covers that)."""
+    for _ in range(200):
+        os.killpg(process.pid, signal.SIGSTOP)
+        if "DAGSTER_PG_URL" in env or not _run_log_locked(env, run_id):  # PostgreSQL locks no log for a writer
+            return
+        os.killpg(process.pid, signal.SIGCONT)
+        time.sleep(0.01)
+    pytest.fail("the worker was always in the middle of writing its event log")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # a PostgreSQL instance's log has no file lock
+def test_a_run_whose_frozen_worker_holds_its_event_log_is_not_marked_but_told(big_inbox, tmp_path, backend):
+    """A worker frozen in the middle of writing its event log keeps that file
+    locked: `runs mark` failed with a bare `OperationalError: database is
+    locked` (found when the freeze above landed inside a write). It revokes
+    the lease, says what holds the file and what to do, and once the lock
+    is gone the same command marks the run."""
+    import sqlite3
+
+    env, results_url = backend
+    run_id = start_and_kill(env, big_inbox, tmp_path / "out", results_url, phase="reference_data")
+    frozen = sqlite3.connect(Path(env["DAGSTER_HOME"]) / "history" / "runs" / f"{run_id}.db", isolation_level=None)
+    frozen.execute("BEGIN IMMEDIATE")  # the lock a worker frozen inside a write holds
+    try:
+        refused = cli(env, "runs", "mark", run_id, "--as", "failed")
+    finally:
+        frozen.execute("ROLLBACK")
+        frozen.close()
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip() == (
+        f"Run {run_id} not marked: its event log is locked by its worker, which is frozen in the middle of writing it "
+        "(its batch lease is revoked); end the worker's process, then mark the run again")
+    marked = cli(env, "runs", "mark", run_id, "--as", "failed")
+    assert marked.returncode == 0 and f"Marked {run_id} failed" in marked.stdout, marked.stderr
 
 
 # ---------------------------------------------------------------- the failure sensor on real failed runs
