@@ -222,6 +222,13 @@ print(json.dumps([t.skip_reason.skip_message for t in ticks]))
 """
 
 
+def _alert_due_now(monkeypatch, now):
+    """The missing-batch alert due for the batch of `now`'s date, from midnight on."""
+    days = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+    monkeypatch.setenv("LOAN_ENGINE_NOTICE_WEEKDAY", days[now.weekday()])
+    monkeypatch.setenv("LOAN_ENGINE_ALERT_TIME", "00:00")
+
+
 def test_an_inbox_folder_the_sensors_may_not_read_is_told_not_a_failed_tick(inbox, unreadable, monkeypatch):
     """Past bug: both sensors' ticks failed with a bare PermissionError, so the
     missing-batch alert never went out."""
@@ -229,8 +236,7 @@ def test_an_inbox_folder_the_sensors_may_not_read_is_told_not_a_failed_tick(inbo
     import sys
 
     now = dt.datetime.now(AlertPolicy().zone)
-    monkeypatch.setenv("LOAN_ENGINE_NOTICE_WEEKDAY", ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"][now.weekday()])
-    monkeypatch.setenv("LOAN_ENGINE_ALERT_TIME", "00:00")
+    _alert_due_now(monkeypatch, now)
     unreadable.make(inbox)
     done = subprocess.run([*unreadable.prefix, sys.executable, "-c", _BOTH_SENSORS, str(inbox)],
                           capture_output=True, text=True, timeout=300)
@@ -243,8 +249,7 @@ def test_an_inbox_folder_the_sensors_may_not_read_is_told_not_a_failed_tick(inbo
 
 def test_a_share_whose_server_is_gone_is_told_by_both_sensors(dead_share, monkeypatch):
     now = dt.datetime.now(AlertPolicy().zone)
-    monkeypatch.setenv("LOAN_ENGINE_NOTICE_WEEKDAY", ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"][now.weekday()])
-    monkeypatch.setenv("LOAN_ENGINE_ALERT_TIME", "00:00")
+    _alert_due_now(monkeypatch, now)
     said = (f"inbox folder {dead_share} cannot be read (Transport endpoint is not connected); "
             "if it is a network share, check that it is mounted and that its server answers")
     with dg.instance_for_test() as instance:
@@ -262,8 +267,7 @@ def test_a_due_batch_that_is_there_but_cannot_be_read_is_alerted(inbox, unreadab
     import sys
 
     now = dt.datetime.now(AlertPolicy().zone)
-    monkeypatch.setenv("LOAN_ENGINE_NOTICE_WEEKDAY", ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"][now.weekday()])
-    monkeypatch.setenv("LOAN_ENGINE_ALERT_TIME", "00:00")
+    _alert_due_now(monkeypatch, now)
     due = now.date()
     for path in list(inbox.iterdir()):  # the sample batch, renamed to the batch due today
         name = path.name.replace("02-19-2026", due.strftime("%m-%d-%Y")).replace(
@@ -332,8 +336,7 @@ class Hook:
 def test_missing_batch_alert_once_with_webhook(tmp_path, monkeypatch):
     (tmp_path / "SFY_02-19-2026_ExhibitAtoFormofSaleNotice - Pre-Funding.xlsx").write_bytes(b"x")
     now = dt.datetime.now(AlertPolicy().zone)
-    monkeypatch.setenv("LOAN_ENGINE_NOTICE_WEEKDAY", ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"][now.weekday()])
-    monkeypatch.setenv("LOAN_ENGINE_ALERT_TIME", "00:00")
+    _alert_due_now(monkeypatch, now)
     expected = now.date().isoformat()
     with Hook() as hook, dg.instance_for_test() as instance:
         resources = {"inbox": InboxResource(path=str(tmp_path)), "rules": RulesResource(), "notifier": Notifier(webhook_url=hook.url)}
@@ -353,8 +356,7 @@ def test_missing_batch_alert_once_with_webhook(tmp_path, monkeypatch):
 
 def test_missing_batch_alert_goes_out_when_the_inbox_folder_is_not_there(tmp_path, monkeypatch):
     now = dt.datetime.now(AlertPolicy().zone)
-    monkeypatch.setenv("LOAN_ENGINE_NOTICE_WEEKDAY", ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"][now.weekday()])
-    monkeypatch.setenv("LOAN_ENGINE_ALERT_TIME", "00:00")
+    _alert_due_now(monkeypatch, now)
     gone = tmp_path / "not_mounted"
     with dg.instance_for_test() as instance:
         resources = {"inbox": InboxResource(path=str(gone)), "rules": RulesResource(), "notifier": Notifier()}

@@ -33,16 +33,16 @@ pa.set_cpu_count(max(1, (os.cpu_count() or 2) - 1))
 def open_workbook(path: Path) -> CalamineWorkbook:
     if not is_input_file(path):
         raise StructuralError("the file is missing", file=path.name)
-    _may_read(path)
     try:
         return CalamineWorkbook.from_path(str(path))
     except Exception as exc:  # calamine raises several error types for bad files
+        _may_read(path)
         raise StructuralError(f"not a readable workbook ({type(exc).__name__}: {exc})", file=path.name) from None
 
 
 def _may_read(path: Path) -> None:
     """`InboxUnreadable` (kind infra) naming a file this process may not read.
-    Asked before the readers: calamine reports a refused file as a bare
+    Asked once a reader failed: calamine reports a refused file as a bare
     OSError without its name (read as a broken workbook), pandas as a
     PermissionError, and either way the run blamed the seller's file (data)."""
     open_input(path).close()
@@ -178,13 +178,15 @@ def read_csv(path: Path) -> pd.DataFrame:
 def _csv_frame(path: Path) -> pd.DataFrame:
     if not is_input_file(path):
         raise StructuralError("the file is missing", file=path.name)
-    _may_read(path)
     frame = _read_csv_fast(path)
     if frame is None:
         try:
             frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, skip_blank_lines=False)
         except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
             raise StructuralError(f"not a readable CSV file ({exc})", file=path.name) from None
+        except OSError:
+            _may_read(path)
+            raise
     frame.columns = [str(c).strip() for c in frame.columns]
     return _without_renamed_repeats(frame, path)
 

@@ -109,8 +109,8 @@ def _is_file(path: Path) -> bool:
     its name is no input's, and named (InboxUnreadable) by whatever looks at
     it next when it is (input_stat, open_input)."""
     try:
-        return path.is_file()
-    except OSError:
+        return is_input_file(path)
+    except InboxUnreadable:
         return True
 
 
