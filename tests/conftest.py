@@ -213,6 +213,27 @@ def unreadable():
 
 
 @pytest.fixture
+def full_disk(tmp_path):
+    """A folder on a file system with 64 KiB of room (a tmpfs mount), so that
+    writing more than that fails with ENOSPC as on a full disk. Needs root."""
+    import os
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root to mount a small file system")
+    folder = tmp_path / "full"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+@pytest.fixture
 def dead_share(tmp_path):
     """A folder where a network share is mounted whose server is gone: a FUSE
     mount with no process behind it, so that every look at it fails with

@@ -241,6 +241,20 @@ def test_run_names_a_file_it_may_not_read(sample_inbox, tmp_path, home, unreadab
             assert instance.get_dynamic_partitions("batches") == []
 
 
+def test_a_full_disk_under_the_reports_is_told_as_the_machine_naming_the_file(sample_inbox, tmp_path, home, full_disk):
+    """Past bug: `FAILED in phase exports [code]: Failed to write file: No space
+    left on device (os error 28)`: sent to the developers as a bug, naming no
+    file (the writer's own error was the one shown, not the one naming it)."""
+    result = cli("run", BATCH, "--inbox", str(sample_inbox), "--output-dir", str(full_disk),
+                 "--database-url", f"sqlite:///{tmp_path / 'r.db'}", env=home)
+    assert result.returncode == 1, result.stdout + result.stderr
+    said = next(line for line in result.stderr.splitlines() if "FAILED in phase" in line)
+    assert " FAILED in phase exports [infra]: writing " in said and f" {full_disk}/" in said
+    assert said.endswith("No space left on device (os error 28)") or said.endswith("No space left on device"), said
+    assert list(full_disk.iterdir()) == []  # the half-written reports went with the failure
+
+
+
 @pytest.mark.parametrize("minutes", ["nan", "inf"])
 def test_minutes_must_be_a_number(home, minutes):
     for command in (("runs", "mark", "--as", "failed", "--yes"), ("runs", "list")):

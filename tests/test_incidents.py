@@ -9,7 +9,6 @@ from loan_engine_dagster.adapters.incidents import classify, one_line
         # Loading reference data or batch inputs, and every structural error, point to data.
         ("reference_data", "StructuralError", "Data problem in file 'current_assets.csv' ...", "data"),
         ("batch_inputs", "StructuralError", "Data problem in file 'SFY_....xlsx' ...", "data"),
-        ("batch_inputs", "PermissionError", "[Errno 13] Permission denied: 'Tape20Loans_02-18-2026.csv'", "data"),
         ("reference_data", "ValueError", "could not convert string to float", "data"),
         ("eligibility", "StructuralError", "Data problem ...", "data"),
         # An unexpected exception in a rules phase points to code.
@@ -23,7 +22,16 @@ from loan_engine_dagster.adapters.incidents import classify, one_line
         (None, None, "Run timed out after exceeding maximum runtime of 7200 seconds", "infra"),
         ("results_database", "OperationalError", "could not connect to server: Connection refused", "infra"),
         ("exports", "MemoryError", "", "infra"),
-        ("exports", "OSError", "[Errno 28] No space left on device", "code"),
+        # The machine refused a read or a write: infra in any phase (it was
+        # `code` after the rules phases, `data` in the reading ones).
+        ("exports", "OSError", "[Errno 28] No space left on device", "infra"),
+        ("exports", "OSError", "writing /out/x.xlsx: Failed to write file: No space left on device (os error 28)", "infra"),
+        ("results_database", "PermissionError", "[Errno 13] Permission denied: '/out/.2026-02-19.staging-r'", "infra"),
+        ("batch_inputs", "PermissionError", "[Errno 13] Permission denied: '/home/.dagster/storage/batch_inputs'", "infra"),
+        ("reference_data", "OSError", "[Errno 122] Disk quota exceeded", "infra"),
+        ("exports", "OSError", "[Errno 30] Read-only file system: '/out/2026-02-19'", "infra"),
+        ("normalized_loans", "OSError", "[Errno 5] Input/output error", "infra"),
+        ("results_database", "ProgrammingError", "(psycopg2.errors.InsufficientPrivilege) permission denied for table loan_facts", "infra"),
         (None, None, "Run failed to start", "infra"),
     ],
 )

@@ -30,10 +30,16 @@ INFRA_ERROR_TYPES = {
     "BatchLeaseHeld", "BatchLeaseLost",  # another run holds the batch, or this run was declared dead
     "StoredResultMissing",  # a re-execution needs a result its dead worker never wrote
     InboxUnreadable.__name__,  # the inbox, or a file in it, this process cannot reach: the setup, not the seller
+    "PermissionError",  # the account may not read or write where the run works: the setup, in any phase
 }
 INFRA_MARKERS = (
     "run worker", "worker disappeared", "maximum runtime", "max_runtime", "timed out", "timeout expired",
     "could not connect", "connection refused", "server closed the connection", "out of memory", "sigkill",
+    # The machine refused a read or a write (Python's, SQLite's, PostgreSQL's
+    # and the Rust writers' words for it): a full disk is no bug to hand to
+    # the developers, whichever phase met it.
+    "no space left on device", "disk quota exceeded", "database or disk is full", "read-only file system",
+    "permission denied", "input/output error", "stale file handle", "transport endpoint is not connected",
 )
 DEAD_WORKER_MARKER = "worker disappeared"
 

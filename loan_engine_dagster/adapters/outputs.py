@@ -53,11 +53,13 @@ def write_workbook(
 @contextlib.contextmanager
 def _naming(path: Path):
     """The Rust writers' errors ("Failed to save workbook: No such file or
-    directory") name no file; on-call needs to know which one."""
+    directory") name no file; on-call needs to know which one. Raised in
+    their place (`from None`), since a failed run is told by its innermost
+    error: chained, the writer's own message was still the one shown."""
     try:
         yield
     except (OSError, RuntimeError) as exc:
-        raise type(exc)(f"writing {path}: {exc}") from exc
+        raise type(exc)(f"writing {path}: {exc}") from None
 
 
 DATE_FORMAT = "yyyy-mm-dd"
