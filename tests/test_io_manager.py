@@ -127,6 +127,19 @@ def test_a_pickle_that_cannot_be_written_fails_the_run_before_anything_is_commit
     assert not (out / BATCH).exists()
 
 
+def test_a_full_disk_under_the_stored_results_leaves_no_partial_file_and_names_it(sample_inbox, tmp_path, full_disk):
+    """Past bug: `[Errno 28] No space left on device` naming no file, and the
+    half-written pickle left behind kept the disk full after the run."""
+    home, env = _fresh_home(tmp_path)
+    (home / "storage").symlink_to(full_disk)
+    run, db, out = _run(sample_inbox, tmp_path, env)
+    assert run.returncode == 1, run.stdout + run.stderr
+    said = next(line for line in run.stderr.splitlines() if "FAILED in phase" in line)
+    assert "[infra]: writing " in said and f"{home / 'storage'}/" in said and said.endswith("No space left on device"), said
+    assert [p.name for p in full_disk.rglob("*.partial")] == []
+    assert not (out / BATCH).exists()
+
+
 @pytest.mark.slow
 def test_a_result_its_dead_worker_never_wrote_is_named_and_a_full_retry_recovers(sample_inbox, tmp_path):
     """The moment a worker can die in: its step reported success, its pickle

@@ -21,6 +21,7 @@ and a re-execution from the failed step says to re-run the batch.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import threading
@@ -65,13 +66,20 @@ _MEMO = _Memo()
 
 
 def _write_pickle(path: Path, obj: object, run_id: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     # Written aside and renamed: a worker killed mid-write leaves no
-    # truncated pickle for a re-execution to trip over.
+    # truncated pickle for a re-execution to trip over. One that fails
+    # (a full disk) takes its part-written file with it, which would
+    # otherwise keep the disk full, and names the file.
     partial = path.with_name(f".{path.name}.{run_id}.partial")
-    with partial.open("wb") as file:
-        pickle.dump(obj, file, PICKLE_PROTOCOL)
-    os.replace(partial, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with partial.open("wb") as file:
+            pickle.dump(obj, file, PICKLE_PROTOCOL)
+        os.replace(partial, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        raise type(exc)(f"writing {path}: {exc}") from None
 
 
 class StoredResultMissing(Exception):
