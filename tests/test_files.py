@@ -198,6 +198,37 @@ def test_csv_reads_as_pandas_reads_it(tmp_path, text):
     assert all(str(t) == "str" for t in frame.dtypes)
 
 
+TAPE_TEXT = "Account Number,Loan Group,Status Codes\n1000001,FX1-B,ACTIVE\n1000002,FX3-A,REPURCHASE;Peña note\n"
+
+
+@pytest.mark.parametrize(("encoding", "bom"), [
+    ("cp1252", b""),  # Excel's "CSV (Comma delimited)" on Windows
+    ("utf-16-le", b"\xff\xfe"),  # saved as Unicode text
+    ("utf-16-be", b"\xfe\xff"),
+    ("utf-8", b"\xef\xbb\xbf"),  # Excel's "CSV UTF-8"
+])
+def test_a_csv_saved_in_another_encoding_reads_as_its_utf8_copy(tmp_path, encoding, bom):
+    """Past bug: a tape saved by Excel on Windows (one `ñ` in a note) failed
+    the batch with "'utf-8' codec can't decode byte 0xf1 in position 7"."""
+    plain = tmp_path / "plain.csv"
+    plain.write_text(TAPE_TEXT, encoding="utf-8")
+    other = tmp_path / "Tape20Loans_02-18-2026.csv"
+    other.write_bytes(bom + TAPE_TEXT.encode(encoding))
+    frame, expected = read_csv(other), read_csv(plain)
+    assert list(frame.columns) == list(expected.columns)
+    assert frame.to_dict("list") == expected.to_dict("list")
+
+
+def test_a_csv_in_no_known_encoding_names_its_row(tmp_path):
+    path = tmp_path / "Tape20Loans_02-18-2026.csv"
+    # 0x81 is a byte no Windows-1252 text holds, and no UTF-8 either.
+    path.write_bytes(TAPE_TEXT.encode("utf-8").replace(b"FX3-A", b"FX3\x81A"))
+    with pytest.raises(StructuralError) as err:
+        read_csv(path)
+    assert err.value.file == "Tape20Loans_02-18-2026.csv"
+    assert "line 3 " in str(err.value) and "save it again as CSV UTF-8" in str(err.value), str(err.value)
+
+
 def test_a_space_in_the_last_row_of_a_many_block_csv_goes_to_pandas_reader(tmp_path):
     # Arrow reads a file this size in several blocks; the check must see them all.
     rows = [f"SFC_{i},{i}.5,note {i}" for i in range(80_000)] + ["SFC_last,1, 7"]

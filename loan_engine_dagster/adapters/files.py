@@ -3,6 +3,7 @@ that name the file and sheet."""
 
 from __future__ import annotations
 
+import codecs
 import csv
 import os
 import re
@@ -178,17 +179,70 @@ def read_csv(path: Path) -> pd.DataFrame:
 def _csv_frame(path: Path) -> pd.DataFrame:
     if not is_input_file(path):
         raise StructuralError("the file is missing", file=path.name)
-    frame = _read_csv_fast(path)
+    encoding = _marked_encoding(path)
+    frame = _read_csv_fast(path) if encoding != UTF16 else None
     if frame is None:
+        frame, encoding = _read_csv_decoded(path, encoding)
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return _without_renamed_repeats(frame, path, encoding or "utf-8-sig")
+
+
+# A CSV file is UTF-8 unless it says otherwise. Excel saves "CSV (Comma
+# delimited)" on Windows in Windows-1252, and "Unicode Text" as UTF-16 with
+# a byte-order mark: a servicer's tape with one accented name in it failed
+# the batch. A file that is not UTF-8 and has no mark is read as
+# Windows-1252, in which nearly every byte is text; one that is text in
+# neither is refused, naming its line.
+UTF16 = "utf-16"
+WINDOWS = "cp1252"
+
+
+def _marked_encoding(path: Path) -> str | None:
+    try:
+        with path.open("rb") as file:
+            start = file.read(3)
+    except OSError:
+        return None  # the reader meets the same problem and reports it
+    if start.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return UTF16
+    return "utf-8-sig" if start.startswith(codecs.BOM_UTF8) else None
+
+
+def _read_csv_decoded(path: Path, encoding: str | None) -> tuple[pd.DataFrame, str]:
+    """pandas' reader, which gives the results and error messages the rest of
+    the engine expects, in the file's encoding."""
+    tries = [encoding] if encoding else ["utf-8", WINDOWS]
+    for encoding in tries:
         try:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, skip_blank_lines=False)
-        except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, skip_blank_lines=False,
+                                encoding=encoding)
+        except UnicodeDecodeError as exc:
+            if encoding != tries[-1]:
+                continue
+            raise StructuralError(_not_text(path, tries, exc), file=path.name) from None
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
             raise StructuralError(f"not a readable CSV file ({exc})", file=path.name) from None
         except OSError:
             _may_read(path)
             raise
-    frame.columns = [str(c).strip() for c in frame.columns]
-    return _without_renamed_repeats(frame, path)
+        return frame, encoding
+    raise AssertionError("unreachable")
+
+
+_ENCODING_NAMES = {"utf-8": "UTF-8", "utf-8-sig": "UTF-8 (as its byte-order mark says)", WINDOWS: "Windows-1252"}
+
+
+def _not_text(path: Path, tried: list[str], exc: UnicodeDecodeError) -> str:
+    if tried == [UTF16]:
+        return f"not a readable CSV file: its byte-order mark says UTF-16, but it is not ({exc.reason}); save it again as CSV UTF-8"
+    names = " nor ".join(_ENCODING_NAMES[e] for e in tried)
+    for number, line in enumerate(path.read_bytes().split(b"\n"), start=1):
+        try:
+            line.decode(tried[-1])
+        except UnicodeDecodeError as bad:
+            what = f"text in neither {names}" if len(tried) > 1 else f"not text in {names}"
+            return f"line {number} holds a byte (0x{line[bad.start]:02X}) that is {what}: save it again as CSV UTF-8"
+    return f"not a readable CSV file ({exc})"
 
 
 def _read_csv_fast(path: Path) -> pd.DataFrame | None:
@@ -229,12 +283,12 @@ def _starts_with_space(frame: pd.DataFrame) -> bool:
     return False
 
 
-def _without_renamed_repeats(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+def _without_renamed_repeats(frame: pd.DataFrame, path: Path, encoding: str) -> pd.DataFrame:
     """pandas renames a header written twice (`Status Codes.1`), which would
     let the first column be used without a word. Keep the first under its own
     name and mark the header as repeated, as for workbooks, so that parsing
     refuses it when it names a field."""
-    with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
+    with path.open(newline="", encoding="utf-8-sig" if encoding == "utf-8" else encoding, errors="replace") as handle:
         names = [h.strip() for h in next(csv.reader(handle, skipinitialspace=True), [])]
     repeated = pd.Index(names).duplicated()
     if len(names) != frame.shape[1] or not repeated.any():
