@@ -212,12 +212,12 @@ def _read_csv_decoded(path: Path, encoding: str | None) -> tuple[pd.DataFrame, s
     """pandas' reader, which gives the results and error messages the rest of
     the engine expects, in the file's encoding."""
     tries = [encoding] if encoding else ["utf-8", WINDOWS]
-    for encoding in tries:
+    for name in tries:
         try:
             frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, skip_blank_lines=False,
-                                encoding=encoding)
+                                encoding=name)
         except UnicodeDecodeError as exc:
-            if encoding != tries[-1]:
+            if name != tries[-1]:
                 continue
             raise StructuralError(_not_text(path, tries, exc), file=path.name) from None
         except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
@@ -225,7 +225,7 @@ def _read_csv_decoded(path: Path, encoding: str | None) -> tuple[pd.DataFrame, s
         except OSError:
             _may_read(path)
             raise
-        return frame, encoding
+        return frame, name
     raise AssertionError("unreachable")
 
 

@@ -76,10 +76,12 @@ def _write_pickle(path: Path, obj: object, run_id: str) -> None:
         with partial.open("wb") as file:
             pickle.dump(obj, file, PICKLE_PROTOCOL)
         os.replace(partial, path)
-    except OSError as exc:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)
-        raise type(exc)(f"writing {path}: {exc}") from None
+        if isinstance(exc, OSError):
+            raise type(exc)(f"writing {path}: {exc}") from None
+        raise
 
 
 class StoredResultMissing(Exception):
