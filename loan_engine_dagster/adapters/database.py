@@ -301,6 +301,11 @@ def save_batch(
     return {"loan_facts": len(facts), "loan_exceptions": len(exc), "eligibility_results": len(elig)}
 
 
+def locked_by_another(exc: BaseException) -> bool:
+    """SQLite's busy timeout ran out: another connection kept the file locked."""
+    return isinstance(exc, sqlalchemy.exc.OperationalError) and "database is locked" in str(exc.orig or exc)
+
+
 def connection_lost(exc: BaseException) -> bool:
     """Whether a failed save lost its database rather than met bad data: worth
     another try, since the write is one transaction. A connection killed in

@@ -40,6 +40,17 @@ def shown_url(url: str) -> str:
         return "<not a SQLAlchemy URL>"
 
 
+def locked(url: str) -> PreflightError:
+    """For a SQLite results database that stayed locked past the busy timeout
+    (a minute): another run's save holds it for seconds, so this is a
+    program that left a transaction open on the file."""
+    return PreflightError(
+        f"results database {shown_url(url)} is locked by another program: a transaction left open on it (a database "
+        "browser with unsaved changes, a sqlite3 shell inside BEGIN) holds every run back; close it or end its "
+        "transaction, then re-run"
+    )
+
+
 def check_database(url: str) -> None:
     """Raise `PreflightError` naming the database (password hidden) when it cannot be reached."""
     try:

@@ -16,7 +16,7 @@ import pandas as pd
 import sqlalchemy.exc
 from pydantic import Field, field_validator
 
-from loan_engine_dagster.adapters import database
+from loan_engine_dagster.adapters import database, preflight
 from loan_engine_dagster.adapters.batch import delivered, stage_batch_outputs
 from loan_engine_dagster.adapters.outputs import clear_leftovers
 from loan_engine_dagster.adapters.loading import load_batch_inputs, load_reference
@@ -338,7 +338,8 @@ def results_database(
         if not database.connection_lost(exc):
             raise
         # A database that is down, restarting or that dropped us is worth another try; the write is transactional.
-        raise dg.RetryRequested(max_retries=results_db.connect_retries, seconds_to_wait=results_db.retry_wait_seconds) from exc
+        cause = preflight.locked(results_db.resolved_url) if database.locked_by_another(exc) else exc
+        raise dg.RetryRequested(max_retries=results_db.connect_retries, seconds_to_wait=results_db.retry_wait_seconds) from cause
     return dg.MaterializeResult(
         metadata={
             **{f"rows_{k}": v for k, v in counts.items()},

@@ -110,6 +110,8 @@ class ResultsDatabase(dg.ConfigurableResource):
             except sqlalchemy.exc.OperationalError as exc:
                 if attempt == self.connect_retries:
                     # Fail fast, before any phase, naming the database (password hidden).
+                    if database.locked_by_another(exc):
+                        raise preflight.locked(self.resolved_url) from None
                     preflight.check_database(self.resolved_url)
                     raise
                 context.log.warning(
