@@ -2,7 +2,6 @@
 dagster-daemon, SQLite and PostgreSQL instances, a local webhook receiver."""
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -717,78 +716,3 @@ def test_timeout_sensor_reports_runs_canceled_for_runtime_but_not_by_hand(big_in
         assert [m["run_id"] for m in hook.received] == [timed_out]
         assert "maximum runtime of 7200 seconds" in hook.received[0]["cause"]
 
-
-# ---------------------------------------------------------------- killed between its swap and its commit
-
-
-def _shown_run(folder: Path) -> str | None:
-    summary = folder / "run_summary.json"
-    try:
-        return json.loads(summary.read_text())["run_id"]
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def _rows_run(db: Path) -> str | None:
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        runs = {row[0] for table in ("loan_facts", "eligibility_results")
-                for row in conn.execute(f"SELECT DISTINCT run_id FROM {table}")}  # noqa: S608  (fixed names)
-    assert len(runs) <= 1, runs
-    return runs.pop() if runs else None
-
-
-def test_a_worker_killed_between_its_swap_and_its_commit_is_reconciled_by_the_next_run(sample_inbox, tmp_path):
-    """For real: the worker is SIGKILLed while its reports are swapped in and
-    its commit waits (a reader holds the results database's SQLite lock), so
-    the folder shows reports whose rows never landed. The batch's next run
-    puts the rows' reports back before anything else, and ends with its own
-    reports and rows, no hidden folders left."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOAN_ENGINE_", "DAGSTER_"))}
-    env["DAGSTER_HOME"] = str(home)
-    out, db = tmp_path / "out", tmp_path / "results.db"
-    command = [str(BIN / "loan-engine"), "run", BATCH, "--inbox", str(sample_inbox), "--output-dir", str(out),
-               "--database-url", f"sqlite:///{db}"]
-    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert first.returncode == 0, first.stdout + first.stderr
-    first_run = _rows_run(db)
-    assert _shown_run(out / BATCH) == first_run
-
-    reader = sqlite3.connect(db, isolation_level=None)
-    reader.execute("BEGIN")
-    reader.execute("SELECT COUNT(*) FROM loan_facts").fetchone()  # a shared lock: no commit until it goes
-    process = with_runs_before(env, lambda: subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True))
-    try:
-        deadline = time.monotonic() + 300
-        while _shown_run(out / BATCH) in (None, first_run):
-            assert process.poll() is None, process.stdout.read().decode()
-            assert time.monotonic() < deadline, "the second run never swapped its reports in"
-            time.sleep(0.02)
-        killed_run = _shown_run(out / BATCH)
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        reader.rollback()
-        reader.close()
-    # The window is real: the killed run's reports beside the first run's rows.
-    assert killed_run not in (None, first_run) and _rows_run(db) == first_run
-    marked = subprocess.run([str(BIN / "loan-engine"), "runs", "mark", killed_run, "--as", "failed"],
-                            env=env, capture_output=True, text=True, timeout=300)
-    assert marked.returncode == 0, marked.stdout + marked.stderr
-
-    third = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert third.returncode == 0, third.stdout + third.stderr
-    instance = instance_of(env)
-    try:
-        third_run = next(r.run_id for r in instance.get_runs() if r.run_id not in (first_run, killed_run))
-        said = [e.user_message for e in instance.all_logs(third_run) if "batch folder:" in (e.user_message or "")]
-    finally:
-        instance.dispose()
-    assert said and f"put back the reports of run {first_run}" in said[0], said
-    assert _shown_run(out / BATCH) == third_run == _rows_run(db)
-    assert sorted(p.name for p in out.iterdir()) == [BATCH]
