@@ -358,8 +358,6 @@ def test_a_live_run_marked_by_hand_can_no_longer_save(big_inbox, tmp_path, backe
 
 def _run_log_locked(env, run_id) -> bool:
     """Whether the run's own event-log file is locked by a writer (SQLite)."""
-    import sqlite3
-
     path = Path(env["DAGSTER_HOME"]) / "history" / "runs" / f"{run_id}.db"
     con = sqlite3.connect(path, timeout=0, isolation_level=None)
     try:
@@ -393,8 +391,6 @@ def test_a_run_whose_frozen_worker_holds_its_event_log_is_not_marked_but_told(bi
     locked` (found when the freeze above landed inside a write). It revokes
     the lease, says what holds the file and what to do, and once the lock
     is gone the same command marks the run."""
-    import sqlite3
-
     env, results_url = backend
     run_id = start_and_kill(env, big_inbox, tmp_path / "out", results_url, phase="reference_data")
     frozen = sqlite3.connect(Path(env["DAGSTER_HOME"]) / "history" / "runs" / f"{run_id}.db", isolation_level=None)
