@@ -10,6 +10,7 @@ import re
 import threading
 import zipfile
 from xml.etree import ElementTree
+from xml.sax.saxutils import unescape
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -167,6 +168,77 @@ def _refuse_huge_sheet(path: Path, name: str) -> None:
             f"(at most {MAX_SHEET_CELLS:,}); delete what lies outside the table and save the workbook again",
             file=path.name, sheet=name,
         )
+
+
+class CellNotes:
+    """What a person sees in Excel where calamine reads an empty cell: an
+    error value (#N/A, #REF!) or a formula whose value the program that wrote
+    the file never saved (openpyxl writes `=A2*2` without computing it).
+    "FICO Borrower is empty" sent the seller looking for a blank cell that
+    shows 720 in Excel. Called by the parsing of an exhibit only for cells it
+    already rejects as empty, so the sheet's XML (36 MB for 100,000 loans) is
+    read again only for a file that is failing anyway, once."""
+
+    def __init__(self, path: Path, sheet: str) -> None:
+        self.path, self.sheet = path, sheet
+        self._notes: dict[tuple[int, int], str] | None = None
+
+    def __call__(self, rows: pd.Series, column: int) -> pd.Series:
+        """The note of each cell (spreadsheet `rows`, 1-based `column`), None where none."""
+        if self._notes is None:
+            self._notes = _marked_cells(self.path, self.sheet)
+        found = {row: note for (row, col), note in self._notes.items() if col == column}
+        return rows.map(found).astype(object).where(rows.isin(list(found)), None)
+
+
+# In a sheet's XML a formula is an <f> element of its cell, an error value
+# is the cell's type "e". Searched for as bytes, so only those cells are
+# looked at; a prefix (`<x:c>`, as some .NET writers put it) is allowed.
+# One pattern per literal start: Python's regex engine skips to a literal
+# prefix at memchr speed, where an alternation tries every byte (0.5 s
+# instead of 0.1 s on 36 MB).
+_MARKS = (re.compile(rb'<f[\s>/]'), re.compile(rb':f[\s>/]'), re.compile(rb' t="e"'))
+_FORMULA_TAG = re.compile(rb'<(?:\w+:)?f[\s>/]')
+_REFERENCE = re.compile(rb'\sr="([A-Z]+)([0-9]+)"')
+_TYPE = re.compile(rb'\st="(\w+)"')
+_VALUE = re.compile(rb'<(?:\w+:)?v>([^<]*)</(?:\w+:)?v>')
+_FORMULA = re.compile(rb'<(?:\w+:)?f(?:\s[^>]*)?>([^<]*)</(?:\w+:)?f>')
+_NEVER_SAVED = "whose value was never saved: open the file in Excel and save it again"
+
+
+def _marked_cells(path: Path, sheet: str) -> dict[tuple[int, int], str]:
+    """{(row, column): note} for the sheet's error cells and formulas without a saved value."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            part = _sheet_part(archive, sheet)
+            xml = archive.read(part) if part is not None else b""
+    except (OSError, KeyError, zipfile.BadZipFile, ElementTree.ParseError):
+        return {}  # not an .xlsx as expected: the cells keep their plain message
+    start, end = max(xml.find(b"<sheetData"), 0), xml.rfind(b"</sheetData>")
+    notes: dict[tuple[int, int], str] = {}
+    last = -1
+    end = end if end > 0 else len(xml)
+    for mark in sorted(m.start() for pattern in _MARKS for m in pattern.finditer(xml, start, end)):
+        at = max(xml.rfind(b"<c ", start, mark), xml.rfind(b":c ", start, mark))
+        if at <= last:  # the same cell again (a formula whose value is an error)
+            continue
+        last = at
+        tag_end = xml.find(b">", at)
+        reference = _REFERENCE.search(xml, at, tag_end)
+        if reference is None or xml[tag_end - 1:tag_end] == b"/":
+            continue  # no reference (its place is not written down), or no content
+        cell = xml[tag_end:xml.find(b"c>", tag_end)]
+        kind, value, formula = _TYPE.search(xml, at, tag_end), _VALUE.search(cell), _FORMULA.search(cell)
+        if kind is not None and kind[1] == b"e":
+            note = f"holds the error {unescape(value[1].decode()) if value else ''}".rstrip()
+        elif _FORMULA_TAG.search(cell) and not (value and value[1]) and not (kind and kind[1] == b"str" and value):
+            # (A formula whose saved value is empty text, type "str", is empty in Excel too.)
+            shown = f" (={unescape(formula[1].decode())})" if formula and formula[1] else ""
+            note = f"holds a formula{shown} {_NEVER_SAVED}"
+        else:
+            continue
+        notes[(int(reference[2]), _column_number(reference[1]))] = note
+    return notes
 
 
 def read_csv(path: Path) -> pd.DataFrame:

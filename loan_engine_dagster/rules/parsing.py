@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -622,9 +622,18 @@ def _raise_on_invalid(invalid: dict[str, pd.Series], frame: pd.DataFrame, fields
 # ---------------------------------------------------------------- exhibits
 
 
-def parse_exhibit(raw: pd.DataFrame, *, platform: str, file: str, sheet: str, rules: Rules) -> pd.DataFrame:
+# What a person sees in cells the reader gives as empty (an error value, a
+# formula never computed): `notes(spreadsheet rows, column number)` gives a
+# note per cell, None where the cell is simply empty.
+CellNotes = Callable[[pd.Series, int], pd.Series]
+
+
+def parse_exhibit(
+    raw: pd.DataFrame, *, platform: str, file: str, sheet: str, rules: Rules, cell_notes: CellNotes | None = None
+) -> pd.DataFrame:
     """The offered loans of one exhibit, one row per loan, with `row_problems`
-    naming every row-level problem (empty string when the row is valid)."""
+    naming every row-level problem (empty string when the row is valid).
+    `cell_notes` is asked only about cells rejected as empty."""
     aliases = rules.column_aliases("exhibit")
     header_row = find_header_row(
         raw, marker="SELLER Loan #", max_rows=rules.inbox.header_search_rows, file=file, sheet=sheet, aliases=aliases
@@ -643,6 +652,8 @@ def parse_exhibit(raw: pd.DataFrame, *, platform: str, file: str, sheet: str, ru
         invalid.pop("tu144", None)
 
     headers = {f.name: mapping.get(f.name, f.header) for f in fields}
+    header_cells = [str(h).strip() if h is not None else "" for h in raw.iloc[header_row].tolist()]
+    column_of = {h: header_cells.index(h) + 1 for h in headers.values() if h in header_cells}  # A is 1
     problems = pd.Series("", index=out.index, dtype="string")
 
     def add(mask: pd.Series, message) -> None:
@@ -662,7 +673,11 @@ def parse_exhibit(raw: pd.DataFrame, *, platform: str, file: str, sheet: str, ru
         def unreadable(rows, cells=cells, header=headers[name], is_date=is_date):
             flagged = cells[rows]
             shown = f"{header} '" + flagged.astype("string").str.strip().fillna("")
-            message = (shown + f"' is not {'a date' if is_date else 'a number'}").where(~is_blank(flagged), f"{header} is empty")
+            blank = is_blank(flagged)
+            message = (shown + f"' is not {'a date' if is_date else 'a number'}").where(~blank, f"{header} is empty")
+            if cell_notes is not None and blank.any():
+                notes = cell_notes(frame.loc[blank[blank].index, "source_row"], column_of[header])
+                message = message.mask(notes.reindex(message.index).notna(), f"{header} " + notes.astype("string"))
             beyond = date_out_of_range(flagged) if is_date else number_out_of_range(flagged)
             return message.where(
                 ~beyond, shown + f"' on sheet '{sheet}' is out of range ({DATE_RANGE if is_date else NUMBER_RANGE})"

@@ -1,0 +1,66 @@
+"""Exhibits as sellers' own tools write them (openpyxl, XlsxWriter): formulas
+never computed, error cells, a second table, cells Excel shows as numbers.
+Every workbook is written to disk and read by the real readers, through the
+batch loader."""
+
+import datetime as dt
+
+import openpyxl
+import pytest
+
+from conftest import EXHIBIT_HEADER, loan
+from loan_engine_dagster.adapters.inbox import find_batch
+from loan_engine_dagster.adapters.loading import load_batch_inputs
+from loan_engine_dagster.adapters.sample import generate_inbox
+from loan_engine_dagster.rules.errors import StructuralError
+
+
+@pytest.fixture
+def batch(tmp_path, rules):
+    generate_inbox(tmp_path, batch=dt.date(2026, 2, 19), loans=20, existing=20)
+    return find_batch(tmp_path, "2026-02-19", rules.inbox.tape_lookback_days)
+
+
+def write_exhibit(path, rows, *, title=("Exhibit A to Form of Sale Notice",), after=()):
+    """An SFY exhibit written by openpyxl: a title row, the header, one row per
+    loan (dicts), then any rows in `after` (lists, as written)."""
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.title = "Exhibit A"
+    sheet.append(list(title))
+    sheet.append(EXHIBIT_HEADER)
+    for row in rows:
+        sheet.append([row[h] for h in EXHIBIT_HEADER])
+    for row in after:
+        sheet.append(list(row))
+    book.save(path)
+    return book
+
+
+def sfy_loans(batch, rules):
+    loans = load_batch_inputs(batch, rules).exhibits
+    return loans[loans["platform"] == "sfy"].set_index("seller_loan_number")
+
+
+def test_a_formula_never_computed_or_an_error_cell_is_named_as_such_not_as_empty(batch, rules):
+    # Past bug: openpyxl writes `=700+20` without its value and calamine reads
+    # such a cell (and an error cell such as #N/A) as empty, so the loan was
+    # rejected as "FICO Borrower is empty" while Excel shows 720 (or #N/A).
+    write_exhibit(batch.exhibits["sfy"], [
+        loan("GOOD"),
+        loan("FORMULA", **{"FICO Borrower": "=700+20"}),
+        loan("NA", **{"FICO Borrower": "#N/A"}),
+        loan("REF", **{"Property State": "#REF!"}),
+        loan("DIV", **{"Orig. Balance": "#DIV/0!", "Submit Date": "=DATE(2026,2,1)"}),
+        loan("EMPTY", **{"Income": None}),
+    ])
+    problems = sfy_loans(batch, rules)["row_problems"]
+    assert problems["GOOD"] == ""
+    assert problems["FORMULA"] == ("FICO Borrower holds a formula (=700+20) whose value was never saved: "
+                                   "open the file in Excel and save it again")
+    assert problems["NA"] == "FICO Borrower holds the error #N/A"
+    assert problems["REF"] == "Property State holds the error #REF!"
+    assert problems["DIV"] == ("Orig. Balance holds the error #DIV/0!; Submit Date holds a formula (=DATE(2026,2,1)) "
+                               "whose value was never saved: open the file in Excel and save it again")
+    assert problems["EMPTY"] == "Income is empty"  # a really empty cell says so, as before
+
