@@ -64,3 +64,16 @@ def test_a_formula_never_computed_or_an_error_cell_is_named_as_such_not_as_empty
                                "whose value was never saved: open the file in Excel and save it again")
     assert problems["EMPTY"] == "Income is empty"  # a really empty cell says so, as before
 
+
+def test_a_second_table_below_the_loans_is_structural_not_bought(batch, rules):
+    # Past bug: a second table under the loans (withdrawn loans, a previous
+    # week's list) with its own header row was read on as loans: its header
+    # row and its title became two rejected phantom loans and its loans were
+    # offered for purchase like the others.
+    write_exhibit(batch.exhibits["sfy"], [loan("OFFERED")], after=[
+        [], ["Withdrawn loans"], EXHIBIT_HEADER, [loan("WITHDRAWN")[h] for h in EXHIBIT_HEADER],
+    ])
+    with pytest.raises(StructuralError, match="second header row") as caught:
+        load_batch_inputs(batch, rules)
+    assert (caught.value.file, caught.value.sheet, caught.value.rows) == (batch.exhibits["sfy"].name, "Exhibit A", [6])
+    assert caught.value.columns == ["SELLER Loan #"]

@@ -642,6 +642,7 @@ def parse_exhibit(
     fields = FIELDS_BY_KIND["exhibit"]
     mapping = resolve_columns(frame, fields, file=file, sheet=sheet, aliases=aliases, kind="exhibit")
     out, invalid = typed_frame(frame, fields, mapping)
+    _refuse_second_table(frame, invalid["orig_balance"], aliases, mapping["seller_loan_number"], file=file, sheet=sheet)
     for name in ("apr", "dealer_fee"):
         _refuse_wrong_unit(out[name], percent=True, header=mapping[name], rows=frame["source_row"], file=file, sheet=sheet)
     extras = _extra_columns(frame, mapping)
@@ -700,6 +701,29 @@ def parse_exhibit(
     out["source_row"] = frame["source_row"].to_numpy()
     out["row_problems"] = problems.str.rstrip("; ").fillna("")
     return out
+
+
+def _refuse_second_table(
+    frame: pd.DataFrame, suspects: pd.Series, aliases: Aliases, header: str, *, file: str, sheet: str
+) -> None:
+    """A row below the header that reads `SELLER Loan #` again heads a second
+    table (withdrawn loans, last week's list): read on, its loans were offered
+    like the others. Which table is the offer is not the engine's to guess.
+    Only rows whose Orig. Balance is already unreadable or empty (a header
+    row's is text) are looked at: a clean exhibit has none."""
+    rows = frame.loc[suspects.to_numpy(dtype=bool)].drop(columns="source_row")
+    if rows.empty:
+        return
+    marker = _header_keys(Field("SELLER Loan #", "", "text"), aliases)
+    cells = _header_keys_of(pd.Series(rows.to_numpy().ravel(), dtype=object).astype("string"))
+    hits = cells.isin(marker).to_numpy(dtype=bool).reshape(rows.shape).any(axis=1)
+    if hits.any():
+        at = frame.loc[rows.index[hits], "source_row"]
+        raise StructuralError(
+            "a second header row below the loans: a second table under the first is not read as loans; keep one "
+            "table of offered loans on this sheet and move the other to a sheet of its own",
+            file=file, sheet=sheet, columns=[header], rows=at,
+        )
 
 
 # A whole column in the other unit is told from a few odd loans by its size.
