@@ -77,3 +77,30 @@ def test_a_second_table_below_the_loans_is_structural_not_bought(batch, rules):
         load_batch_inputs(batch, rules)
     assert (caught.value.file, caught.value.sheet, caught.value.rows) == (batch.exhibits["sfy"].name, "Exhibit A", [6])
     assert caught.value.columns == ["SELLER Loan #"]
+
+
+def test_a_true_or_false_cell_is_no_amount_or_date(batch, rules):
+    # Past bug: a TRUE/FALSE cell (a checkbox's linked cell, a comparison
+    # pasted as values) was read as 1 or 0: an Orig. Balance of TRUE made a
+    # valid $1 loan, a DTI of FALSE a 0 % DTI that passed underwriting, a
+    # Submit Date of TRUE the date 1899-12-31.
+    write_exhibit(batch.exhibits["sfy"], [
+        loan("BALANCE", **{"Orig. Balance": True}),
+        loan("DTI", DTI=False),
+        loan("DATE", **{"Submit Date": True}),
+        loan("TU144"),
+        loan("NO_TU144"),
+    ])
+    book = openpyxl.load_workbook(batch.exhibits["sfy"])
+    sheet = book.active
+    sheet.cell(row=2, column=len(EXHIBIT_HEADER) + 1, value="TU144")  # a 0/1 flag: TRUE and FALSE say the same
+    for row, flag in ((6, True), (7, False)):
+        sheet.cell(row=row, column=len(EXHIBIT_HEADER) + 1, value=flag)
+    book.save(batch.exhibits["sfy"])
+    loans = sfy_loans(batch, rules)
+    problems = loans["row_problems"]
+    assert problems["BALANCE"] == "Orig. Balance 'TRUE' is not a number"
+    assert problems["DTI"] == "DTI 'FALSE' is not a number"
+    assert problems["DATE"] == "Submit Date 'TRUE' is not a date"
+    assert problems["TU144"] == problems["NO_TU144"] == ""
+    assert loans.loc["TU144", "tu144"] == 1.0 and loans.loc["NO_TU144", "tu144"] == 0.0

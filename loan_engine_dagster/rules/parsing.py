@@ -118,6 +118,8 @@ FIELDS_BY_KIND = {
     "grid": GRID_FIELDS,
     "comap": COMAP_LIST_FIELDS,
 }
+# Number columns that hold a 0/1 flag, where a TRUE/FALSE cell is the same flag.
+FLAG_NUMBERS = {"tu144"}
 # Headers sellers write in several ways (`TU144`, `TU 144`, `tu_144`): they
 # also match once spaces and underscores are removed.
 LOOSE_HEADERS = {"tu144"}
@@ -291,8 +293,9 @@ NUMBER_RANGE = f"a number must be finite and at most {LARGEST_NUMBER:.0f} in siz
 DATE_RANGE = f"a date must fall between {FIRST_DATE:%Y-%m-%d} and {LAST_DATE:%Y-%m-%d}"
 
 
-def to_number(series: pd.Series) -> pd.Series:
-    """Numbers; NaN for cells that are not numbers or are out of range."""
+def to_number(series: pd.Series, *, flag: bool = False) -> pd.Series:
+    """Numbers; NaN for cells that are not numbers or are out of range. A
+    TRUE/FALSE cell is a number only in a 0/1 `flag` column."""
     cast = _arrow_cast(series, pa.float64())
     if cast is not None:
         values = pd.Series(cast.to_numpy(zero_copy_only=False), index=series.index, dtype="float64")
@@ -300,7 +303,18 @@ def to_number(series: pd.Series) -> pd.Series:
         values = numbers
     else:
         values = pd.to_numeric(series, errors="coerce").astype("float64")
+        if not flag:
+            values = values.mask(_true_or_false(series))
     return values.where(values.abs() <= LARGEST_NUMBER)
+
+
+def _true_or_false(series: pd.Series) -> pd.Series:
+    """Workbook TRUE/FALSE cells. pandas reads them as 1 and 0, and an Orig.
+    Balance of TRUE (a checkbox's linked cell, a comparison pasted as
+    values) made a valid $1 loan; no amount or date is written so."""
+    if series.dtype != object:  # a CSV column: text, where "TRUE" is no number anyway
+        return pd.Series(False, index=series.index)
+    return series.map(type).isin([bool, np.bool_])
 
 
 def _workbook_numbers(series: pd.Series) -> pd.Series | None:
@@ -347,7 +361,7 @@ def _read_dates(series: pd.Series) -> tuple[pd.Series, pd.Series]:
         # text to look for, and asking each date whether it is a number is slow.
         parsed = pd.to_datetime(series, errors="coerce", format="mixed").astype("datetime64[us]")
         return parsed, pd.Series(False, index=series.index)
-    serial = pd.to_numeric(series, errors="coerce").astype("float64")
+    serial = pd.to_numeric(series, errors="coerce").astype("float64").mask(_true_or_false(series))
     serial_ok = serial.between(*SERIAL_RANGE)
     textual = series.where(serial.isna())
     if textual.dtype == object:  # workbook cells: text among dates and numbers
@@ -583,7 +597,7 @@ def typed_frame(
             blank = pd.Series(pc.equal(pa.array(values.array), "").to_numpy(zero_copy_only=False), index=frame.index)
             out[field.name] = values
         elif field.kind == "number":
-            values = to_number(raw)
+            values = to_number(raw, flag=field.name in FLAG_NUMBERS)
             blank = _blank_among(raw, values.isna())
             invalid[field.name] = values.isna() & ~blank
             out[field.name] = values.fillna(field.default) if not field.required and field.default is not None else values
@@ -673,7 +687,8 @@ def parse_exhibit(
 
         def unreadable(rows, cells=cells, header=headers[name], is_date=is_date):
             flagged = cells[rows]
-            shown = f"{header} '" + flagged.astype("string").str.strip().fillna("")
+            text = flagged.astype("string").str.strip().fillna("")
+            shown = f"{header} '" + text.mask(_true_or_false(flagged), text.str.upper())  # as Excel shows it
             blank = is_blank(flagged)
             message = (shown + f"' is not {'a date' if is_date else 'a number'}").where(~blank, f"{header} is empty")
             if cell_notes is not None and blank.any():
