@@ -104,3 +104,28 @@ def test_a_true_or_false_cell_is_no_amount_or_date(batch, rules):
     assert problems["DATE"] == "Submit Date 'TRUE' is not a date"
     assert problems["TU144"] == problems["NO_TU144"] == ""
     assert loans.loc["TU144", "tu144"] == 1.0 and loans.loc["NO_TU144", "tu144"] == 0.0
+
+
+@pytest.mark.parametrize(("cell", "value"), [
+    ("12000\u00a0", 12000.0),  # a non-breaking space copied from a web page or a PDF
+    ("\u00a012,000.50", 12000.5),
+    ("12000\t", 12000.0),
+    ("$12,000", 12000.0),
+    ("$ 12,000.00", 12000.0),
+    ("1,234,567.5", 1234567.5),
+    ("-$1,000", -1000.0),
+])
+def test_an_amount_stored_as_text_as_excel_shows_it_is_read(batch, rules, cell, value):
+    # Past bug: a text cell reading 12000 followed by a non-breaking space was
+    # refused as "Orig. Balance '12000' is not a number" (the message showing
+    # the number it refused), and US thousands separators and a dollar sign
+    # (what Excel shows for the same amount in a number cell) rejected the loan.
+    write_exhibit(batch.exhibits["sfy"], [loan("TEXT", **{"Income": cell})])
+    loans = sfy_loans(batch, rules)
+    assert loans.loc["TEXT", "row_problems"] == "" and loans.loc["TEXT", "income"] == value
+
+
+@pytest.mark.parametrize("cell", ["12,34", "1.234,56", "12,3456", "$", "1,000 x", "12 000"])
+def test_text_that_is_no_us_amount_is_still_not_a_number(batch, rules, cell):
+    write_exhibit(batch.exhibits["sfy"], [loan("TEXT", **{"Income": cell})])
+    assert sfy_loans(batch, rules).loc["TEXT", "row_problems"] == f"Income '{cell}' is not a number"

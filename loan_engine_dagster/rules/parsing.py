@@ -305,7 +305,29 @@ def to_number(series: pd.Series, *, flag: bool = False) -> pd.Series:
         values = pd.to_numeric(series, errors="coerce").astype("float64")
         if not flag:
             values = values.mask(_true_or_false(series))
+        values = _written_amounts(series, values)
     return values.where(values.abs() <= LARGEST_NUMBER)
+
+
+# An amount as Excel shows it in a number cell, stored as text (pasted from
+# a web page, a PDF or another program): a dollar sign, US thousands
+# separators in threes, any white space around it (a non-breaking space
+# too). Anything else (`12,34`, `1.234,56`) stays not a number: whether its
+# comma is a separator or a decimal point is not the engine's to guess.
+_US_AMOUNT = r"(?:[-+]?\$?\s*[-+]?)(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|[-+]?\$?\s*\.\d+"
+
+
+def _written_amounts(series: pd.Series, values: pd.Series) -> pd.Series:
+    """`values` with the text cells that did not convert read as US amounts where they are."""
+    missed = values.isna() & series.notna()
+    if series.dtype == object:
+        missed &= series.map(type).eq(str)
+    if not missed.any():
+        return values
+    text = series[missed].astype("string").str.strip()  # Python's strip: a non-breaking space too
+    amount = text.where(text.str.fullmatch(_US_AMOUNT).fillna(False).astype(bool))
+    read = pd.to_numeric(amount.str.replace(r"[\s$,]", "", regex=True), errors="coerce").astype("float64")
+    return values.fillna(read)
 
 
 def _true_or_false(series: pd.Series) -> pd.Series:
