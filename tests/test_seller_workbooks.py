@@ -6,6 +6,7 @@ batch loader."""
 import datetime as dt
 
 import openpyxl
+import xlsxwriter
 import pytest
 
 from conftest import EXHIBIT_HEADER, loan
@@ -129,3 +130,35 @@ def test_an_amount_stored_as_text_as_excel_shows_it_is_read(batch, rules, cell, 
 def test_text_that_is_no_us_amount_is_still_not_a_number(batch, rules, cell):
     write_exhibit(batch.exhibits["sfy"], [loan("TEXT", **{"Income": cell})])
     assert sfy_loans(batch, rules).loc["TEXT", "row_problems"] == f"Income '{cell}' is not a number"
+
+
+def test_a_formula_saved_as_0_by_a_program_that_never_computed_it_is_not_read_as_0(batch, rules):
+    # Past bug: XlsxWriter saves every formula with 0 in place of its value
+    # (Excel computes it when the file is opened, as the workbook asks). A DTI
+    # of =0.1*3 was read as 0 and passed underwriting; a FICO of =700+20 was
+    # rejected as "FICO Borrower 0 outside 300-850".
+    path = batch.exhibits["sfy"]
+    with xlsxwriter.Workbook(str(path)) as book:
+        sheet = book.add_worksheet("Exhibit A")
+        dates = book.add_format({"num_format": "yyyy-mm-dd"})
+        sheet.write_row(0, 0, ["Exhibit A to Form of Sale Notice"])
+        sheet.write_row(1, 0, EXHIBIT_HEADER)
+        rows = [loan("DTI", DTI="=0.1*3"), loan("FICO", **{"FICO Borrower": "=700+20"}),
+                loan("ZERO", DTI=0), loan("SAVED", DTI="=0.1*3")]
+        for r, row in enumerate(rows, start=2):
+            for c, header in enumerate(EXHIBIT_HEADER):
+                value = row[header]
+                if isinstance(value, dt.datetime):
+                    sheet.write_datetime(r, c, value, dates)
+                elif row["SELLER Loan #"] == "SAVED" and header == "DTI":
+                    sheet.write_formula(r, c, value, None, 0.3)  # a writer that computed it
+                else:
+                    sheet.write(r, c, value)
+    loans = sfy_loans(batch, rules)
+    problems = loans["row_problems"]
+    assert problems["DTI"] == ("DTI holds a formula (=0.1*3) whose value was never computed (the program that wrote "
+                               "the file saved 0 in its place): open the file in Excel and save it again")
+    assert problems["FICO"] == ("FICO Borrower holds a formula (=700+20) whose value was never computed (the program "
+                                "that wrote the file saved 0 in its place): open the file in Excel and save it again")
+    assert problems["ZERO"] == problems["SAVED"] == ""  # a 0 typed as such, a formula's saved value: read as they are
+    assert loans.loc["SAVED", "dti"] == 0.3

@@ -203,7 +203,14 @@ _REFERENCE = re.compile(rb'\sr="([A-Z]+)([0-9]+)"')
 _TYPE = re.compile(rb'\st="(\w+)"')
 _VALUE = re.compile(rb'<(?:\w+:)?v>([^<]*)</(?:\w+:)?v>')
 _FORMULA = re.compile(rb'<(?:\w+:)?f(?:\s[^>]*)?>([^<]*)</(?:\w+:)?f>')
+_UNCOMPUTED = re.compile(rb'<(?:\w+:)?calcPr\s[^>]*fullCalcOnLoad="(?:1|true)"')
 _NEVER_SAVED = "whose value was never saved: open the file in Excel and save it again"
+_SAVED_AS_0 = ("whose value was never computed (the program that wrote the file saved 0 in its place): open the file "
+               "in Excel and save it again")
+
+
+def _shown(formula: re.Match | None) -> str:
+    return f" (={unescape(formula[1].decode())})" if formula and formula[1] else ""
 
 
 def _marked_cells(path: Path, sheet: str) -> dict[tuple[int, int], str]:
@@ -212,6 +219,10 @@ def _marked_cells(path: Path, sheet: str) -> dict[tuple[int, int], str]:
         with zipfile.ZipFile(path) as archive:
             part = _sheet_part(archive, sheet)
             xml = archive.read(part) if part is not None else b""
+            # Set by writers that save formulas without computing them
+            # (XlsxWriter saves 0 in place of the value): Excel computes them
+            # on opening. Excel itself clears it when it saves the file.
+            uncomputed = _UNCOMPUTED.search(archive.read("xl/workbook.xml")) is not None
     except (OSError, KeyError, zipfile.BadZipFile, ElementTree.ParseError):
         return {}  # not an .xlsx as expected: the cells keep their plain message
     start, end = max(xml.find(b"<sheetData"), 0), xml.rfind(b"</sheetData>")
@@ -231,10 +242,13 @@ def _marked_cells(path: Path, sheet: str) -> dict[tuple[int, int], str]:
         kind, value, formula = _TYPE.search(xml, at, tag_end), _VALUE.search(cell), _FORMULA.search(cell)
         if kind is not None and kind[1] == b"e":
             note = f"holds the error {unescape(value[1].decode()) if value else ''}".rstrip()
-        elif _FORMULA_TAG.search(cell) and not (value and value[1]) and not (kind and kind[1] == b"str" and value):
+        elif not _FORMULA_TAG.search(cell):
+            continue
+        elif not (value and value[1]) and not (kind and kind[1] == b"str" and value):
             # (A formula whose saved value is empty text, type "str", is empty in Excel too.)
-            shown = f" (={unescape(formula[1].decode())})" if formula and formula[1] else ""
-            note = f"holds a formula{shown} {_NEVER_SAVED}"
+            note = f"holds a formula{_shown(formula)} {_NEVER_SAVED}"
+        elif uncomputed and kind is None and value[1] == b"0":
+            note = f"holds a formula{_shown(formula)} {_SAVED_AS_0}"
         else:
             continue
         notes[(int(reference[2]), _column_number(reference[1]))] = note

@@ -692,6 +692,7 @@ def parse_exhibit(
     header_cells = [str(h).strip() if h is not None else "" for h in raw.iloc[header_row].tolist()]
     column_of = {h: header_cells.index(h) + 1 for h in headers.values() if h in header_cells}  # A is 1
     problems = pd.Series("", index=out.index, dtype="string")
+    uncomputed = _zeros_never_computed(out, frame["source_row"], headers, column_of, cell_notes)
 
     def add(mask: pd.Series, message) -> None:
         # Messages are built for the flagged rows only: most rows have none.
@@ -722,6 +723,8 @@ def parse_exhibit(
             )
 
         add(mask, unreadable)
+    for name, notes in uncomputed.items():
+        add(notes.notna(), lambda rows, notes=notes, header=headers[name]: f"{header} " + notes[rows].astype("string"))
     valid_num = out["fico"].notna()
     bad_fico = valid_num & ((out["fico"] < rules.normalization.fico_min) | (out["fico"] > rules.normalization.fico_max))
     add(bad_fico, lambda rows: f"{headers['fico']} " + out.loc[rows, "fico"].map("{:g}".format).astype("string")
@@ -761,6 +764,32 @@ def _refuse_second_table(
             "table of offered loans on this sheet and move the other to a sheet of its own",
             file=file, sheet=sheet, columns=[header], rows=at,
         )
+
+
+# Required numbers no real loan has at 0. A 0 there is the one value worth
+# asking the workbook about: a program that saves formulas without computing
+# them (XlsxWriter) saves 0 in their place. Columns where 0 is common (Dealer
+# Fee, Stamp fee, promo_term) are not asked: the sheet's XML would be read
+# again for nearly every such exhibit.
+ZERO_IS_NO_VALUE = ("orig_balance", "income", "fico", "dti", "pti", "term", "apr", "lender_price",
+                    "modeled_purchase_price")
+
+
+def _zeros_never_computed(out, rows, headers, column_of, cell_notes) -> dict[str, pd.Series]:
+    """Per column, the note of each 0 that is a formula never computed (NA
+    elsewhere); those cells become missing, so no other rule reads the 0."""
+    found = {}
+    if cell_notes is None:
+        return found
+    for name in ZERO_IS_NO_VALUE:
+        zero = out[name].eq(0)
+        if headers[name] not in column_of or not zero.any():
+            continue
+        notes = cell_notes(rows[zero], column_of[headers[name]]).reindex(out.index)
+        if notes.notna().any():
+            out.loc[notes.notna(), name] = np.nan
+            found[name] = notes
+    return found
 
 
 # A whole column in the other unit is told from a few odd loans by its size.
