@@ -162,3 +162,22 @@ def test_a_formula_saved_as_0_by_a_program_that_never_computed_it_is_not_read_as
                                 "that wrote the file saved 0 in its place): open the file in Excel and save it again")
     assert problems["ZERO"] == problems["SAVED"] == ""  # a 0 typed as such, a formula's saved value: read as they are
     assert loans.loc["SAVED", "dti"] == 0.3
+
+
+def test_an_empty_cell_inside_merged_cells_says_whose_value_it_shows(batch, rules):
+    # Past bug: a Loan Program merged down over three loans shows the program
+    # beside each of them in Excel, but the value belongs to the top cell
+    # alone; the two loans below were rejected as "Loan Program is empty",
+    # and the seller found no empty cell to fill.
+    book = write_exhibit(batch.exhibits["sfy"], [
+        loan("TOP"), loan("MIDDLE", **{"Loan Program": None}), loan("BOTTOM", **{"Loan Program": None}),
+        loan("ALONE", **{"Loan Program": None}),
+    ], title=["Exhibit A to Form of Sale Notice"])
+    book.active.merge_cells("B3:B5")
+    book.active.merge_cells("A1:Q1")  # the title over the whole table: not a loan's cell
+    book.save(batch.exhibits["sfy"])
+    problems = sfy_loans(batch, rules)["row_problems"]
+    merged = ("Loan Program is empty: the cell is part of the merged cells B3:B5, whose value belongs to B3 alone; "
+              "unmerge them and fill in each loan's value")
+    assert (problems["TOP"], problems["MIDDLE"], problems["BOTTOM"]) == ("", merged, merged)
+    assert problems["ALONE"] == "Loan Program is empty"

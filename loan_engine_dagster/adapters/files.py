@@ -182,13 +182,23 @@ class CellNotes:
     def __init__(self, path: Path, sheet: str) -> None:
         self.path, self.sheet = path, sheet
         self._notes: dict[tuple[int, int], str] | None = None
+        self._merged: list[tuple[int, int, int, int]] = []
 
     def __call__(self, rows: pd.Series, column: int) -> pd.Series:
         """The note of each cell (spreadsheet `rows`, 1-based `column`), None where none."""
         if self._notes is None:
-            self._notes = _marked_cells(self.path, self.sheet)
+            self._notes, self._merged = _marked_cells(self.path, self.sheet)
+        out = pd.Series(None, index=rows.index, dtype=object)
+        # A cell inside merged cells (not their first) shows the first one's
+        # value in Excel, but holds none: "is empty" named no cell to fill.
+        for top, left, bottom, right in self._merged:
+            if left <= column <= right:
+                inside = rows.between(top, bottom) & ~((rows == top) & (column == left))
+                first, last = f"{_column_letters(left)}{top}", f"{_column_letters(right)}{bottom}"
+                out = out.mask(inside, f"is empty: the cell is part of the merged cells {first}:{last}, whose value "
+                                       f"belongs to {first} alone; unmerge them and fill in each loan's value")
         found = {row: note for (row, col), note in self._notes.items() if col == column}
-        return rows.map(found).astype(object).where(rows.isin(list(found)), None)
+        return out.mask(rows.isin(list(found)), rows.map(found))
 
 
 # In a sheet's XML a formula is an <f> element of its cell, an error value
@@ -213,8 +223,20 @@ def _shown(formula: re.Match | None) -> str:
     return f" (={unescape(formula[1].decode())})" if formula and formula[1] else ""
 
 
-def _marked_cells(path: Path, sheet: str) -> dict[tuple[int, int], str]:
-    """{(row, column): note} for the sheet's error cells and formulas without a saved value."""
+_MERGED = re.compile(rb'<(?:\w+:)?mergeCell\s[^>]*ref="([A-Z]+)([0-9]+):([A-Z]+)([0-9]+)"')
+
+
+def _column_letters(number: int) -> str:
+    letters = ""
+    while number:
+        number, rest = divmod(number - 1, 26)
+        letters = chr(65 + rest) + letters
+    return letters
+
+
+def _marked_cells(path: Path, sheet: str) -> tuple[dict[tuple[int, int], str], list[tuple[int, int, int, int]]]:
+    """{(row, column): note} for the sheet's error cells and formulas without
+    a saved value, and its merged ranges (top, left, bottom, right)."""
     try:
         with zipfile.ZipFile(path) as archive:
             part = _sheet_part(archive, sheet)
@@ -224,8 +246,10 @@ def _marked_cells(path: Path, sheet: str) -> dict[tuple[int, int], str]:
             # on opening. Excel itself clears it when it saves the file.
             uncomputed = _UNCOMPUTED.search(archive.read("xl/workbook.xml")) is not None
     except (OSError, KeyError, zipfile.BadZipFile, ElementTree.ParseError):
-        return {}  # not an .xlsx as expected: the cells keep their plain message
+        return {}, []  # not an .xlsx as expected: the cells keep their plain message
     start, end = max(xml.find(b"<sheetData"), 0), xml.rfind(b"</sheetData>")
+    merged = [(int(m[2]), _column_number(m[1]), int(m[4]), _column_number(m[3]))
+              for m in _MERGED.finditer(xml, max(end, 0))]
     notes: dict[tuple[int, int], str] = {}
     last = -1
     end = end if end > 0 else len(xml)
@@ -252,7 +276,7 @@ def _marked_cells(path: Path, sheet: str) -> dict[tuple[int, int], str]:
         else:
             continue
         notes[(int(reference[2]), _column_number(reference[1]))] = note
-    return notes
+    return notes, merged
 
 
 def read_csv(path: Path) -> pd.DataFrame:
