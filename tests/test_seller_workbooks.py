@@ -4,6 +4,7 @@ Every workbook is written to disk and read by the real readers, through the
 batch loader."""
 
 import datetime as dt
+import re
 
 import openpyxl
 import xlsxwriter
@@ -181,3 +182,19 @@ def test_an_empty_cell_inside_merged_cells_says_whose_value_it_shows(batch, rule
               "unmerge them and fill in each loan's value")
     assert (problems["TOP"], problems["MIDDLE"], problems["BOTTOM"]) == ("", merged, merged)
     assert problems["ALONE"] == "Loan Program is empty"
+
+
+@pytest.mark.parametrize(("column", "value", "problem"), [
+    # Lender Price(%) in a column formatted as a percentage: Excel shows 98.75% and stores 0.9875.
+    ("Lender Price(%)", 0.9875, "every Lender Price(%) is below 1"),
+    ("DTI", 36, "every DTI is 1 or more"),  # percent figures where the rules want a fraction
+    ("PTI", 5, "every PTI is 1 or more"),
+])
+def test_a_whole_column_in_the_other_unit_is_structural(batch, rules, column, value, problem):
+    # Past bug: every loan was rejected for a reason that was not its own
+    # (purchase_price_mismatch, underwriting_sfy) instead of the file being
+    # named as written in the wrong unit, as APR and Dealer Fee already were.
+    write_exhibit(batch.exhibits["sfy"], [loan(f"SFC_{i}", **{column: value}) for i in range(10)])
+    with pytest.raises(StructuralError, match=re.escape(problem)) as caught:
+        load_batch_inputs(batch, rules)
+    assert (caught.value.sheet, caught.value.columns, caught.value.rows) == ("Exhibit A", [column], [3, 4, 5])

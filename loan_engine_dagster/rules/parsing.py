@@ -679,8 +679,12 @@ def parse_exhibit(
     mapping = resolve_columns(frame, fields, file=file, sheet=sheet, aliases=aliases, kind="exhibit")
     out, invalid = typed_frame(frame, fields, mapping)
     _refuse_second_table(frame, invalid["orig_balance"], aliases, mapping["seller_loan_number"], file=file, sheet=sheet)
-    for name in ("apr", "dealer_fee"):
-        _refuse_wrong_unit(out[name], percent=True, header=mapping[name], rows=frame["source_row"], file=file, sheet=sheet)
+    # Lender Price(%) is the column a seller most likely formats as a
+    # percentage (its header says %); DTI and PTI typed as percent figures
+    # (36 for 36 %) failed every loan's underwriting for a reason not its own.
+    for name, percent in (("apr", True), ("dealer_fee", True), ("lender_price", True), ("dti", False), ("pti", False)):
+        _refuse_wrong_unit(out[name], percent=percent, header=mapping[name], rows=frame["source_row"], file=file,
+                           sheet=sheet)
     extras = _extra_columns(frame, mapping)
     for column in extras:
         out[SELLER_COLUMN_PREFIX + column] = frame[column]
