@@ -5,6 +5,7 @@ batch loader."""
 
 import datetime as dt
 import re
+import warnings
 
 import openpyxl
 import xlsxwriter
@@ -198,3 +199,23 @@ def test_a_whole_column_in_the_other_unit_is_structural(batch, rules, column, va
     with pytest.raises(StructuralError, match=re.escape(problem)) as caught:
         load_batch_inputs(batch, rules)
     assert (caught.value.sheet, caught.value.columns, caught.value.rows) == ("Exhibit A", [column], [3, 4, 5])
+
+
+def test_a_wide_exhibit_is_carried_without_a_warning_per_column(batch, rules):
+    # Past bug: each of a wide exhibit's own columns (a seller's export with
+    # 150 of them) was added to the loans one at a time: pandas warned
+    # "DataFrame is highly fragmented" once per column past the hundredth,
+    # flooding the run's log, and copied the frame to consolidate it.
+    extra = [f"Seller field {i}" for i in range(150)]
+    book = write_exhibit(batch.exhibits["sfy"], [loan(f"SFC_{i}") for i in range(3)])
+    sheet = book.active
+    for c, header in enumerate(extra, start=len(EXHIBIT_HEADER) + 1):
+        sheet.cell(row=2, column=c, value=header)
+        for r in (3, 4, 5):
+            sheet.cell(row=r, column=c, value=f"{header} of row {r}")
+    book.save(batch.exhibits["sfy"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loans = sfy_loans(batch, rules)
+    assert (loans["row_problems"] == "").all()
+    assert loans.loc["SFC_2", "seller:Seller field 149"] == "Seller field 149 of row 5"

@@ -686,8 +686,8 @@ def parse_exhibit(
         _refuse_wrong_unit(out[name], percent=percent, header=mapping[name], rows=frame["source_row"], file=file,
                            sheet=sheet)
     extras = _extra_columns(frame, mapping)
-    for column in extras:
-        out[SELLER_COLUMN_PREFIX + column] = frame[column]
+    if extras:  # at once: added one by one, a wide export's 150 columns flooded the log with pandas' warnings
+        out = pd.concat([out, frame[extras].set_axis([SELLER_COLUMN_PREFIX + c for c in extras], axis=1)], axis=1)
     if platform != "sfy":
         out["tu144"] = 0.0  # TU144 is an SFY-only exemption
         invalid.pop("tu144", None)
