@@ -219,3 +219,15 @@ def test_a_wide_exhibit_is_carried_without_a_warning_per_column(batch, rules):
         loans = sfy_loans(batch, rules)
     assert (loans["row_problems"] == "").all()
     assert loans.loc["SFC_2", "seller:Seller field 149"] == "Seller field 149 of row 5"
+
+
+@pytest.mark.parametrize("cell", ["20260201", 20260201])
+def test_a_date_written_as_yyyymmdd_is_that_date(batch, rules, cell):
+    # Past bug: a Submit Date exported as 20260201 (as core banking systems
+    # write dates) was taken for an Excel serial 55,000 years away and
+    # rejected as "out of range (a date must fall between 1677-09-22 and
+    # 2262-04-11)", a message that told the seller nothing.
+    write_exhibit(batch.exhibits["sfy"], [loan("YMD", **{"Submit Date": cell}), loan("NOT", **{"Submit Date": "20261301"})])
+    loans = sfy_loans(batch, rules)
+    assert loans.loc["YMD", "row_problems"] == "" and loans.loc["YMD", "submit_date"] == dt.datetime(2026, 2, 1)
+    assert loans.loc["NOT", "row_problems"].startswith("Submit Date '20261301' on sheet 'Exhibit A' is out of range")

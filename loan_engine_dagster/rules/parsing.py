@@ -394,7 +394,15 @@ def _read_dates(series: pd.Series) -> tuple[pd.Series, pd.Series]:
         textual = textual.where(~is_text, textual[is_text].astype("string").str.extract(TEXT_DATE, expand=False))
     parsed = pd.to_datetime(textual, errors="coerce", format="mixed").astype("datetime64[us]")
     from_serial = (EXCEL_EPOCH + pd.to_timedelta(serial.where(serial_ok), unit="D")).astype("datetime64[us]")
-    return parsed.where(serial.isna(), from_serial), serial.notna() & ~serial_ok
+    beyond = serial.notna() & ~serial_ok
+    if beyond.any():
+        # 20260201 as a serial is 55,000 years away: a date written as
+        # YYYYMMDD (core banking exports) is what it means, when it is one.
+        whole = serial[beyond].where(serial[beyond].between(1e7, 1e8 - 1) & (serial[beyond] % 1 == 0))
+        as_written = pd.to_datetime(whole.astype("Int64").astype("string"), format="%Y%m%d", errors="coerce")
+        from_serial = from_serial.fillna(as_written.astype("datetime64[us]"))
+        beyond = beyond & from_serial.isna()
+    return parsed.where(serial.isna(), from_serial), beyond
 
 
 def to_date(series: pd.Series) -> pd.Series:
