@@ -231,3 +231,18 @@ def test_a_date_written_as_yyyymmdd_is_that_date(batch, rules, cell):
     loans = sfy_loans(batch, rules)
     assert loans.loc["YMD", "row_problems"] == "" and loans.loc["YMD", "submit_date"] == dt.datetime(2026, 2, 1)
     assert loans.loc["NOT", "row_problems"].startswith("Submit Date '20261301' on sheet 'Exhibit A' is out of range")
+
+
+def test_a_loan_number_too_long_for_a_number_cell_is_invalid_not_rounded(batch, rules):
+    # Past bug: a 17-digit loan number stored in a number cell cannot be held
+    # exactly (a spreadsheet number keeps about 15 digits): it was read as
+    # the loan "1.234567890123457e+16", valid, a number the seller never
+    # wrote, which two loans could share and no tape could match.
+    write_exhibit(batch.exhibits["sfy"], [
+        loan(12345678901234567), loan(1234567890123456), loan("98765432109876543210"),
+    ])
+    problems = sfy_loans(batch, rules)["row_problems"]
+    assert problems["1.234567890123457e+16"] == (
+        "SELLER Loan # 1.234567890123457e+16 is a number with more digits than a spreadsheet keeps exactly: "
+        "its last digits are lost; enter the loan numbers as text")
+    assert problems["1234567890123456"] == "" and problems["98765432109876543210"] == ""  # held exactly; text

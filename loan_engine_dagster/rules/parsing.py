@@ -737,6 +737,9 @@ def parse_exhibit(
         add(mask, unreadable)
     for name, notes in uncomputed.items():
         add(notes.notna(), lambda rows, notes=notes, header=headers[name]: f"{header} " + notes[rows].astype("string"))
+    add(_inexact_numbers(frame[mapping["seller_loan_number"]]), lambda rows: f"{headers['seller_loan_number']} "
+        + out.loc[rows, "seller_loan_number"] + " is a number with more digits than a spreadsheet keeps exactly: "
+        "its last digits are lost; enter the loan numbers as text")
     valid_num = out["fico"].notna()
     bad_fico = valid_num & ((out["fico"] < rules.normalization.fico_min) | (out["fico"] > rules.normalization.fico_max))
     add(bad_fico, lambda rows: f"{headers['fico']} " + out.loc[rows, "fico"].map("{:g}".format).astype("string")
@@ -776,6 +779,17 @@ def _refuse_second_table(
             "table of offered loans on this sheet and move the other to a sheet of its own",
             file=file, sheet=sheet, columns=[header], rows=at,
         )
+
+
+def _inexact_numbers(cells: pd.Series) -> pd.Series:
+    """Number cells beyond 2**53, where a float no longer holds every whole
+    number: a 17-digit loan number stored as a number was read as
+    "1.234567890123457e+16", a number the seller never wrote that two loans
+    could share. A column of text (the usual loan numbers) is not looked at."""
+    if cells.dtype != object or pd.api.types.infer_dtype(cells, skipna=True) in ("string", "empty"):
+        return pd.Series(False, index=cells.index)
+    numbers = cells.map(type).isin([float, int, np.float64, np.int64])
+    return numbers & pd.to_numeric(cells.where(numbers), errors="coerce").abs().ge(LARGEST_NUMBER)
 
 
 # Required numbers no real loan has at 0. A 0 there is the one value worth
