@@ -246,3 +246,15 @@ def test_a_loan_number_too_long_for_a_number_cell_is_invalid_not_rounded(batch, 
         "SELLER Loan # 1.234567890123457e+16 is a number with more digits than a spreadsheet keeps exactly: "
         "its last digits are lost; enter the loan numbers as text")
     assert problems["1234567890123456"] == "" and problems["98765432109876543210"] == ""  # held exactly; text
+
+
+def test_hidden_rows_and_columns_are_read_like_the_others(batch, rules):
+    # A choice, not a fix (decisions.md): the exhibit is the file, not the
+    # view; a hidden loan row or column is still in it.
+    book = write_exhibit(batch.exhibits["sfy"], [loan("SHOWN"), loan("HIDDEN")])
+    book.active.row_dimensions[4].hidden = True
+    book.active.column_dimensions["G"].hidden = True  # FICO Borrower
+    book.save(batch.exhibits["sfy"])
+    loans = sfy_loans(batch, rules)
+    assert list(loans.index) == ["SHOWN", "HIDDEN"] and (loans["row_problems"] == "").all()
+    assert (loans["fico"] == 720).all()
