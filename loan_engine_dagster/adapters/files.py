@@ -254,7 +254,12 @@ def _marked_cells(path: Path, sheet: str) -> tuple[dict[tuple[int, int], str], l
     last = -1
     end = end if end > 0 else len(xml)
     for mark in sorted(m.start() for pattern in _MARKS for m in pattern.finditer(xml, start, end)):
-        at = max(xml.rfind(b"<c ", start, mark), xml.rfind(b":c ", start, mark))
+        # The cell's opening tag is just before: its attributes, or inside it.
+        # (Searched back to the start of the data, a column of formulas took a minute.)
+        near = max(start, mark - 1024)
+        at = max(xml.rfind(b"<c ", near, mark), xml.rfind(b":c ", near, mark))
+        if at < 0:
+            continue
         if at <= last:  # the same cell again (a formula whose value is an error)
             continue
         last = at
