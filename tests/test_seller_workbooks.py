@@ -173,16 +173,18 @@ def test_an_empty_cell_inside_merged_cells_says_whose_value_it_shows(batch, rule
     # and the seller found no empty cell to fill.
     book = write_exhibit(batch.exhibits["sfy"], [
         loan("TOP"), loan("MIDDLE", **{"Loan Program": None}), loan("BOTTOM", **{"Loan Program": None}),
-        loan("ALONE", **{"Loan Program": None}),
+        loan("ALONE", **{"Loan Program": None}), loan("TOP2"), loan("UNDER2", **{"Loan Program": None}),
     ], title=["Exhibit A to Form of Sale Notice"])
     book.active.merge_cells("B3:B5")
+    book.active.merge_cells("B7:B8")
     book.active.merge_cells("A1:Q1")  # the title over the whole table: not a loan's cell
     book.save(batch.exhibits["sfy"])
     problems = sfy_loans(batch, rules)["row_problems"]
     merged = ("Loan Program is empty: the cell is part of the merged cells B3:B5, whose value belongs to B3 alone; "
               "unmerge them and fill in each loan's value")
     assert (problems["TOP"], problems["MIDDLE"], problems["BOTTOM"]) == ("", merged, merged)
-    assert problems["ALONE"] == "Loan Program is empty"
+    assert problems["ALONE"] == "Loan Program is empty" and problems["TOP2"] == ""
+    assert problems["UNDER2"] == merged.replace("B3:B5", "B7:B8").replace("B3", "B7")
 
 
 @pytest.mark.parametrize(("column", "value", "problem"), [

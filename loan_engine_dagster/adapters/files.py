@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -191,12 +192,18 @@ class CellNotes:
         out = pd.Series(None, index=rows.index, dtype=object)
         # A cell inside merged cells (not their first) shows the first one's
         # value in Excel, but holds none: "is empty" named no cell to fill.
-        for top, left, bottom, right in self._merged:
-            if left <= column <= right:
-                inside = rows.between(top, bottom) & ~((rows == top) & (column == left))
-                first, last = f"{_column_letters(left)}{top}", f"{_column_letters(right)}{bottom}"
-                out = out.mask(inside, f"is empty: the cell is part of the merged cells {first}:{last}, whose value "
-                                       f"belongs to {first} alone; unmerge them and fill in each loan's value")
+        # Merged ranges do not overlap: each row's is found by its top row
+        # (a report merging two cells on every row has 100,000 of them).
+        ranges = sorted(m for m in self._merged if m[1] <= column <= m[3])
+        if ranges:
+            top, left, bottom, right = (np.array(side) for side in zip(*ranges, strict=True))
+            at = rows.to_numpy(dtype=np.int64)
+            which = np.clip(np.searchsorted(top, at, side="right") - 1, 0, None)
+            inside = (top[which] <= at) & (at <= bottom[which]) & ~((at == top[which]) & (left[which] == column))
+            notes = np.array([f"is empty: the cell is part of the merged cells {_column_letters(l)}{t}:"
+                              f"{_column_letters(r)}{b}, whose value belongs to {_column_letters(l)}{t} alone; "
+                              "unmerge them and fill in each loan's value" for t, l, b, r in ranges], dtype=object)
+            out = out.mask(pd.Series(inside, index=rows.index), pd.Series(notes[which], index=rows.index))
         found = {row: note for (row, col), note in self._notes.items() if col == column}
         return out.mask(rows.isin(list(found)), rows.map(found))
 
