@@ -5,11 +5,14 @@ batch loader."""
 
 import datetime as dt
 import re
+import subprocess
+import sys
 import warnings
+import zipfile
 
 import openpyxl
-import xlsxwriter
 import pytest
+import xlsxwriter
 
 from conftest import EXHIBIT_HEADER, loan
 from loan_engine_dagster.adapters.inbox import find_batch
@@ -260,3 +263,47 @@ def test_hidden_rows_and_columns_are_read_like_the_others(batch, rules):
     loans = sfy_loans(batch, rules)
     assert list(loans.index) == ["SHOWN", "HIDDEN"] and (loans["row_problems"] == "").all()
     assert (loans["fico"] == 720).all()
+
+
+def as_strict(path):
+    """The workbook as Excel's "Strict Open XML Spreadsheet" writes it: the
+    same parts under the ISO namespaces."""
+    with zipfile.ZipFile(path) as source:
+        parts = {name: source.read(name) for name in source.namelist()}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as target:
+        for name, data in parts.items():
+            data = data.replace(b"http://schemas.openxmlformats.org/spreadsheetml/2006/main",
+                                b"http://purl.oclc.org/ooxml/spreadsheetml/main")
+            data = data.replace(b"http://schemas.openxmlformats.org/officeDocument/2006/relationships",
+                                b"http://purl.oclc.org/ooxml/officeDocument/relationships")
+            target.writestr(name, data)
+
+
+def test_a_strict_open_xml_exhibit_gets_the_same_guards(batch, rules, tmp_path):
+    # Past bug: the sheet's XML was looked up under the usual namespaces only,
+    # so in a workbook saved as Strict Open XML (which the reader reads) a
+    # stray value at XFD1048576 was not refused and aborted the process, and
+    # a formula never computed was reported as an empty cell.
+    path = tmp_path / "SFY_02-19-2026_ExhibitAtoFormofSaleNotice - Pre-Funding.xlsx"
+    book = openpyxl.Workbook()
+    book.active.title = "Exhibit A"
+    book.active["A1"] = "SELLER Loan #"
+    book.active["XFD1048576"] = "."
+    book.save(path)
+    as_strict(path)
+    script = (
+        "import sys; from pathlib import Path\n"
+        "from loan_engine_dagster.adapters.files import open_workbook, read_sheet\n"
+        "path = Path(sys.argv[1])\n"
+        "try:\n"
+        "    read_sheet(open_workbook(path), path)\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, exc.problem)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("StructuralError values reach cell XFD1048576, far outside the table")
+
+    write_exhibit(batch.exhibits["sfy"], [loan("FORMULA", **{"FICO Borrower": "=700+20"})])
+    as_strict(batch.exhibits["sfy"])
+    assert sfy_loans(batch, rules).loc["FORMULA", "row_problems"].startswith("FICO Borrower holds a formula (=700+20)")

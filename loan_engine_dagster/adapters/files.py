@@ -112,17 +112,26 @@ def _column_number(letters: bytes) -> int:
 
 
 def _sheet_part(archive: zipfile.ZipFile, name: str) -> str | None:
-    """The sheet's XML file inside an .xlsx, by the sheet's name."""
-    ns = {"m": "http://schemas.openxmlformats.org/spreadsheetml/2006/main",
-          "r": "http://schemas.openxmlformats.org/officeDocument/2006/relationships",
-          "p": "http://schemas.openxmlformats.org/package/2006/relationships"}
+    """The sheet's XML file inside an .xlsx, by the sheet's name. Elements are
+    matched by their local names: a workbook saved as Strict Open XML names
+    them under other namespaces (and calamine reads it), and the guards on
+    its sheets were skipped."""
     book = ElementTree.fromstring(archive.read("xl/workbook.xml"))
-    ids = [s.get(f"{{{ns['r']}}}id") for s in book.iterfind("m:sheets/m:sheet", ns) if s.get("name") == name]
+    ids = [_attribute(s, "id") for s in book.iter() if _local(s.tag) == "sheet" and s.get("name") == name]
     rels = ElementTree.fromstring(archive.read("xl/_rels/workbook.xml.rels"))
-    targets = [r.get("Target") for r in rels.iterfind("p:Relationship", ns) if ids and r.get("Id") == ids[0]]
+    targets = [r.get("Target") for r in rels.iter() if _local(r.tag) == "Relationship" and ids and r.get("Id") == ids[0]]
     if not targets:
         return None
     return targets[0].lstrip("/") if targets[0].startswith("/") else f"xl/{targets[0]}"
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _attribute(element: ElementTree.Element, local: str) -> str | None:
+    """An attribute by its local name, whatever its namespace (r:id)."""
+    return next((value for key, value in element.attrib.items() if key.startswith("{") and _local(key) == local), None)
 
 
 def _refuse_huge_sheet(path: Path, name: str) -> None:
