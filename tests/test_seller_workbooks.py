@@ -279,6 +279,45 @@ def as_strict(path):
             target.writestr(name, data)
 
 
+def with_prefixed_sheets(path):
+    """The workbook with its sheets' elements under a prefix (`<x:c r="A1">`),
+    as .NET's Open XML SDK writes them."""
+    with zipfile.ZipFile(path) as source:
+        parts = {name: source.read(name) for name in source.namelist()}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as target:
+        for name, data in parts.items():
+            if name.startswith("xl/worksheets/"):
+                data = re.sub(rb"<(/?)([A-Za-z])", rb"<\1x:\2", data).replace(b"xmlns=", b"xmlns:x=")
+            target.writestr(name, data)
+
+
+FAR_READ = (
+    "import sys; from pathlib import Path\n"
+    "from loan_engine_dagster.adapters.files import open_workbook, read_sheet\n"
+    "path = Path(sys.argv[1])\n"
+    "try:\n"
+    "    read_sheet(open_workbook(path), path)\n"
+    "except Exception as exc:\n"
+    "    print(type(exc).__name__, exc.problem)\n"
+)
+
+
+def test_a_sheet_written_with_prefixed_elements_gets_the_far_value_guard(tmp_path):
+    # Past bug: the guard looked for `<dimension` and `<c r=` only; a sheet
+    # written as `<x:c r="A1">` (which the reader reads) with a stray value at
+    # XFD1048576 was not refused and aborted the process.
+    path = tmp_path / "SFY_02-19-2026_ExhibitAtoFormofSaleNotice - Pre-Funding.xlsx"
+    book = openpyxl.Workbook()
+    book.active.title = "Exhibit A"
+    book.active["A1"] = "SELLER Loan #"
+    book.active["XFD1048576"] = "."
+    book.save(path)
+    with_prefixed_sheets(path)
+    done = subprocess.run([sys.executable, "-c", FAR_READ, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("StructuralError values reach cell XFD1048576, far outside the table")
+
+
 def test_a_strict_open_xml_exhibit_gets_the_same_guards(batch, rules, tmp_path):
     # Past bug: the sheet's XML was looked up under the usual namespaces only,
     # so in a workbook saved as Strict Open XML (which the reader reads) a
@@ -291,16 +330,7 @@ def test_a_strict_open_xml_exhibit_gets_the_same_guards(batch, rules, tmp_path):
     book.active["XFD1048576"] = "."
     book.save(path)
     as_strict(path)
-    script = (
-        "import sys; from pathlib import Path\n"
-        "from loan_engine_dagster.adapters.files import open_workbook, read_sheet\n"
-        "path = Path(sys.argv[1])\n"
-        "try:\n"
-        "    read_sheet(open_workbook(path), path)\n"
-        "except Exception as exc:\n"
-        "    print(type(exc).__name__, exc.problem)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", FAR_READ, str(path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("StructuralError values reach cell XFD1048576, far outside the table")
 

@@ -100,8 +100,14 @@ def _sheet_frame(workbook: CalamineWorkbook, path: Path, name: str) -> pd.DataFr
 # at the bottom of column S (20 million cells) takes over a gigabyte. Sixteen
 # million cells is 2.5 times a 200,000-loan exhibit.
 MAX_SHEET_CELLS = 16_000_000
-_CELL = re.compile(rb'<c r="([A-Z]+)([0-9]+)"[^>]*?(/?)>')
-_DIMENSION = re.compile(rb'<dimension ref="(?:[A-Z]+[0-9]+:)?([A-Z]+)([0-9]+)"')
+# Elements may carry a prefix (`<x:c r="A1">`, as .NET's Open XML SDK writes
+# them); the cells are searched with the dimension's own, a literal start the
+# regex engine skips to fast.
+_DIMENSION = re.compile(rb'<(\w+:)?dimension ref="(?:[A-Z]+[0-9]+:)?([A-Z]+)([0-9]+)"')
+
+
+def _cell_pattern(prefix: bytes) -> re.Pattern:
+    return re.compile(b"<" + re.escape(prefix) + rb'c r="([A-Z]+)([0-9]+)"[^>]*?(/?)>')
 
 
 def _column_number(letters: bytes) -> int:
@@ -147,8 +153,9 @@ def _refuse_huge_sheet(path: Path, name: str) -> None:
                 return
             with archive.open(part) as xml:
                 found = _DIMENSION.search(xml.read(4096))
-                if found is None or _column_number(found[1]) * int(found[2]) <= MAX_SHEET_CELLS:
+                if found is None or _column_number(found[2]) * int(found[3]) <= MAX_SHEET_CELLS:
                     return
+                cells = _cell_pattern(found[1] or b"")
             rows = columns = 0
             far_row = far_column = ""
             with archive.open(part) as xml:
@@ -156,12 +163,12 @@ def _refuse_huge_sheet(path: Path, name: str) -> None:
                 while True:
                     chunk = xml.read(1 << 22)
                     text = tail + chunk
-                    # A cell cut in two by the chunk waits for the next one.
-                    cut = text.rfind(b"<c ") if chunk else -1
+                    # A tag cut in two by the chunk waits for the next one.
+                    cut = text.rfind(b"<") if chunk else -1
                     text, tail = (text[:cut], text[cut:]) if cut > 0 else (text, b"")
                     if not text:
                         break
-                    for cell in _CELL.finditer(text):
+                    for cell in cells.finditer(text):
                         if cell[3]:  # <c .../>: a format, no value
                             continue
                         row, column = int(cell[2]), _column_number(cell[1])
