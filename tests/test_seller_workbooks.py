@@ -318,6 +318,38 @@ def test_a_sheet_written_with_prefixed_elements_gets_the_far_value_guard(tmp_pat
     assert done.stdout.startswith("StructuralError values reach cell XFD1048576, far outside the table")
 
 
+def without_dimension(path):
+    """The workbook with no `<dimension>` in its sheets: it is optional, and
+    some streaming writers leave it out."""
+    with zipfile.ZipFile(path) as source:
+        parts = {name: source.read(name) for name in source.namelist()}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as target:
+        for name, data in parts.items():
+            if name.startswith("xl/worksheets/"):
+                data = re.sub(rb"<dimension [^>]*/>", b"", data)
+            target.writestr(name, data)
+
+
+def test_a_sheet_without_a_declared_range_gets_the_far_value_guard(batch, rules, tmp_path):
+    # Past bug: the guard read the sheet's declared range and trusted its
+    # absence: a sheet without one (optional in the format) holding a stray
+    # value at XFD1048576 aborted the process.
+    path = tmp_path / "SFY_02-19-2026_ExhibitAtoFormofSaleNotice - Pre-Funding.xlsx"
+    book = openpyxl.Workbook()
+    book.active.title = "Exhibit A"
+    book.active["A1"] = "SELLER Loan #"
+    book.active["XFD1048576"] = "."
+    book.save(path)
+    without_dimension(path)
+    done = subprocess.run([sys.executable, "-c", FAR_READ, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("StructuralError values reach cell XFD1048576, far outside the table")
+
+    write_exhibit(batch.exhibits["sfy"], [loan("PLAIN")])  # and a table of usual size reads as usual
+    without_dimension(batch.exhibits["sfy"])
+    assert sfy_loans(batch, rules).loc["PLAIN", "row_problems"] == ""
+
+
 def test_a_strict_open_xml_exhibit_gets_the_same_guards(batch, rules, tmp_path):
     # Past bug: the sheet's XML was looked up under the usual namespaces only,
     # so in a workbook saved as Strict Open XML (which the reader reads) a

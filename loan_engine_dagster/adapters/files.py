@@ -106,8 +106,8 @@ MAX_SHEET_CELLS = 16_000_000
 _DIMENSION = re.compile(rb'<(\w+:)?dimension ref="(?:[A-Z]+[0-9]+:)?([A-Z]+)([0-9]+)"')
 
 
-def _cell_pattern(prefix: bytes) -> re.Pattern:
-    return re.compile(b"<" + re.escape(prefix) + rb'c r="([A-Z]+)([0-9]+)"[^>]*?(/?)>')
+def _cell_pattern(prefix: bytes, escape: bool = True) -> re.Pattern:
+    return re.compile(b"<" + (re.escape(prefix) if escape else prefix) + rb'c r="([A-Z]+)([0-9]+)"[^>]*?(/?)>')
 
 
 def _column_number(letters: bytes) -> int:
@@ -143,9 +143,9 @@ def _attribute(element: ElementTree.Element, local: str) -> str | None:
 def _refuse_huge_sheet(path: Path, name: str) -> None:
     """A structural error, naming the far cell, for a sheet whose values
     reach further than MAX_SHEET_CELLS from A1. The sheet's declared range
-    is read first (a few bytes); only when it is that large are its cells
-    scanned, since cells with a format and no value widen the declared range
-    but not what calamine reads."""
+    is read first (a few bytes); only when it is that large, or missing, are
+    its cells scanned, since cells with a format and no value widen the
+    declared range but not what calamine reads."""
     try:
         with zipfile.ZipFile(path) as archive:
             part = _sheet_part(archive, name)
@@ -153,9 +153,14 @@ def _refuse_huge_sheet(path: Path, name: str) -> None:
                 return
             with archive.open(part) as xml:
                 found = _DIMENSION.search(xml.read(4096))
-                if found is None or _column_number(found[2]) * int(found[3]) <= MAX_SHEET_CELLS:
+                if found is None:
+                    # The range is optional and some streaming writers leave it
+                    # out: then the cells say how far they reach (a rare file).
+                    cells = _cell_pattern(rb"(?:\w+:)?", escape=False)
+                elif _column_number(found[2]) * int(found[3]) <= MAX_SHEET_CELLS:
                     return
-                cells = _cell_pattern(found[1] or b"")
+                else:
+                    cells = _cell_pattern(found[1] or b"")
             rows = columns = 0
             far_row = far_column = ""
             with archive.open(part) as xml:
