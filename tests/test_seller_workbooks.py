@@ -369,3 +369,13 @@ def test_a_strict_open_xml_exhibit_gets_the_same_guards(batch, rules, tmp_path):
     write_exhibit(batch.exhibits["sfy"], [loan("FORMULA", **{"FICO Borrower": "=700+20"})])
     as_strict(batch.exhibits["sfy"])
     assert sfy_loans(batch, rules).loc["FORMULA", "row_problems"].startswith("FICO Borrower holds a formula (=700+20)")
+
+
+@pytest.mark.parametrize("cell", ["Feb\u00a019, 2026", "19\u00a0Feb\u00a02026", "Feb 19,\u00a02026", "2/19/2026\u202f3:45\u00a0PM"])
+def test_a_text_date_spaced_with_non_breaking_spaces_is_read(batch, rules, cell):
+    # Past bug: "Feb 19, 2026" typed with non-breaking spaces (copied from a
+    # web page, a PDF or an e-mail) was refused as "Submit Date 'Feb 19,
+    # 2026' is not a date", a message showing a date that reads like any other.
+    write_exhibit(batch.exhibits["sfy"], [loan("SPACED", **{"Submit Date": cell})])
+    loans = sfy_loans(batch, rules)
+    assert loans.loc["SPACED", "row_problems"] == "" and loans.loc["SPACED", "submit_date"] == dt.datetime(2026, 2, 19)

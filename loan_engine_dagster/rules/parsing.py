@@ -372,6 +372,7 @@ _WHOLE_DATES = (
 )
 _TIME_AND_ZONE = r"(?:(?:T|\s+)\d{1,2}:\d{2}(?::\d{2}(?:\.\d*)?)?(?:\s*[ap]\.?m\.?)?(?:\s*(?:z|utc|gmt|[+-]\d{2}(?::?\d{2})?))?)?"
 _WEEKDAY = r"(?:(?:mon|tue|wed|thu|fri|sat|sun)[a-z]*\.?,?\s+)?"  # Thu, 19 Feb 2026
+_SPACES = "[\\s\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]+"
 TEXT_DATE = rf"(?i)^\s*{_WEEKDAY}((?:{'|'.join(_WHOLE_DATES)})){_TIME_AND_ZONE}\s*$"
 
 
@@ -391,7 +392,10 @@ def _read_dates(series: pd.Series) -> tuple[pd.Series, pd.Series]:
     else:  # a CSV column: text throughout, or no text at all
         is_text = textual.notna() & pd.api.types.is_string_dtype(textual.dtype)
     if is_text.any():  # only the whole date of a text cell is parsed; NaN when it names none
-        textual = textual.where(~is_text, textual[is_text].astype("string").str.extract(TEXT_DATE, expand=False))
+        # Spaces of any kind read as one (a date copied from a web page or a
+        # PDF holds non-breaking ones); Arrow's regex knows only ASCII \s.
+        spaced = textual[is_text].astype("string").str.replace(_SPACES, " ", regex=True)
+        textual = textual.where(~is_text, spaced.str.extract(TEXT_DATE, expand=False))
     parsed = pd.to_datetime(textual, errors="coerce", format="mixed").astype("datetime64[us]")
     from_serial = (EXCEL_EPOCH + pd.to_timedelta(serial.where(serial_ok), unit="D")).astype("datetime64[us]")
     beyond = serial.notna() & ~serial_ok
