@@ -379,3 +379,19 @@ def test_a_text_date_spaced_with_non_breaking_spaces_is_read(batch, rules, cell)
     write_exhibit(batch.exhibits["sfy"], [loan("SPACED", **{"Submit Date": cell})])
     loans = sfy_loans(batch, rules)
     assert loans.loc["SPACED", "row_problems"] == "" and loans.loc["SPACED", "submit_date"] == dt.datetime(2026, 2, 19)
+
+
+def test_a_tu144_flag_written_as_a_word_is_that_flag(batch, rules):
+    # Past bug: a TU144 of "Y" (or "Yes", "N", "false") rejected the loan as
+    # "TU144 'Y' is not a number", though nobody reads it as anything but 1.
+    words = {"Y": 1.0, "yes": 1.0, " TRUE ": 1.0, "N": 0.0, "No": 0.0, "false": 0.0}
+    book = write_exhibit(batch.exhibits["sfy"], [loan(f"W{i}") for i in range(len(words) + 1)])
+    sheet = book.active
+    sheet.cell(row=2, column=len(EXHIBIT_HEADER) + 1, value="TU 144")
+    for row, word in enumerate([*words, "maybe"], start=3):
+        sheet.cell(row=row, column=len(EXHIBIT_HEADER) + 1, value=word)
+    book.save(batch.exhibits["sfy"])
+    loans = sfy_loans(batch, rules)
+    for i, value in enumerate(words.values()):
+        assert loans.loc[f"W{i}", "row_problems"] == "" and loans.loc[f"W{i}", "tu144"] == value, i
+    assert loans.loc[f"W{len(words)}", "row_problems"] == "TU 144 'maybe' is not a number"

@@ -459,6 +459,17 @@ def _read_bool(series: pd.Series, default: bool) -> tuple[pd.Series, pd.Series, 
             pd.Series(empty[codes], index=index))
 
 
+def _flag_words(raw: pd.Series, values: pd.Series) -> pd.Series:
+    """A 0/1 flag written as a word (Y, yes, true; N, no, false) is that flag:
+    "TU144 'Y' is not a number" rejected loans nobody doubted. Only the
+    cells that are no number are looked at."""
+    missed = values.isna()
+    if not missed.any():
+        return values
+    flags, unreadable, empty = _read_bool(raw[missed], False)
+    return values.fillna(flags.astype("float64").where(~unreadable & ~empty))
+
+
 def to_bool(series: pd.Series, default: bool = False) -> pd.Series:
     return _read_bool(series, default)[0]
 
@@ -632,6 +643,8 @@ def typed_frame(
             out[field.name] = values
         elif field.kind == "number":
             values = to_number(raw, flag=field.name in FLAG_NUMBERS)
+            if field.name in FLAG_NUMBERS:
+                values = _flag_words(raw, values)
             blank = _blank_among(raw, values.isna())
             invalid[field.name] = values.isna() & ~blank
             out[field.name] = values.fillna(field.default) if not field.required and field.default is not None else values
