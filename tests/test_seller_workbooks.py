@@ -395,3 +395,23 @@ def test_a_tu144_flag_written_as_a_word_is_that_flag(batch, rules):
     for i, value in enumerate(words.values()):
         assert loans.loc[f"W{i}", "row_problems"] == "" and loans.loc[f"W{i}", "tu144"] == value, i
     assert loans.loc[f"W{len(words)}", "row_problems"] == "TU 144 'maybe' is not a number"
+
+
+def test_a_text_formula_saved_as_0_is_not_read_as_the_text_0(batch, rules):
+    # Past bug: XlsxWriter saves a text formula with 0 in place of its value
+    # too: a Loan Program of ="Std "&"120" was read as the program "0"
+    # (unknown_program), a Property State of =UPPER("ca") as the state "0".
+    path = batch.exhibits["sfy"]
+    with xlsxwriter.Workbook(str(path)) as book:
+        sheet = book.add_worksheet("Exhibit A")
+        dates = book.add_format({"num_format": "yyyy-mm-dd"})
+        sheet.write_row(0, 0, ["Exhibit A to Form of Sale Notice"])
+        sheet.write_row(1, 0, EXHIBIT_HEADER)
+        row = loan("TEXT", **{"Loan Program": '="Std "&"120"', "Property State": '=UPPER("ca")'})
+        for c, header in enumerate(EXHIBIT_HEADER):
+            value = row[header]
+            sheet.write_datetime(2, c, value, dates) if isinstance(value, dt.datetime) else sheet.write(2, c, value)
+    never = ("whose value was never computed (the program that wrote the file saved 0 in its place): open the file "
+             "in Excel and save it again")
+    assert sfy_loans(batch, rules).loc["TEXT", "row_problems"] == (
+        f'Loan Program holds a formula (="Std "&"120") {never}; Property State holds a formula (=UPPER("ca")) {never}')

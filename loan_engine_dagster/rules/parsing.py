@@ -816,6 +816,8 @@ def _inexact_numbers(cells: pd.Series) -> pd.Series:
 # again for nearly every such exhibit.
 ZERO_IS_NO_VALUE = ("orig_balance", "income", "fico", "dti", "pti", "term", "apr", "lender_price",
                     "modeled_purchase_price")
+# Likewise the text a loan's names never are: a text formula is saved as 0 too.
+ZERO_IS_NO_TEXT = ("seller_loan_number", "loan_program", "application_type", "property_state")
 
 
 def _zeros_never_computed(out, rows, headers, column_of, cell_notes) -> dict[str, pd.Series]:
@@ -824,13 +826,14 @@ def _zeros_never_computed(out, rows, headers, column_of, cell_notes) -> dict[str
     found = {}
     if cell_notes is None:
         return found
-    for name in ZERO_IS_NO_VALUE:
-        zero = out[name].eq(0)
+    for name in ZERO_IS_NO_TEXT + ZERO_IS_NO_VALUE:
+        zero = out[name].eq("0" if name in ZERO_IS_NO_TEXT else 0).fillna(False).astype(bool)
         if headers[name] not in column_of or not zero.any():
             continue
         notes = cell_notes(rows[zero], column_of[headers[name]]).reindex(out.index)
         if notes.notna().any():
-            out.loc[notes.notna(), name] = np.nan
+            if name in ZERO_IS_NO_VALUE:
+                out.loc[notes.notna(), name] = np.nan
             found[name] = notes
     return found
 
