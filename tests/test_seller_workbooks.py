@@ -415,3 +415,28 @@ def test_a_text_formula_saved_as_0_is_not_read_as_the_text_0(batch, rules):
              "in Excel and save it again")
     assert sfy_loans(batch, rules).loc["TEXT", "row_problems"] == (
         f'Loan Program holds a formula (="Std "&"120") {never}; Property State holds a formula (=UPPER("ca")) {never}')
+
+
+def test_a_date_formula_saved_as_0_is_not_read_as_1899_12_30(batch, rules):
+    # Past bug: XlsxWriter saves =DATE(2026,2,1) as 0. Unformatted, 0 was read
+    # as the Excel serial for 1899-12-30, a valid Submit Date that chose the
+    # oldest CoMAP sheets without a word; formatted as a date, the reader gave
+    # a time of 00:00 and the loan was rejected as "Submit Date '00:00:00' is
+    # not a date".
+    path = batch.exhibits["sfy"]
+    with xlsxwriter.Workbook(str(path)) as book:
+        sheet = book.add_worksheet("Exhibit A")
+        dates = book.add_format({"num_format": "yyyy-mm-dd"})
+        sheet.write_row(0, 0, ["Exhibit A to Form of Sale Notice"])
+        sheet.write_row(1, 0, EXHIBIT_HEADER)
+        for r, number in ((2, "PLAIN"), (3, "DATED")):
+            row = loan(number)
+            for c, header in enumerate(EXHIBIT_HEADER):
+                if header == "Submit Date":
+                    sheet.write_formula(r, c, "=DATE(2026,2,1)", dates if number == "DATED" else None)
+                else:
+                    sheet.write(r, c, row[header])
+    problems = sfy_loans(batch, rules)["row_problems"]
+    expected = ("Submit Date holds a formula (=DATE(2026,2,1)) whose value was never computed (the program that wrote "
+                "the file saved 0 in its place): open the file in Excel and save it again")
+    assert problems["PLAIN"] == problems["DATED"] == expected

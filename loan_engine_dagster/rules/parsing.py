@@ -721,7 +721,7 @@ def parse_exhibit(
     header_cells = [str(h).strip() if h is not None else "" for h in raw.iloc[header_row].tolist()]
     column_of = {h: header_cells.index(h) + 1 for h in headers.values() if h in header_cells}  # A is 1
     problems = pd.Series("", index=out.index, dtype="string")
-    uncomputed = _zeros_never_computed(out, frame["source_row"], headers, column_of, cell_notes)
+    uncomputed = _zeros_never_computed(out, invalid, frame["source_row"], headers, column_of, cell_notes)
 
     def add(mask: pd.Series, message) -> None:
         # Messages are built for the flagged rows only: most rows have none.
@@ -820,20 +820,25 @@ ZERO_IS_NO_VALUE = ("orig_balance", "income", "fico", "dti", "pti", "term", "apr
 ZERO_IS_NO_TEXT = ("seller_loan_number", "loan_program", "application_type", "property_state")
 
 
-def _zeros_never_computed(out, rows, headers, column_of, cell_notes) -> dict[str, pd.Series]:
+def _zeros_never_computed(out, invalid, rows, headers, column_of, cell_notes) -> dict[str, pd.Series]:
     """Per column, the note of each 0 that is a formula never computed (NA
     elsewhere); those cells become missing, so no other rule reads the 0."""
     found = {}
     if cell_notes is None:
         return found
-    for name in ZERO_IS_NO_TEXT + ZERO_IS_NO_VALUE:
-        zero = out[name].eq("0" if name in ZERO_IS_NO_TEXT else 0).fillna(False).astype(bool)
+    for name in ZERO_IS_NO_TEXT + ZERO_IS_NO_VALUE + ("submit_date",):
+        if name == "submit_date":
+            # A 0 is serial 1899-12-30, or a time of 00:00 in a cell formatted as a date.
+            zero = out[name].eq(EXCEL_EPOCH).fillna(False).astype(bool) | invalid[name]
+        else:
+            zero = out[name].eq("0" if name in ZERO_IS_NO_TEXT else 0).fillna(False).astype(bool)
         if headers[name] not in column_of or not zero.any():
             continue
         notes = cell_notes(rows[zero], column_of[headers[name]]).reindex(out.index)
         if notes.notna().any():
-            if name in ZERO_IS_NO_VALUE:
-                out.loc[notes.notna(), name] = np.nan
+            if name not in ZERO_IS_NO_TEXT:
+                out.loc[notes.notna(), name] = pd.NaT if name == "submit_date" else np.nan
+                invalid[name] = invalid[name] & notes.isna()  # the note says it instead of "is not a date"
             found[name] = notes
     return found
 
