@@ -304,7 +304,9 @@ def to_number(series: pd.Series, *, flag: bool = False) -> pd.Series:
     else:
         values = pd.to_numeric(series, errors="coerce").astype("float64")
         if not flag:
-            values = values.mask(_true_or_false(series))
+            ones_and_zeros = values.isin([0.0, 1.0]).to_numpy()  # the only values a TRUE/FALSE cell becomes
+            if ones_and_zeros.any():
+                values[ones_and_zeros] = values[ones_and_zeros].mask(_true_or_false(series[ones_and_zeros]))
         values = _written_amounts(series, values)
     return values.where(values.abs() <= LARGEST_NUMBER)
 
@@ -319,12 +321,16 @@ _US_AMOUNT = r"(?:[-+]?\$?\s*[-+]?)(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|[-+]?\$?
 
 def _written_amounts(series: pd.Series, values: pd.Series) -> pd.Series:
     """`values` with the text cells that did not convert read as US amounts where they are."""
-    missed = values.isna() & series.notna()
-    if series.dtype == object:
-        missed &= series.map(type).eq(str)
-    if not missed.any():
+    # Only the cells that did not convert are looked at (an empty cell is
+    # one, and a column with a few is common): their types, then their text.
+    cells = series[values.isna().to_numpy()]
+    cells = cells[cells.notna().to_numpy()]
+    if series.dtype == object and len(cells):
+        cells = cells[cells.map(type).eq(str).to_numpy()]
+    text = cells.astype("string").str.strip()  # Unicode white space too: a non-breaking space
+    text = text[(text != "").to_numpy(dtype=bool)]
+    if text.empty:
         return values
-    text = series[missed].astype("string").str.strip()  # Python's strip: a non-breaking space too
     amount = text.where(text.str.fullmatch(_US_AMOUNT).fillna(False).astype(bool))
     read = pd.to_numeric(amount.str.replace(r"[\s$,]", "", regex=True), errors="coerce").astype("float64")
     return values.fillna(read)
@@ -783,9 +789,9 @@ def _refuse_second_table(
     like the others. Which table is the offer is not the engine's to guess.
     Only rows whose Orig. Balance is already unreadable or empty (a header
     row's is text) are looked at: a clean exhibit has none."""
-    rows = frame.loc[suspects.to_numpy(dtype=bool)].drop(columns="source_row")
-    if rows.empty:
+    if not suspects.any():
         return
+    rows = frame.loc[suspects.to_numpy(dtype=bool)].drop(columns="source_row")
     marker = _header_keys(Field("SELLER Loan #", "", "text"), aliases)
     cells = _header_keys_of(pd.Series(rows.to_numpy().ravel(), dtype=object).astype("string"))
     hits = cells.isin(marker).to_numpy(dtype=bool).reshape(rows.shape).any(axis=1)
