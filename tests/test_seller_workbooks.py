@@ -466,3 +466,25 @@ def test_a_text_date_a_column_writes_both_ways_is_refused_as_ambiguous(batch, ru
         "Submit Date '05/11/2025' could be read day first or month first, and this column has dates written both "
         "ways: write it as 2025-11-05 or 2025-05-11")
     assert loans.loc[["DAY_FIRST", "MONTH_FIRST", "SAME"], "row_problems"].eq("").all()
+
+
+@pytest.mark.parametrize(("header", "problem"), [
+    ("FICO Borrower", "required column missing"),
+    ("SELLER Loan #", "no header row with a cell reading 'SELLER Loan #'"),
+])
+def test_a_header_that_is_a_formula_never_computed_is_named(batch, rules, header, problem):
+    # Past bug: a header cell holding a formula never computed (a template
+    # whose headers come from a setup sheet, saved by openpyxl) reads as
+    # empty: the batch failed as "required column missing" or "no header
+    # row" while Excel shows the header right there.
+    book = write_exhibit(batch.exhibits["sfy"], [loan("L1")])
+    column = EXHIBIT_HEADER.index(header) + 1
+    book.active.cell(row=2, column=column, value=f'="{header}"')
+    book.active.merge_cells("A1:Q1")  # a merged title says nothing about the header
+    book.save(batch.exhibits["sfy"])
+    with pytest.raises(StructuralError, match=re.escape(problem)) as caught:
+        load_batch_inputs(batch, rules)
+    letter = openpyxl.utils.get_column_letter(column)
+    assert caught.value.problem.endswith(
+        f'; cell {letter}2 holds a formula (="{header}") whose value was never saved: open the file in Excel and save '
+        "it again")

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from python_calamine import CalamineWorkbook, SheetTypeEnum, SheetVisibleEnum
 
 from loan_engine_dagster.rules.errors import StructuralError
-from loan_engine_dagster.rules.parsing import REPEATED_HEADERS
+from loan_engine_dagster.rules.parsing import REPEATED_HEADERS, column_letters
 
 from .inbox import is_input_file, open_input
 
@@ -221,8 +221,8 @@ class CellNotes:
             at = rows.to_numpy(dtype=np.int64)
             which = np.clip(np.searchsorted(top, at, side="right") - 1, 0, None)
             inside = (top[which] <= at) & (at <= bottom[which]) & ~((at == top[which]) & (left[which] == column))
-            notes = np.array([f"is empty: the cell is part of the merged cells {_column_letters(l)}{t}:"
-                              f"{_column_letters(r)}{b}, whose value belongs to {_column_letters(l)}{t} alone; "
+            notes = np.array([f"is empty: the cell is part of the merged cells {column_letters(l)}{t}:"
+                              f"{column_letters(r)}{b}, whose value belongs to {column_letters(l)}{t} alone; "
                               "unmerge them and fill in each loan's value" for t, l, b, r in ranges], dtype=object)
             out = out.mask(pd.Series(inside, index=rows.index), pd.Series(notes[which], index=rows.index))
         found = {row: note for (row, col), note in self._notes.items() if col == column}
@@ -252,14 +252,6 @@ def _shown(formula: re.Match | None) -> str:
 
 
 _MERGED = re.compile(rb'<(?:\w+:)?mergeCell\s[^>]*ref="([A-Z]+)([0-9]+):([A-Z]+)([0-9]+)"')
-
-
-def _column_letters(number: int) -> str:
-    letters = ""
-    while number:
-        number, rest = divmod(number - 1, 26)
-        letters = chr(65 + rest) + letters
-    return letters
 
 
 def _marked_cells(path: Path, sheet: str) -> tuple[dict[tuple[int, int], str], list[tuple[int, int, int, int]]]:

@@ -746,12 +746,21 @@ def parse_exhibit(
     naming every row-level problem (empty string when the row is valid).
     `cell_notes` is asked only about cells rejected as empty."""
     aliases = rules.column_aliases("exhibit")
-    header_row = find_header_row(
-        raw, marker="SELLER Loan #", max_rows=rules.inbox.header_search_rows, file=file, sheet=sheet, aliases=aliases
-    )
-    frame = frame_below_header(raw, header_row)
     fields = FIELDS_BY_KIND["exhibit"]
-    mapping = resolve_columns(frame, fields, file=file, sheet=sheet, aliases=aliases, kind="exhibit")
+    header_rows = range(1, rules.inbox.header_search_rows + 1)
+    try:
+        header_row = find_header_row(
+            raw, marker="SELLER Loan #", max_rows=rules.inbox.header_search_rows, file=file, sheet=sheet, aliases=aliases
+        )
+        header_rows = range(header_row + 1, header_row + 2)
+        frame = frame_below_header(raw, header_row)
+        mapping = resolve_columns(frame, fields, file=file, sheet=sheet, aliases=aliases, kind="exhibit")
+    except StructuralError as exc:
+        hint = _header_notes(raw, header_rows, cell_notes)
+        if not hint:
+            raise
+        raise StructuralError(exc.problem + hint, file=exc.file, sheet=exc.sheet, columns=exc.columns,
+                              rows=exc.rows) from None
     out, invalid = typed_frame(frame, fields, mapping)
     _refuse_second_table(frame, invalid["orig_balance"], aliases, mapping["seller_loan_number"], file=file, sheet=sheet)
     # Lender Price(%) is the column a seller most likely formats as a
@@ -850,6 +859,33 @@ def _refuse_second_table(
             "table of offered loans on this sheet and move the other to a sheet of its own",
             file=file, sheet=sheet, columns=[header], rows=at,
         )
+
+
+def column_letters(number: int) -> str:
+    """A spreadsheet column's letters from its number (1 is A)."""
+    letters = ""
+    while number:
+        number, rest = divmod(number - 1, 26)
+        letters = chr(65 + rest) + letters
+    return letters
+
+
+def _header_notes(raw: pd.DataFrame, rows: range, cell_notes: CellNotes | None) -> str:
+    """For a missing header or column: the header cells that hold a formula
+    never computed or an error (they read as empty), as "; cell G2 holds
+    ...". A header taken from a setup sheet by a formula, saved by a program
+    that never computed it, failed as "required column missing" while Excel
+    showed it. Asked only once the batch fails; the first 200 columns."""
+    if cell_notes is None:
+        return ""
+    spreadsheet_rows = pd.Series(list(rows))
+    found = []
+    for column in range(1, min(raw.shape[1], 200) + 1):
+        notes = cell_notes(spreadsheet_rows, column)
+        found += [f"; cell {column_letters(column)}{row} {note}"
+                  for row, note in zip(spreadsheet_rows, notes, strict=True)
+                  if pd.notna(note) and note.startswith("holds")]  # not a merged title block's "is empty"
+    return "".join(found[:3])
 
 
 def _inexact_numbers(cells: pd.Series) -> pd.Series:
