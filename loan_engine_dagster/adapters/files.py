@@ -287,7 +287,10 @@ def _marked_cells(path: Path, sheet: str) -> tuple[dict[tuple[int, int], str], l
         reference = _REFERENCE.search(xml, at, tag_end)
         if reference is None or xml[tag_end - 1:tag_end] == b"/":
             continue  # no reference (its place is not written down), or no content
-        cell = xml[tag_end:xml.find(b"c>", tag_end)]
+        close = xml.find(b"c>", tag_end, tag_end + (1 << 16))  # a longer cell keeps its plain message
+        if close < 0:
+            continue
+        cell = xml[tag_end:close]
         kind, value, formula = _TYPE.search(xml, at, tag_end), _VALUE.search(cell), _FORMULA.search(cell)
         if kind is not None and kind[1] == b"e":
             note = f"holds the error {unescape(value[1].decode()) if value else ''}".rstrip()
