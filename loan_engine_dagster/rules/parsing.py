@@ -390,7 +390,10 @@ def _read_dates(series: pd.Series) -> tuple[pd.Series, pd.Series]:
         # text to look for, and asking each date whether it is a number is slow.
         parsed = pd.to_datetime(series, errors="coerce", format="mixed").astype("datetime64[us]")
         return parsed, pd.Series(False, index=series.index)
-    serial = pd.to_numeric(series, errors="coerce").astype("float64").mask(_true_or_false(series))
+    serial = pd.to_numeric(series, errors="coerce").astype("float64")
+    ones_and_zeros = serial.isin([0.0, 1.0]).to_numpy()  # what a TRUE/FALSE cell becomes: no date
+    if ones_and_zeros.any():
+        serial[ones_and_zeros] = serial[ones_and_zeros].mask(_true_or_false(series[ones_and_zeros]))
     serial_ok = serial.between(*SERIAL_RANGE)
     textual = series.where(serial.isna())
     if textual.dtype == object:  # workbook cells: text among dates and numbers
@@ -744,7 +747,9 @@ def parse_exhibit(
 ) -> pd.DataFrame:
     """The offered loans of one exhibit, one row per loan, with `row_problems`
     naming every row-level problem (empty string when the row is valid).
-    `cell_notes` is asked only about cells rejected as empty."""
+    `cell_notes` is asked only about cells already suspect: rejected as
+    empty or as no date, a 0 where no loan has one, the header of a sheet
+    failing for its header."""
     aliases = rules.column_aliases("exhibit")
     fields = FIELDS_BY_KIND["exhibit"]
     header_rows = range(1, rules.inbox.header_search_rows + 1)
