@@ -442,32 +442,6 @@ def test_a_date_formula_saved_as_0_is_not_read_as_1899_12_30(batch, rules):
     assert problems["PLAIN"] == problems["DATED"] == expected
 
 
-def test_text_dates_written_day_first_are_read_day_first(batch, rules):
-    # Past bug: each text date was read month first unless its first number
-    # could not be a month, so in a column written day first (24/10/2025
-    # beside it) 05/11/2025 became 11 May instead of 5 November: a Submit
-    # Date on the other side of the 2025-10-24 CoMAP cut-off, without a word.
-    write_exhibit(batch.exhibits["sfy"], [
-        loan("CLEAR", **{"Submit Date": "24/10/2025"}), loan("AMBIGUOUS", **{"Submit Date": "05/11/2025"}),
-        loan("DATE_CELL", **{"Submit Date": dt.datetime(2025, 5, 11)}),  # a date cell says which it is
-    ])
-    loans = sfy_loans(batch, rules)
-    assert (loans["row_problems"] == "").all()
-    assert loans["submit_date"].tolist() == [dt.datetime(2025, 10, 24), dt.datetime(2025, 11, 5), dt.datetime(2025, 5, 11)]
-
-
-def test_a_text_date_a_column_writes_both_ways_is_refused_as_ambiguous(batch, rules):
-    write_exhibit(batch.exhibits["sfy"], [
-        loan("DAY_FIRST", **{"Submit Date": "24/10/2025"}), loan("MONTH_FIRST", **{"Submit Date": "10/24/2025"}),
-        loan("AMBIGUOUS", **{"Submit Date": "05/11/2025"}), loan("SAME", **{"Submit Date": "05/05/2025"}),
-    ])
-    loans = sfy_loans(batch, rules)
-    assert loans.loc["AMBIGUOUS", "row_problems"] == (
-        "Submit Date '05/11/2025' could be read day first or month first, and this column has dates written both "
-        "ways: write it as 2025-11-05 or 2025-05-11")
-    assert loans.loc[["DAY_FIRST", "MONTH_FIRST", "SAME"], "row_problems"].eq("").all()
-
-
 @pytest.mark.parametrize(("header", "problem"), [
     ("FICO Borrower", "required column missing"),
     ("SELLER Loan #", "no header row with a cell reading 'SELLER Loan #'"),

@@ -404,7 +404,7 @@ def _read_dates(series: pd.Series) -> tuple[pd.Series, pd.Series]:
         # Spaces of any kind read as one (a date copied from a web page or a
         # PDF holds non-breaking ones); Arrow's regex knows only ASCII \s.
         spaced = textual[is_text].astype("string").str.replace(_SPACES, " ", regex=True)
-        textual = textual.where(~is_text, _in_column_order(spaced.str.extract(TEXT_DATE, expand=False))[0])
+        textual = textual.where(~is_text, spaced.str.extract(TEXT_DATE, expand=False))
     parsed = pd.to_datetime(textual, errors="coerce", format="mixed").astype("datetime64[us]")
     from_serial = (EXCEL_EPOCH + pd.to_timedelta(serial.where(serial_ok), unit="D")).astype("datetime64[us]")
     beyond = serial.notna() & ~serial_ok
@@ -416,50 +416,6 @@ def _read_dates(series: pd.Series) -> tuple[pd.Series, pd.Series]:
         from_serial = from_serial.fillna(as_written.astype("datetime64[us]"))
         beyond = beyond & from_serial.isna()
     return parsed.where(serial.isna(), from_serial), beyond
-
-
-_NUMERIC_DATE = r"^(\d{1,2})([-/.])(\d{1,2})[-/.](?:\d{4}|\d{2})\b"
-
-
-def _in_column_order(dates: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """Whole text dates (NaN where none) with the day and month of numeric
-    ones put month first, as the column writes them, and the mask of those
-    that cannot be told. A date is read month first unless its first number
-    cannot be a month; a column (one seller's system) writing some day first
-    (24/10/2025) and none month first writes 05/11/2025 day first too: read
-    month first, it became 11 May, on the other side of a CoMAP cut-off.
-    When the column writes both ways, a date of two numbers up to 12 is
-    ambiguous and read as none."""
-    parts = dates.str.extract(_NUMERIC_DATE)
-    first, second = pd.to_numeric(parts[0], errors="coerce"), pd.to_numeric(parts[2], errors="coerce")
-    day_first, month_first = (first > 12) & (second <= 12), (second > 12) & (first <= 12)
-    either = ((first <= 12) & (second <= 12) & (first != second)).fillna(False).astype(bool)
-    unclear = pd.Series(False, index=dates.index)
-    if day_first.any() and either.any():
-        if month_first.any():
-            unclear = either
-            dates = dates.mask(either, pd.NA)
-        else:
-            dates = dates.mask(either, _swapped(dates[either]))
-    return dates, unclear
-
-
-def _swapped(dates: pd.Series) -> pd.Series:
-    return dates.str.replace(r"^(\d{1,2})([-/.])(\d{1,2})", r"\3\2\1", regex=True)
-
-
-def ambiguous_dates(series: pd.Series) -> pd.Series:
-    """Text dates refused as ambiguous (see `_in_column_order`), as
-    "YYYY-MM-DD or YYYY-MM-DD" (day first, then month first); NA elsewhere."""
-    text = series.where(series.map(type).eq(str)) if series.dtype == object else series
-    dates = text.astype("string").str.replace(_SPACES, " ", regex=True).str.extract(TEXT_DATE, expand=False)
-    _, unclear = _in_column_order(dates)
-    out = pd.Series(pd.NA, index=series.index, dtype="string")
-    if unclear.any():
-        read = [pd.to_datetime(d, errors="coerce", format="mixed").dt.strftime("%Y-%m-%d")
-                for d in (_swapped(dates[unclear]), dates[unclear])]
-        out[unclear] = read[0] + " or " + read[1]
-    return out
 
 
 def to_date(series: pd.Series) -> pd.Series:
@@ -810,10 +766,6 @@ def parse_exhibit(
             if cell_notes is not None and blank.any():
                 notes = cell_notes(frame.loc[blank[blank].index, "source_row"], column_of[header])
                 message = message.mask(notes.reindex(message.index).notna(), f"{header} " + notes.astype("string"))
-            if is_date:
-                either = ambiguous_dates(cells).reindex(flagged.index)  # the column says which way it writes dates
-                message = message.mask(either.notna(), shown + "' could be read day first or month first, and this "
-                                       "column has dates written both ways: write it as " + either)
             beyond = date_out_of_range(flagged) if is_date else number_out_of_range(flagged)
             return message.where(
                 ~beyond, shown + f"' on sheet '{sheet}' is out of range ({DATE_RANGE if is_date else NUMBER_RANGE})"
