@@ -287,10 +287,21 @@ def clear_leftovers(output_root: Path, batch_key: str, keep: Path | None = None)
     belongs to a live run."""
     removed = []
     for path in output_root.glob(f".{batch_key}.*"):
-        if path.is_dir() and path != keep:
-            shutil.rmtree(path, ignore_errors=True)
+        if path != keep:
+            _remove(path)
             removed.append(path)
     return removed
+
+
+def _remove(path: Path) -> None:
+    """Remove a retired batch folder or whatever stood in its place. A link
+    goes, never what it points to (a share, someone's folder); a file too,
+    which rmtree would have left behind for good."""
+    if path.is_symlink() or not path.is_dir():
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def stage_batch(output_root: Path, batch_key: str, run_id: str, write) -> Path:
@@ -325,7 +336,7 @@ def swapped_in(staging: Path, target: Path):
     or the new one, never half. If the with-block fails (the database commit
     that goes with the reports), the old folder comes back and the staged one
     is kept for a re-execution."""
-    had_old = target.exists()
+    had_old = target.exists() or target.is_symlink()  # a link to nothing is in the way of the rename too
     if had_old:
         retired = retire(target)
     try:
@@ -342,7 +353,7 @@ def swapped_in(staging: Path, target: Path):
             retired.rename(target)
         raise
     if had_old:
-        shutil.rmtree(retired, ignore_errors=True)
+        _remove(retired)
 
 
 def publish_batch(output_root: Path, batch_key: str, write, run_id: str = "local") -> Path:

@@ -288,7 +288,9 @@ def exports(
         outputs.path, eligibility, purchase_plan, batch=context.partition_key, pdate=normalized_loans.pdate, rules=loaded,
         input_files=normalized_loans.input_files, run_id=context.run.run_id,
     )
-    target = (outputs.path / context.partition_key).resolve()
+    # Only the root is resolved: a batch folder that is a link is replaced as a
+    # link, never published through (which deleted the folder it pointed to).
+    target = outputs.path.resolve() / context.partition_key
     return dg.Output(
         {"folder": str(folder.resolve()), "target": str(target), "summary": summary},
         metadata={
