@@ -1,6 +1,8 @@
 """The write side of a real `loan-engine run` under attack: the output folder
-and the results database failing or changing under the run, each fault made
-for real (links, files, a full file system, a replaced database)."""
+and the results database failing or changing under the run. Each fault is
+made for real (links, files, a full file system, a replaced database); where
+it must happen in the middle of a run, `before()` makes the run's own process
+do it at a fixed point (tests/hostile/sitecustomize.py), never after a sleep."""
 
 import json
 import os
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 
 BIN = Path(sys.executable).parent
+HOOKS = Path(__file__).parent / "hostile"
 BATCH = "2026-02-19"
 
 
@@ -20,6 +23,14 @@ def home(tmp_path):
     env["DAGSTER_HOME"] = str(tmp_path / "dagster_home")
     (tmp_path / "dagster_home").mkdir()
     return env
+
+
+def before(env, function: str, action: str) -> dict:
+    """The run's process runs the Python statement `action` each time just
+    before it calls `function` ("module:name", looked up on the module by
+    its callers)."""
+    return {**env, "PYTHONPATH": os.pathsep.join([str(HOOKS), env.get("PYTHONPATH", "")]),
+            "HOSTILE_BEFORE": function, "HOSTILE_ACTION": action}
 
 
 def run(env, inbox, out, db_url, prefix=()):
@@ -66,3 +77,18 @@ def test_a_batch_folder_that_is_a_file_or_a_dangling_link_is_replaced_leaving_no
     assert result.returncode == 0, result.stdout + result.stderr
     assert not (out / BATCH).is_symlink() and (out / BATCH / "run_summary.json").is_file()
     assert [p.name for p in out.iterdir()] == [BATCH]
+
+
+# The phase before `exports` (called through the module): the intake phases have checked the output folder by then.
+BEFORE_EXPORTS = "loan_engine_dagster.rules.pipeline:run_purchase_plan"
+
+
+def test_an_output_folder_replaced_by_a_file_after_the_check_is_infra_naming_it(sample_inbox, tmp_path, home):
+    """Past bug: `FAILED in phase exports [code]: [Errno 17] File exists: '/srv/outputs'`,
+    sent to the developers as a bug, for a mount or a person's mistake."""
+    out = tmp_path / "out"
+    out.mkdir()
+    env = before(home, BEFORE_EXPORTS, f"import os; p = {str(out)!r}; os.rmdir(p); open(p, 'w').write('x')")
+    said = failure_line(run(env, sample_inbox, out, f"sqlite:///{tmp_path / 'r.db'}"))
+    assert said.endswith(f" FAILED in phase exports [infra]: output folder {out} is a file, not a folder"), said
+    assert out.read_text() == "x"  # left as it was

@@ -72,6 +72,8 @@ def check_output_root(root: Path) -> None:
     """Raise `PreflightError` naming the folder when reports could not be
     written under it. Leaves no trace: folders it had to create go again."""
     for attempt in range(3):  # another run's check may remove a folder this one just made
+        if root.exists() and not root.is_dir():  # mkdir would only say "File exists"
+            raise PreflightError(f"output folder {root.resolve()} is a file, not a folder")
         created = [p for p in (root, *root.parents) if not p.exists()]
         try:
             root.mkdir(parents=True, exist_ok=True)

@@ -281,6 +281,9 @@ def exports(
     together with the database rows, so a failed save never replaces the
     previous run's reports."""
     start = time.perf_counter()
+    # Checked again: the folder checked by the intake phases may have been
+    # replaced, unmounted or made read-only since (minutes, on a large batch).
+    outputs.check_writable()
     loaded = rules.load()
     # Staging folders of killed runs go first, only while this run provably holds the batch.
     results_db.under_lease(lambda: clear_leftovers(outputs.path, context.partition_key))
