@@ -92,3 +92,72 @@ def test_an_output_folder_replaced_by_a_file_after_the_check_is_infra_naming_it(
     said = failure_line(run(env, sample_inbox, out, f"sqlite:///{tmp_path / 'r.db'}"))
     assert said.endswith(f" FAILED in phase exports [infra]: output folder {out} is a file, not a folder"), said
     assert out.read_text() == "x"  # left as it was
+
+
+def save_retries(env, run_id: str) -> int:
+    import dagster as dg
+
+    os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
+    try:
+        with dg.DagsterInstance.get() as instance:
+            return len(instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY))
+    finally:
+        del os.environ["DAGSTER_HOME"]
+
+
+def loan_rows(db: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        return conn.execute("select count(*) from loan_facts").fetchone()[0]
+
+
+def test_a_results_database_on_a_full_disk_is_infra_naming_it_and_not_retried(sample_inbox, tmp_path, home, full_disk):
+    """Past bug: `FAILED in phase results_database [infra]: database or disk
+    is full`, naming neither the disk nor the database, and only after three
+    retries 10 s apart that met the same full disk."""
+    db = full_disk / "results.db"  # its tables fit; the batch's rows do not
+    said = failure_line(run(home, sample_inbox, tmp_path / "out", f"sqlite:///{db}"))
+    assert said.endswith(f" FAILED in phase results_database [infra]: results database sqlite:///{db}: "
+                         "database or disk is full"), said
+    assert save_retries(home, said.split()[1]) == 0
+    assert sorted(p.name for p in full_disk.iterdir()) == ["results.db"]  # no journal left behind
+    assert loan_rows(db) == 0
+    assert not (tmp_path / "out" / BATCH).exists()  # nothing published without its rows
+
+
+BEFORE_SAVE = "loan_engine_dagster.adapters.database:save_batch"
+
+
+def test_a_results_database_replaced_by_another_file_during_the_run_is_infra_naming_it(sample_inbox, tmp_path, home):
+    """Past bug: `FAILED in phase results_database [code]: file is not a
+    database`: a bug for the developers, naming no file (the same file at
+    the start of a run was already infra, named)."""
+    db = tmp_path / "results.db"
+    env = before(home, BEFORE_SAVE, f"import os; os.remove({str(db)!r}); open({str(db)!r}, 'w').write('notes\\n' * 200)")
+    said = failure_line(run(env, sample_inbox, tmp_path / "out", f"sqlite:///{db}"))
+    # SQLite says the one or the other, depending on whether the save's connection was opened before the swap.
+    named = f" FAILED in phase results_database [infra]: results database sqlite:///{db}: "
+    assert said.endswith(named + "file is not a database") or said.endswith(named + "attempt to write a readonly database"), said
+    assert db.read_text() == "notes\n" * 200
+    assert not (tmp_path / "out" / BATCH).exists()
+
+
+def test_a_results_database_made_read_only_during_the_run_is_infra_naming_it_and_not_retried(
+        sample_inbox, tmp_path, home, unreadable):
+    """Past bug: `... [infra]: attempt to write a readonly database`, naming
+    no database, after three retries that met the same refusal."""
+    folder = tmp_path / "db"
+    folder.mkdir()
+    db = folder / "results.db"
+    env = before(home, BEFORE_SAVE, f"import os; os.chmod({str(db)!r}, 0o444); os.chmod({str(folder)!r}, 0o555)")
+    try:
+        said = failure_line(run(env, sample_inbox, tmp_path / "out", f"sqlite:///{db}", prefix=unreadable.prefix))
+    finally:
+        folder.chmod(0o755)
+        db.chmod(0o644)
+    assert said.endswith(f" FAILED in phase results_database [infra]: results database sqlite:///{db}: "
+                         "attempt to write a readonly database"), said
+    assert save_retries(home, said.split()[1]) == 0
+    assert loan_rows(db) == 0
+    assert not (tmp_path / "out" / BATCH).exists()

@@ -20,6 +20,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine
 
+from .preflight import shown_url
+
 metadata = MetaData()
 
 loan_facts = Table(
@@ -306,14 +308,42 @@ def locked_by_another(exc: BaseException) -> bool:
     return isinstance(exc, sqlalchemy.exc.OperationalError) and "database is locked" in str(exc.orig or exc)
 
 
+# The database refusing to store more (SQLITE_FULL, SQLITE_READONLY; PostgreSQL
+# disk_full): the same answer on every try, so no reason to try again.
+_SQLITE_REFUSALS = {13, 8}
+_POSTGRES_REFUSALS = {"53100"}
+
+
 def connection_lost(exc: BaseException) -> bool:
     """Whether a failed save lost its database rather than met bad data: worth
     another try, since the write is one transaction. A connection killed in
     the middle of a COPY surfaces as the InterfaceError of the rollback that
-    followed ("connection already closed"), not as an OperationalError."""
+    followed ("connection already closed"), not as an OperationalError.
+    A full or read-only database is no lost connection: retried, it cost
+    the run its retry waits (30 s by default) for the same refusal."""
+    orig = getattr(exc, "orig", None)
+    sqlite_code = getattr(orig, "sqlite_errorcode", None)  # extended: the primary code is its low byte
+    if (sqlite_code is not None and sqlite_code & 0xFF in _SQLITE_REFUSALS
+            or getattr(orig, "pgcode", None) in _POSTGRES_REFUSALS):
+        return False
     return isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) or (
         isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
     )
+
+
+def named(exc: sqlalchemy.exc.DBAPIError, url: str) -> Exception:
+    """The driver's error with the database named in its message: "database
+    or disk is full" or "file is not a database" does not say which disk or
+    file. Its class is kept, since a failed run's kind is told by it (and by
+    its words); raised in the original's place, because a failed run is told
+    by its innermost error."""
+    orig = exc.orig if exc.orig is not None else exc
+    reason = next((line.strip() for line in str(orig).splitlines() if line.strip()), type(orig).__name__)
+    message = f"results database {shown_url(url)}: {reason}"
+    try:
+        return type(orig)(message)
+    except Exception:  # a driver error class that cannot be built from a message
+        return RuntimeError(f"{type(orig).__name__}: {message}")
 
 
 def batch_row_counts(engine: Engine, batch_key: str) -> dict[str, int]:

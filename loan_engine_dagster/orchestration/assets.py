@@ -340,10 +340,11 @@ def results_database(
         finally:
             engine.dispose()
     except sqlalchemy.exc.DBAPIError as exc:
+        named = database.named(exc, results_db.resolved_url)
         if not database.connection_lost(exc):
-            raise
+            raise named from None
         # A database that is down, restarting or that dropped us is worth another try; the write is transactional.
-        cause = preflight.locked(results_db.resolved_url) if database.locked_by_another(exc) else exc
+        cause = preflight.locked(results_db.resolved_url) if database.locked_by_another(exc) else named
         raise dg.RetryRequested(max_retries=results_db.connect_retries, seconds_to_wait=results_db.retry_wait_seconds) from cause
     return dg.MaterializeResult(
         metadata={
