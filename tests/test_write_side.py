@@ -129,6 +129,21 @@ def test_a_results_database_on_a_full_disk_is_infra_naming_it_and_not_retried(sa
 BEFORE_SAVE = "loan_engine_dagster.adapters.database:save_batch"
 
 
+MOVED = "its file was deleted or replaced while the run was using it (attempt to write a readonly database)"
+
+
+def test_a_results_database_deleted_during_the_run_says_so_not_read_only(sample_inbox, tmp_path, home):
+    """Past bug: `... [infra]: attempt to write a readonly database` for a
+    database file deleted under the run: on-call checked permissions that
+    were fine."""
+    db = tmp_path / "results.db"
+    env = before(home, BEFORE_SAVE, f"import os; os.remove({str(db)!r})")
+    said = failure_line(run(env, sample_inbox, tmp_path / "out", f"sqlite:///{db}"))
+    assert said.endswith(f" FAILED in phase results_database [infra]: results database sqlite:///{db}: {MOVED}"), said
+    assert save_retries(home, said.split()[1]) == 0
+    assert not (tmp_path / "out" / BATCH).exists()
+
+
 def test_a_results_database_replaced_by_another_file_during_the_run_is_infra_naming_it(sample_inbox, tmp_path, home):
     """Past bug: `FAILED in phase results_database [code]: file is not a
     database`: a bug for the developers, naming no file (the same file at
@@ -138,7 +153,7 @@ def test_a_results_database_replaced_by_another_file_during_the_run_is_infra_nam
     said = failure_line(run(env, sample_inbox, tmp_path / "out", f"sqlite:///{db}"))
     # SQLite says the one or the other, depending on whether the save's connection was opened before the swap.
     named = f" FAILED in phase results_database [infra]: results database sqlite:///{db}: "
-    assert said.endswith(named + "file is not a database") or said.endswith(named + "attempt to write a readonly database"), said
+    assert said.endswith((named + "file is not a database", named + MOVED)), said
     assert db.read_text() == "notes\n" * 200
     assert not (tmp_path / "out" / BATCH).exists()
 

@@ -311,6 +311,7 @@ def locked_by_another(exc: BaseException) -> bool:
 # The database refusing to store more (SQLITE_FULL, SQLITE_READONLY; PostgreSQL
 # disk_full): the same answer on every try, so no reason to try again.
 _SQLITE_REFUSALS = {13, 8}
+SQLITE_READONLY_DBMOVED = 1032  # the file was unlinked or renamed under an open connection
 _POSTGRES_REFUSALS = {"53100"}
 
 
@@ -339,6 +340,8 @@ def named(exc: sqlalchemy.exc.DBAPIError, url: str) -> Exception:
     by its innermost error."""
     orig = exc.orig if exc.orig is not None else exc
     reason = next((line.strip() for line in str(orig).splitlines() if line.strip()), type(orig).__name__)
+    if getattr(orig, "sqlite_errorcode", None) == SQLITE_READONLY_DBMOVED:  # "readonly" sent people to the permissions
+        reason = f"its file was deleted or replaced while the run was using it ({reason})"
     message = f"results database {shown_url(url)}: {reason}"
     try:
         return type(orig)(message)
