@@ -144,6 +144,23 @@ def test_a_results_database_deleted_during_the_run_says_so_not_read_only(sample_
     assert not (tmp_path / "out" / BATCH).exists()
 
 
+def test_a_results_database_that_lost_the_batchs_lease_row_says_so(sample_inbox, tmp_path, home):
+    """Past bug: a results database emptied or restored from an older copy
+    during the run (no lease row for the batch any more) was told as `its
+    lease was revoked (the run was marked failed)`: nobody had marked it."""
+    db = tmp_path / "results.db"
+    env = before(home, BEFORE_SAVE, f"import sqlite3; c = sqlite3.connect({str(db)!r}); "
+                                    "c.execute('delete from batch_leases'); c.commit(); c.close()")
+    said = failure_line(run(env, sample_inbox, tmp_path / "out", f"sqlite:///{db}"))
+    run_id = said.split()[1]
+    assert said.endswith(
+        f" FAILED in phase results_database [infra]: Run {run_id} no longer holds batch {BATCH}: the results database "
+        f"sqlite:///{db} has no lease of the batch any more (emptied, or replaced by another copy, during the run). "
+        "Nothing was written; the batch's rows and reports are still those of the holder."), said
+    assert loan_rows(db) == 0
+    assert not (tmp_path / "out" / BATCH).exists()
+
+
 def test_a_results_database_replaced_by_another_file_during_the_run_is_infra_naming_it(sample_inbox, tmp_path, home):
     """Past bug: `FAILED in phase results_database [code]: file is not a
     database`: a bug for the developers, naming no file (the same file at

@@ -20,6 +20,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.engine import Connection, Engine
 
 from .database import batch_leases
+from .preflight import shown_url
 
 # How long a lease operation waits for the batch's lease row on PostgreSQL.
 # A worker frozen inside its save (a paused VM, a host cut off) keeps that
@@ -162,7 +163,10 @@ def check(conn: Connection, lease: Lease) -> None:
     if row is not None and not row["released"] and row["run_id"] == lease.run_id and row["token"] == lease.token:
         conn.execute(update(batch_leases).where(_held(lease)).values(heartbeat_at=db_now(conn)))
         return
-    if row is None or row["run_id"] in (None, lease.run_id):
+    if row is None:  # taken at the run's start and never deleted: the database is not the one the run began with
+        why = (f"the results database {shown_url(conn.engine.url.render_as_string(hide_password=False))} has no lease "
+               "of the batch any more (emptied, or replaced by another copy, during the run)")
+    elif row["run_id"] in (None, lease.run_id):
         why = "its lease was revoked (the run was marked failed)"
     else:
         why = f"run {row['run_id']} took the batch over"
