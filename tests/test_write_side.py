@@ -193,3 +193,21 @@ def test_a_results_database_made_read_only_during_the_run_is_infra_naming_it_and
     assert save_retries(home, said.split()[1]) == 0
     assert loan_rows(db) == 0
     assert not (tmp_path / "out" / BATCH).exists()
+
+
+@pytest.mark.postgres
+def test_a_results_database_turned_read_only_during_the_run_is_infra_naming_it(sample_inbox, tmp_path, home, postgres_url):
+    """A PostgreSQL results database that stops taking writes while a batch
+    is reviewed (a fail-over to a standby, a database set read-only for
+    maintenance). Past bug: `FAILED in phase exports [code]: cannot execute
+    SELECT FOR UPDATE in a read-only transaction`, naming no database."""
+    name = postgres_url.rsplit("/", 1)[1]
+    admin = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+    env = before(home, BEFORE_EXPORTS, "from sqlalchemy import create_engine, text; "
+                 f"e = create_engine({admin!r}, isolation_level='AUTOCOMMIT'); "
+                 f"c = e.connect(); c.execute(text('ALTER DATABASE \"{name}\" SET default_transaction_read_only = on')); "
+                 "c.close(); e.dispose()")
+    said = failure_line(run(env, sample_inbox, tmp_path / "out", postgres_url))
+    assert said.endswith(f" FAILED in phase exports [infra]: results database {postgres_url}: "
+                         "cannot execute SELECT FOR UPDATE in a read-only transaction"), said
+    assert not (tmp_path / "out" / BATCH).exists()

@@ -40,8 +40,9 @@ INFRA_MARKERS = (
     # the developers, whichever phase met it.
     "no space left on device", "disk quota exceeded", "database or disk is full", "read-only file system",
     "permission denied", "input/output error", "stale file handle", "transport endpoint is not connected",
-    # A results database file swapped for another file under a run: the setup.
-    "file is not a database",
+    # A results database file swapped for another file under a run, or a
+    # database that takes no writes (a standby after a fail-over): the setup.
+    "file is not a database", "read-only transaction",
 )
 DEAD_WORKER_MARKER = "worker disappeared"
 

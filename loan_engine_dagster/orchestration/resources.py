@@ -4,6 +4,7 @@ definitions load on any machine and nothing is read at import time."""
 
 
 import atexit
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -171,26 +172,38 @@ class ResultsDatabase(dg.ConfigurableResource):
         """`action()`, only while this run provably holds its batch (lease row locked, token checked)."""
         if self._lease is None:
             return action()
-        engine = self.engine()
+        with self.named_errors():
+            engine = self.engine()
+            try:
+                with engine.begin() as conn:
+                    leases.check(conn, self._lease)
+                    return action()
+            finally:
+                engine.dispose()
+
+    @contextlib.contextmanager
+    def named_errors(self):
+        """The database's refusals with the database named (the drivers' own
+        words name none), raised in their place: a failed run is told by its
+        innermost error."""
         try:
-            with engine.begin() as conn:
-                leases.check(conn, self._lease)
-                return action()
-        finally:
-            engine.dispose()
+            yield
+        except sqlalchemy.exc.DBAPIError as exc:
+            raise database.named(exc, self.resolved_url) from None
 
     def reconcile_reports(self, output_root: Path, batch_key: str) -> str | None:
         """The batch folder brought back to the reports of the rows, while this
         run holds the batch (adapters.batch.reconcile_reports); what was done.
         On the lease's own engine (its tables already checked) when there is one."""
-        engine = self._lease_engine or self.engine()
-        try:
-            with engine.begin() as conn:
-                self.fence(conn)
-                return reconcile_reports(conn, output_root, batch_key)
-        finally:
-            if engine is not self._lease_engine:
-                engine.dispose()
+        with self.named_errors():
+            engine = self._lease_engine or self.engine()
+            try:
+                with engine.begin() as conn:
+                    self.fence(conn)
+                    return reconcile_reports(conn, output_root, batch_key)
+            finally:
+                if engine is not self._lease_engine:
+                    engine.dispose()
 
     def fence(self, conn: Connection) -> None:
         """Inside a write transaction: refuse the write unless this run still holds the batch."""
