@@ -211,3 +211,29 @@ def test_a_results_database_turned_read_only_during_the_run_is_infra_naming_it(s
     assert said.endswith(f" FAILED in phase exports [infra]: results database {postgres_url}: "
                          "cannot execute SELECT FOR UPDATE in a read-only transaction"), said
     assert not (tmp_path / "out" / BATCH).exists()
+
+
+# Writes each phase's result to storage; the save starts only once the exports' one is written.
+PICKLE_WRITE = "loan_engine_dagster.orchestration.io_manager:_write_pickle"
+
+
+@pytest.mark.parametrize("gone", ["output folder", "staging folder"])
+def test_staged_reports_gone_before_the_save_are_infra_saying_what_went(sample_inbox, tmp_path, home, gone):
+    """Past bug: `FAILED in phase results_database [code]: the staged reports
+    ... are gone (a later run of batch 2026-02-19 replaced them)`: a bug for
+    the developers, and a later run that never was, when the output folder
+    had been deleted or its share unmounted."""
+    out, db = tmp_path / "out", tmp_path / "r.db"
+    victim = f"{str(out)!r}" if gone == "output folder" else f"next(__import__('pathlib').Path({str(out)!r}).glob('.*staging*'))"
+    env = before(home, PICKLE_WRITE, f"import shutil\nif '/exports/' in str(args[0]): shutil.rmtree({victim})")
+    said = failure_line(run(env, sample_inbox, out, f"sqlite:///{db}"))
+    run_id = said.split()[1]
+    staging = out / f".{BATCH}.staging-{run_id}"
+    if gone == "output folder":
+        expected = (f"output folder {out} is gone (deleted, or its share unmounted, during the run), and with it the "
+                    f"reports staged in it; restore or mount it, then re-run the whole batch")
+    else:
+        expected = (f"the staged reports {staging} are gone (removed during the run, or by a later run of batch "
+                    f"{BATCH}); re-run the whole batch")
+    assert said.endswith(f" FAILED in phase results_database [infra]: {expected}"), said
+    assert loan_rows(db) == 0

@@ -29,6 +29,7 @@ INFRA_ERROR_TYPES = {
     "DagsterExecutionInterruptedError", "DeadWorker", "PreflightError",
     "BatchLeaseHeld", "BatchLeaseLost",  # another run holds the batch, or this run was declared dead
     "StoredResultMissing",  # a re-execution needs a result its dead worker never wrote
+    "StagedReportsMissing",  # the output folder (or the run's staged reports in it) went away before the save
     InboxUnreadable.__name__,  # the inbox, or a file in it, this process cannot reach: the setup, not the seller
     "PermissionError",  # the account may not read or write where the run works: the setup, in any phase
 }

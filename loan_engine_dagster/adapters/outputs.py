@@ -275,6 +275,26 @@ def write_json(document: dict, path: Path) -> None:
     path.write_text(json.dumps(_finite(document), indent=2, default=_json_default, allow_nan=False) + "\n")
 
 
+class StagedReportsMissing(Exception):
+    """The reports a run staged are gone before it could publish them: the
+    output folder was deleted or unmounted, or the staging folder removed.
+    The machine or a person, not the code: kind `infra`."""
+
+
+def require_staged(staging: Path, batch_key: str) -> None:
+    """Raise StagedReportsMissing, saying what went, unless `staging` is there."""
+    if staging.is_dir():
+        return
+    root = staging.parent
+    if not root.is_dir():
+        raise StagedReportsMissing(
+            f"output folder {root} is gone (deleted, or its share unmounted, during the run), and with it the reports "
+            "staged in it; restore or mount it, then re-run the whole batch")
+    raise StagedReportsMissing(
+        f"the staged reports {staging} are gone (removed during the run, or by a later run of batch {batch_key}); "
+        "re-run the whole batch")
+
+
 def staging_folder(output_root: Path, batch_key: str, run_id: str) -> Path:
     """Where a run writes the batch's reports before they are published:
     hidden, beside the batch folder (a rename never crosses file systems)."""

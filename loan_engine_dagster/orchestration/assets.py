@@ -18,7 +18,7 @@ from pydantic import Field, field_validator
 
 from loan_engine_dagster.adapters import database, preflight
 from loan_engine_dagster.adapters.batch import delivered, stage_batch_outputs
-from loan_engine_dagster.adapters.outputs import clear_leftovers
+from loan_engine_dagster.adapters.outputs import clear_leftovers, require_staged
 from loan_engine_dagster.adapters.loading import load_batch_inputs, load_reference
 from loan_engine_dagster.rules import pipeline
 from loan_engine_dagster.rules.reports import empty_exhibits
@@ -324,11 +324,7 @@ def results_database(
     start = time.perf_counter()
     loaded = rules.load()
     staging, target = Path(exports["folder"]), Path(exports["target"])
-    if not staging.is_dir():
-        raise FileNotFoundError(
-            f"the staged reports {staging} are gone (a later run of batch {context.partition_key} replaced them); "
-            "re-run the whole batch"
-        )
+    require_staged(staging, context.partition_key)
     try:
         engine = results_db.engine()
         try:
