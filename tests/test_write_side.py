@@ -144,6 +144,17 @@ def test_a_results_database_deleted_during_the_run_says_so_not_read_only(sample_
     assert not (tmp_path / "out" / BATCH).exists()
 
 
+def test_a_results_database_deleted_during_the_run_is_not_made_again_empty(sample_inbox, tmp_path, home):
+    """Past bug: handing the batch back as the command ended created a new,
+    empty results database where the deleted one was: the next run saved
+    there and succeeded, the history of every earlier batch silently gone
+    from where people look for it."""
+    db = tmp_path / "results.db"
+    env = before(home, BEFORE_SAVE, f"import os; os.remove({str(db)!r})")
+    failure_line(run(env, sample_inbox, tmp_path / "out", f"sqlite:///{db}"))
+    assert not db.exists()
+
+
 def test_a_results_database_that_lost_the_batchs_lease_row_says_so(sample_inbox, tmp_path, home):
     """Past bug: a results database emptied or restored from an older copy
     during the run (no lease row for the batch any more) was told as `its

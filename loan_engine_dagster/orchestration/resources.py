@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 import sqlalchemy.exc
 from pydantic import PrivateAttr
+from sqlalchemy import make_url
 from sqlalchemy.engine import Connection, Engine
 
 from loan_engine_dagster.adapters import database, leases, preflight
@@ -226,6 +227,13 @@ class ResultsDatabase(dg.ConfigurableResource):
 
 
 def _hand_back(url: str, lease: leases.Lease) -> None:
+    # Never to a SQLite file that is gone (deleted under the run): opening it
+    # made a new, empty results database there, and the next run saved into
+    # it as if no batch had ever been saved.
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") \
+            and not Path(parsed.database).exists():
+        return
     try:
         engine = database.engine_for(url)
         try:
