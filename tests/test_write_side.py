@@ -248,3 +248,38 @@ def test_staged_reports_gone_before_the_save_are_infra_saying_what_went(sample_i
                     f"{BATCH}); re-run the whole batch")
     assert said.endswith(f" FAILED in phase results_database [infra]: {expected}"), said
     assert loan_rows(db) == 0
+
+
+@pytest.fixture
+def mounted_batch_folder(tmp_path):
+    """The batch folder in the output folder is a mount point (a share someone mounted there)."""
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root to mount")
+    out, share = tmp_path / "out", tmp_path / "share"
+    (out / BATCH).mkdir(parents=True)
+    share.mkdir()
+    (share / "theirs.txt").write_text("the share's own file")
+    mounted = subprocess.run(["mount", "--bind", str(share), str(out / BATCH)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {mounted.stderr.strip()}")
+    try:
+        yield out, share
+    finally:
+        subprocess.run(["umount", "-l", str(out / BATCH)], capture_output=True)
+
+
+def test_a_batch_folder_that_is_a_mount_point_is_infra_saying_so(sample_inbox, tmp_path, home, mounted_batch_folder):
+    """Past bug: `FAILED in phase results_database [code]: [Errno 16] Device
+    or resource busy: '.../2026-02-19' -> '.../.2026-02-19.old-...'`: a bug
+    for the developers, for a share mounted where the reports go."""
+    out, share = mounted_batch_folder
+    db = tmp_path / "r.db"
+    said = failure_line(run(home, sample_inbox, out, f"sqlite:///{db}"))
+    assert said.endswith(
+        f" FAILED in phase results_database [infra]: batch folder {out / BATCH} cannot be replaced: it is a mount "
+        "point, or in use (Device or resource busy); unmount it (reports are published by renaming the batch "
+        "folder), then re-run"), said
+    assert [p.name for p in share.iterdir()] == ["theirs.txt"]
+    assert loan_rows(db) == 0

@@ -44,6 +44,7 @@ INFRA_MARKERS = (
     # A results database file swapped for another file under a run, or a
     # database that takes no writes (a standby after a fail-over): the setup.
     "file is not a database", "read-only transaction",
+    "device or resource busy",  # a share mounted where a folder is renamed
 )
 DEAD_WORKER_MARKER = "worker disappeared"
 

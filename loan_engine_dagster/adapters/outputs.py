@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import json
 import os
 import shutil
@@ -346,7 +347,16 @@ def stage_batch(output_root: Path, batch_key: str, run_id: str, write) -> Path:
 def retire(folder: Path) -> Path:
     """Move a batch folder aside, hidden beside it, where clear_leftovers finds it."""
     retired = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex}"
-    folder.rename(retired)
+    try:
+        folder.rename(retired)
+    except OSError as exc:
+        if exc.errno != errno.EBUSY:
+            raise
+        # A share mounted on the batch folder: the kernel's bare "Device or
+        # resource busy" named a hidden path nobody made and read as a bug.
+        raise OSError(f"batch folder {folder} cannot be replaced: it is a mount point, or in use "
+                      f"({exc.strerror}); unmount it (reports are published by renaming the batch folder), "
+                      "then re-run") from None
     return retired
 
 
