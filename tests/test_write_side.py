@@ -283,3 +283,32 @@ def test_a_batch_folder_that_is_a_mount_point_is_infra_saying_so(sample_inbox, t
         "folder), then re-run"), said
     assert [p.name for p in share.iterdir()] == ["theirs.txt"]
     assert loan_rows(db) == 0
+
+
+def logged(env, run_id: str, words: str) -> list[str]:
+    import dagster as dg
+
+    os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
+    try:
+        with dg.DagsterInstance.get() as instance:
+            return [e.message for e in instance.all_logs(run_id) if words in (e.message or "")]
+    finally:
+        del os.environ["DAGSTER_HOME"]
+
+
+def test_a_results_database_already_full_at_the_start_is_named_at_once(sample_inbox, tmp_path, home, full_disk):
+    """Past bug: three `results database unreachable, retry ... in 10s`
+    warnings for a database that answered, then `FAILED in phase run
+    [infra]: database or disk is full`, naming no database."""
+    from loan_engine_dagster.adapters import database
+
+    db = full_disk / "results.db"
+    database.engine_for(f"sqlite:///{db}").dispose()  # its tables, made while there was room
+    with open(full_disk / "filler", "wb", buffering=0) as filler:  # then the disk fills up
+        with pytest.raises(OSError):
+            while True:
+                filler.write(b"\0" * 4096)
+    said = failure_line(run(home, sample_inbox, tmp_path / "out", f"sqlite:///{db}"))
+    assert said.endswith(f" FAILED in phase run [infra]: results database sqlite:///{db}: database or disk is full"), said
+    assert logged(home, said.split()[1], "results database unreachable") == []
+    assert not (tmp_path / "out").exists()

@@ -110,6 +110,12 @@ class ResultsDatabase(dg.ConfigurableResource):
                 context.log.error(str(exc))
                 raise
             except sqlalchemy.exc.OperationalError as exc:
+                if not database.connection_lost(exc):
+                    # Full or read-only: it answered, and would answer the same
+                    # after every retry ("unreachable" was said three times).
+                    if self._lease_engine is not None:
+                        self._lease_engine.dispose()
+                    raise database.named(exc, self.resolved_url) from None
                 if attempt == self.connect_retries:
                     # Fail fast, before any phase, naming the database (password hidden).
                     if database.locked_by_another(exc):
