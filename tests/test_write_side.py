@@ -228,21 +228,25 @@ def test_a_results_database_turned_read_only_during_the_run_is_infra_naming_it(s
 PICKLE_WRITE = "loan_engine_dagster.orchestration.io_manager:_write_pickle"
 
 
-@pytest.mark.parametrize("gone", ["output folder", "staging folder"])
+@pytest.mark.parametrize("gone", ["output folder", "staging folder", "output folder now a file"])
 def test_staged_reports_gone_before_the_save_are_infra_saying_what_went(sample_inbox, tmp_path, home, gone):
     """Past bug: `FAILED in phase results_database [code]: the staged reports
     ... are gone (a later run of batch 2026-02-19 replaced them)`: a bug for
     the developers, and a later run that never was, when the output folder
     had been deleted or its share unmounted."""
     out, db = tmp_path / "out", tmp_path / "r.db"
-    victim = f"{str(out)!r}" if gone == "output folder" else f"next(__import__('pathlib').Path({str(out)!r}).glob('.*staging*'))"
-    env = before(home, PICKLE_WRITE, f"import shutil\nif '/exports/' in str(args[0]): shutil.rmtree({victim})")
+    victim = f"{str(out)!r}" if gone != "staging folder" else f"next(__import__('pathlib').Path({str(out)!r}).glob('.*staging*'))"
+    then = f"; open({str(out)!r}, 'w').write('x')" if gone == "output folder now a file" else ""
+    env = before(home, PICKLE_WRITE, f"import shutil\nif '/exports/' in str(args[0]): shutil.rmtree({victim}){then}")
     said = failure_line(run(env, sample_inbox, out, f"sqlite:///{db}"))
     run_id = said.split()[1]
     staging = out / f".{BATCH}.staging-{run_id}"
     if gone == "output folder":
         expected = (f"output folder {out} is gone (deleted, or its share unmounted, during the run), and with it the "
                     f"reports staged in it; restore or mount it, then re-run the whole batch")
+    elif gone == "output folder now a file":
+        expected = (f"output folder {out} was replaced by a file during the run, and the reports staged in it are "
+                    "gone; put the folder back, then re-run the whole batch")
     else:
         expected = (f"the staged reports {staging} are gone (removed during the run, or by a later run of batch "
                     f"{BATCH}); re-run the whole batch")

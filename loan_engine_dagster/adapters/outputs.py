@@ -287,6 +287,10 @@ def require_staged(staging: Path, batch_key: str) -> None:
     if staging.is_dir():
         return
     root = staging.parent
+    if root.exists() and not root.is_dir():
+        raise StagedReportsMissing(
+            f"output folder {root} was replaced by a file during the run, and the reports staged in it are gone; "
+            "put the folder back, then re-run the whole batch")
     if not root.is_dir():
         raise StagedReportsMissing(
             f"output folder {root} is gone (deleted, or its share unmounted, during the run), and with it the reports "
