@@ -316,3 +316,27 @@ def test_a_results_database_already_full_at_the_start_is_named_at_once(sample_in
     assert said.endswith(f" FAILED in phase run [infra]: results database sqlite:///{db}: database or disk is full"), said
     assert logged(home, said.split()[1], "results database unreachable") == []
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("writer", ["json", "csv through pandas", "workbook cell by cell"])
+def test_every_report_writer_names_its_file_on_a_full_disk(full_disk, writer):
+    """Past bug: the JSON reports, a CSV with numbers (pandas' writer) and a
+    workbook with charts or mixed columns (XlsxWriter's) said only `[Errno
+    28] No space left on device` on a full disk; which of a batch's dozen
+    files, on which disk, was left to guess. The Rust writers' errors were
+    named already."""
+    import numpy as np
+    import pandas as pd
+
+    from loan_engine_dagster.adapters.outputs import write_csv, write_json, write_workbook
+
+    path = full_disk / {"json": "r.json", "csv through pandas": "r.csv", "workbook cell by cell": "r.xlsx"}[writer]
+    write = {
+        "json": lambda: write_json({"rows": ["x" * 100] * 2000}, path),
+        "csv through pandas": lambda: write_csv(pd.DataFrame({"balance": np.arange(50_000.0)}), path),
+        "workbook cell by cell": lambda: write_workbook(pd.DataFrame({"mixed": [1, "x", 2.5] * 20_000}), path),
+    }[writer]
+    with pytest.raises(Exception) as raised:
+        write()
+    assert str(raised.value).startswith(f"writing {path}: "), str(raised.value)
+    assert "No space left on device" in str(raised.value)

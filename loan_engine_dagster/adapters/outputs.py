@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import rustpy_xlsxwriter
 import xlsxwriter
+import xlsxwriter.exceptions
 
 # Text is written as text: a seller-typed "=HYPERLINK(...)" must never run.
 # Only for the rare sheet the columnar writer cannot take (see _columnar).
@@ -39,7 +40,8 @@ def write_workbook(
     table with a column chart beside it (small: written by XlsxWriter)."""
     prepared = None if charts else _columnar(frame)
     if prepared is None:
-        _write_cell_by_cell(frame, path, sheet, charts or {})
+        with _naming(path):
+            _write_cell_by_cell(frame, path, sheet, charts or {})
         return
     body, text_columns, date_columns = prepared
     quoted = rustpy_xlsxwriter.Format().set_quote_prefix()
@@ -53,13 +55,14 @@ def write_workbook(
 
 @contextlib.contextmanager
 def _naming(path: Path):
-    """The Rust writers' errors ("Failed to save workbook: No such file or
-    directory") name no file; on-call needs to know which one. Raised in
-    their place (`from None`), since a failed run is told by its innermost
-    error: chained, the writer's own message was still the one shown."""
+    """The writers' errors ("Failed to save workbook: No such file or
+    directory", "[Errno 28] No space left on device") name no file; on-call
+    needs to know which one. Raised in their place (`from None`), since a
+    failed run is told by its innermost error: chained, the writer's own
+    message was still the one shown."""
     try:
         yield
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, xlsxwriter.exceptions.FileCreateError) as exc:
         raise type(exc)(f"writing {path}: {exc}") from None
 
 
@@ -195,7 +198,8 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
         with _naming(path):
             rustpy_xlsxwriter.write_csv(frame.reset_index(drop=True), str(path))
     else:
-        frame.to_csv(path, index=False)
+        with _naming(path):
+            frame.to_csv(path, index=False)
 
 
 def _limit_chart(workbook, worksheet, name: str, table: pd.DataFrame) -> None:
@@ -273,7 +277,9 @@ def _finite(value):
 
 
 def write_json(document: dict, path: Path) -> None:
-    path.write_text(json.dumps(_finite(document), indent=2, default=_json_default, allow_nan=False) + "\n")
+    text = json.dumps(_finite(document), indent=2, default=_json_default, allow_nan=False) + "\n"
+    with _naming(path):
+        path.write_text(text)
 
 
 class StagedReportsMissing(Exception):
