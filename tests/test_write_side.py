@@ -340,3 +340,62 @@ def test_every_report_writer_names_its_file_on_a_full_disk(full_disk, writer):
         write()
     assert str(raised.value).startswith(f"writing {path}: "), str(raised.value)
     assert "No space left on device" in str(raised.value)
+
+
+@pytest.fixture
+def postgres_on_a_full_disk():
+    """A fresh PostgreSQL database whose files live on a 12 MiB file system
+    (a tablespace on a tmpfs), with the tables made, then `fill()` leaves
+    `room` KiB free. Needs root and the server on this machine."""
+    import shutil
+    import tempfile
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    from conftest import PG_ADMIN_URL
+    from loan_engine_dagster.adapters import database
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root to mount a small file system")
+    folder = Path(tempfile.mkdtemp(prefix="loan-engine-pg-", dir="/tmp"))  # the server's account must reach it
+    folder.chmod(0o755)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    shutil.chown(folder, "postgres", "postgres")
+    name = f"loan_engine_full_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE TABLESPACE {name} LOCATION '{folder}'"))
+            conn.execute(text(f"CREATE DATABASE {name} TABLESPACE {name}"))
+        url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+        database.engine_for(url).dispose()
+
+        def fill(room: int) -> None:
+            free = shutil.disk_usage(folder).free // 1024
+            with open(folder / "filler", "wb") as filler:
+                filler.write(b"\0" * (free - room) * 1024)
+
+        yield url, fill
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            conn.execute(text(f"DROP TABLESPACE IF EXISTS {name}"))
+        admin.dispose()
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+        folder.rmdir()
+
+
+@pytest.mark.postgres
+def test_a_postgresql_results_database_on_a_full_disk_is_infra_naming_it_and_not_retried(
+        sample_inbox, tmp_path, home, postgres_on_a_full_disk):
+    """Past bug: PostgreSQL's disk_full is an OperationalError, so the save
+    was retried three times 10 s apart, then told without the database."""
+    url, fill = postgres_on_a_full_disk
+    fill(256)  # room for the run's lease, not for the batch's rows
+    said = failure_line(run(home, sample_inbox, tmp_path / "out", url))
+    assert f" FAILED in phase results_database [infra]: results database {url}: could not extend file " in said, said
+    assert said.endswith(": No space left on device"), said
+    assert save_retries(home, said.split()[1]) == 0
+    assert not (tmp_path / "out" / BATCH).exists()
