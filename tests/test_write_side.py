@@ -399,3 +399,16 @@ def test_a_postgresql_results_database_on_a_full_disk_is_infra_naming_it_and_not
     assert said.endswith(": No space left on device"), said
     assert save_retries(home, said.split()[1]) == 0
     assert not (tmp_path / "out" / BATCH).exists()
+
+
+def test_a_sqlite_results_database_in_a_folder_that_does_not_exist_is_told_at_once(sample_inbox, tmp_path, home):
+    """Past bug: three `results database unreachable, retry ... in 10s`
+    warnings, then `cannot be reached (OperationalError: unable to open
+    database file)`: 30 s for a typo, and not a word of the missing folder
+    (a relative path's folder is made; an absolute path's was never)."""
+    db = tmp_path / "no-such-folder" / "results.db"
+    said = failure_line(run(home, sample_inbox, tmp_path / "out", f"sqlite:///{db}"))
+    assert said.endswith(f" FAILED in phase run [infra]: results database sqlite:///{db} cannot be opened: its folder "
+                         f"{db.parent} does not exist (create it, or mount the share it is on)"), said
+    assert logged(home, said.split()[1], "results database unreachable") == []
+    assert not db.parent.exists() and not (tmp_path / "out").exists()

@@ -51,8 +51,26 @@ def locked(url: str) -> PreflightError:
     )
 
 
+def check_sqlite_folder(url: str) -> None:
+    """Raise `PreflightError` when a SQLite database's folder does not exist:
+    SQLite says only "unable to open database file", which read as a
+    database to wait for (three retries, 30 s) rather than a path to fix."""
+    try:
+        parsed = make_url(url)
+        if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+            return
+        folder = Path(parsed.database).parent
+        if folder.is_dir():
+            return
+    except Exception:
+        return  # not a URL, or a folder that cannot be looked at: the connection says why
+    raise PreflightError(f"results database {shown_url(url)} cannot be opened: its folder {folder} does not exist "
+                         "(create it, or mount the share it is on)")
+
+
 def check_database(url: str) -> None:
     """Raise `PreflightError` naming the database (password hidden) when it cannot be reached."""
+    check_sqlite_folder(url)
     try:
         engine = quick_engine(url)
     except Exception as exc:

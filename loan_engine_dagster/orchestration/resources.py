@@ -99,6 +99,7 @@ class ResultsDatabase(dg.ConfigurableResource):
 
         self._run_id = run.run_id
         grace = dead_worker_seconds()
+        preflight.check_sqlite_folder(self.resolved_url)  # no retries for a folder that is not there
         for attempt in range(self.connect_retries + 1):
             try:
                 self._lease_engine = self.engine()
