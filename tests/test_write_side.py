@@ -412,3 +412,14 @@ def test_a_sqlite_results_database_in_a_folder_that_does_not_exist_is_told_at_on
                          f"{db.parent} does not exist (create it, or mount the share it is on)"), said
     assert logged(home, said.split()[1], "results database unreachable") == []
     assert not db.parent.exists() and not (tmp_path / "out").exists()
+
+
+def test_an_output_folder_on_a_share_whose_server_is_gone_is_told_like_the_inbox(sample_inbox, tmp_path, home, dead_share):
+    """Past bug: `FAILED in phase batch_inputs [infra]: [Errno 107] Transport
+    endpoint is not connected: '/srv/outputs'`: the kernel's words, where
+    the same share under the inbox gets a sentence saying what to check."""
+    out = dead_share / "outputs"
+    said = failure_line(run(home, sample_inbox, out, f"sqlite:///{tmp_path / 'r.db'}"))
+    assert " FAILED in phase reference_data [infra]: " in said or " FAILED in phase batch_inputs [infra]: " in said, said
+    assert said.endswith(f"[infra]: output folder {out} cannot be reached (Transport endpoint is not connected); if it "
+                         "is a network share, check that it is mounted and that its server answers"), said

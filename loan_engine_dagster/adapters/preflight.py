@@ -4,6 +4,7 @@ otherwise fail the run only after the whole batch was computed."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -90,9 +91,14 @@ def check_output_root(root: Path) -> None:
     """Raise `PreflightError` naming the folder when reports could not be
     written under it. Leaves no trace: folders it had to create go again."""
     for attempt in range(3):  # another run's check may remove a folder this one just made
-        if root.exists() and not root.is_dir():  # mkdir would only say "File exists"
-            raise PreflightError(f"output folder {root.resolve()} is a file, not a folder")
-        created = [p for p in (root, *root.parents) if not p.exists()]
+        try:
+            if root.exists() and not root.is_dir():  # mkdir would only say "File exists"
+                raise PreflightError(f"output folder {root.resolve()} is a file, not a folder")
+            created = [p for p in (root, *root.parents) if not p.exists()]
+        except OSError as exc:  # neither there nor not there: a share whose server is gone (ENOTCONN, ESTALE, EIO)
+            raise PreflightError(
+                f"output folder {os.path.abspath(root)} cannot be reached ({exc.strerror or exc}); if it is a network "
+                "share, check that it is mounted and that its server answers") from None
         try:
             root.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=root, prefix=".loan-engine-write-check-"):
