@@ -124,7 +124,8 @@ class ResultsDatabase(dg.ConfigurableResource):
                     preflight.check_database(self.resolved_url)
                     raise
                 context.log.warning(
-                    f"results database unreachable, retry {attempt + 1} of {self.connect_retries} "
+                    f"results database {'locked by another program' if database.locked_by_another(exc) else 'unreachable'}"
+                    f", retry {attempt + 1} of {self.connect_retries} "
                     f"in {self.retry_wait_seconds:g}s: {str(exc).splitlines()[0]}"
                 )
                 time.sleep(self.retry_wait_seconds)
