@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 
 import pandas as pd
+
 import pytest
 
 from loan_engine_dagster.rules import parsing, pipeline
@@ -218,19 +220,11 @@ def full_disk(tmp_path):
     writing more than that fails with ENOSPC as on a full disk. Needs root."""
     import os
     import shutil
-    import subprocess
 
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("needs root to mount a small file system")
-    folder = tmp_path / "full"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with _mounted(tmp_path / "full", ["-t", "tmpfs", "-o", "size=64k", "tmpfs"]) as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
 @pytest.fixture
@@ -239,23 +233,33 @@ def dead_share(tmp_path):
     mount with no process behind it, so that every look at it fails with
     ENOTCONN, as a crashed sshfs or rclone share does (NFS and CIFS give
     ESTALE or EIO the same way). Needs root and /dev/fuse."""
+    import contextlib
     import os
     import shutil
-    import subprocess
 
     if os.geteuid() != 0 or not os.path.exists("/dev/fuse") or shutil.which("mount") is None:
         pytest.skip("needs root and /dev/fuse to mount a share whose server is gone")
-    folder = tmp_path / "share"
+    with contextlib.ExitStack() as mounts:
+        device = os.open("/dev/fuse", os.O_RDWR)
+        try:
+            folder = mounts.enter_context(_mounted(
+                tmp_path / "share", ["-t", "fuse", "-o", f"fd={device},rootmode=40000,user_id=0,group_id=0,allow_other",
+                                     "deadshare"], pass_fds=[device]))
+        finally:
+            os.close(device)  # the "server" is gone from here on
+        yield folder
+
+
+@contextlib.contextmanager
+def _mounted(folder, options, **run):
+    """Mount at `folder` (made here) for the with-block; skips the test when
+    this machine refuses the mount."""
+    import subprocess
+
     folder.mkdir()
-    device = os.open("/dev/fuse", os.O_RDWR)
-    try:
-        mounted = subprocess.run(
-            ["mount", "-t", "fuse", "-o", f"fd={device},rootmode=40000,user_id=0,group_id=0,allow_other", "deadshare",
-             str(folder)], pass_fds=[device], capture_output=True, text=True)
-    finally:
-        os.close(device)  # the "server" is gone from here on
+    mounted = subprocess.run(["mount", *options, str(folder)], capture_output=True, text=True, **run)
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a FUSE share here: {mounted.stderr.strip()}")
+        pytest.skip(f"cannot mount {options[1]} here: {mounted.stderr.strip()}")
     try:
         yield folder
     finally:

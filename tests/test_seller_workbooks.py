@@ -137,28 +137,42 @@ def test_text_that_is_no_us_amount_is_still_not_a_number(batch, rules, cell):
     assert sfy_loans(batch, rules).loc["TEXT", "row_problems"] == f"Income '{cell}' is not a number"
 
 
-def test_a_formula_saved_as_0_by_a_program_that_never_computed_it_is_not_read_as_0(batch, rules):
-    # Past bug: XlsxWriter saves every formula with 0 in place of its value
-    # (Excel computes it when the file is opened, as the workbook asks). A DTI
-    # of =0.1*3 was read as 0 and passed underwriting; a FICO of =700+20 was
-    # rejected as "FICO Borrower 0 outside 300-850".
-    path = batch.exhibits["sfy"]
+def write_with_xlsxwriter(path, rows, cell=None) -> None:
+    """The exhibit as XlsxWriter writes it: a formula saved with 0 in place
+    of its value (the workbook asks Excel to compute it on opening).
+    `cell(sheet, r, c, row, header, dates)` writes a cell its own way and
+    returns True, or returns False to leave it to the usual writing."""
     with xlsxwriter.Workbook(str(path)) as book:
         sheet = book.add_worksheet("Exhibit A")
         dates = book.add_format({"num_format": "yyyy-mm-dd"})
         sheet.write_row(0, 0, ["Exhibit A to Form of Sale Notice"])
         sheet.write_row(1, 0, EXHIBIT_HEADER)
-        rows = [loan("DTI", DTI="=0.1*3"), loan("FICO", **{"FICO Borrower": "=700+20"}),
-                loan("ZERO", DTI=0), loan("SAVED", DTI="=0.1*3")]
         for r, row in enumerate(rows, start=2):
             for c, header in enumerate(EXHIBIT_HEADER):
+                if cell is not None and cell(sheet, r, c, row, header, dates):
+                    continue
                 value = row[header]
                 if isinstance(value, dt.datetime):
                     sheet.write_datetime(r, c, value, dates)
-                elif row["SELLER Loan #"] == "SAVED" and header == "DTI":
-                    sheet.write_formula(r, c, value, None, 0.3)  # a writer that computed it
                 else:
                     sheet.write(r, c, value)
+
+
+def test_a_formula_saved_as_0_by_a_program_that_never_computed_it_is_not_read_as_0(batch, rules):
+    # Past bug: XlsxWriter saves every formula with 0 in place of its value
+    # (Excel computes it when the file is opened, as the workbook asks). A DTI
+    # of =0.1*3 was read as 0 and passed underwriting; a FICO of =700+20 was
+    # rejected as "FICO Borrower 0 outside 300-850".
+    def computed(sheet, r, c, row, header, dates):
+        if row["SELLER Loan #"] == "SAVED" and header == "DTI":
+            sheet.write_formula(r, c, row[header], None, 0.3)  # a writer that computed it
+            return True
+        return False
+
+    write_with_xlsxwriter(batch.exhibits["sfy"], [
+        loan("DTI", DTI="=0.1*3"), loan("FICO", **{"FICO Borrower": "=700+20"}), loan("ZERO", DTI=0),
+        loan("SAVED", DTI="=0.1*3"),
+    ], cell=computed)
     loans = sfy_loans(batch, rules)
     problems = loans["row_problems"]
     assert problems["DTI"] == ("DTI holds a formula (=0.1*3) whose value was never computed (the program that wrote "
@@ -306,16 +320,7 @@ def test_a_sheet_written_with_prefixed_elements_gets_the_far_value_guard(tmp_pat
     # Past bug: the guard looked for `<dimension` and `<c r=` only; a sheet
     # written as `<x:c r="A1">` (which the reader reads) with a stray value at
     # XFD1048576 was not refused and aborted the process.
-    path = tmp_path / "SFY_02-19-2026_ExhibitAtoFormofSaleNotice - Pre-Funding.xlsx"
-    book = openpyxl.Workbook()
-    book.active.title = "Exhibit A"
-    book.active["A1"] = "SELLER Loan #"
-    book.active["XFD1048576"] = "."
-    book.save(path)
-    with_prefixed_sheets(path)
-    done = subprocess.run([sys.executable, "-c", FAR_READ, str(path)], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.startswith("StructuralError values reach cell XFD1048576, far outside the table")
+    _far_value_is_refused(tmp_path, with_prefixed_sheets)
 
 
 def without_dimension(path):
@@ -330,20 +335,26 @@ def without_dimension(path):
             target.writestr(name, data)
 
 
-def test_a_sheet_without_a_declared_range_gets_the_far_value_guard(batch, rules, tmp_path):
-    # Past bug: the guard read the sheet's declared range and trusted its
-    # absence: a sheet without one (optional in the format) holding a stray
-    # value at XFD1048576 aborted the process.
+def _far_value_is_refused(tmp_path, rewrite) -> None:
+    """A sheet holding a stray value at XFD1048576, rewritten by `rewrite`,
+    is refused by name in a process of its own (reading it would abort one)."""
     path = tmp_path / "SFY_02-19-2026_ExhibitAtoFormofSaleNotice - Pre-Funding.xlsx"
     book = openpyxl.Workbook()
     book.active.title = "Exhibit A"
     book.active["A1"] = "SELLER Loan #"
     book.active["XFD1048576"] = "."
     book.save(path)
-    without_dimension(path)
+    rewrite(path)
     done = subprocess.run([sys.executable, "-c", FAR_READ, str(path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("StructuralError values reach cell XFD1048576, far outside the table")
+
+
+def test_a_sheet_without_a_declared_range_gets_the_far_value_guard(batch, rules, tmp_path):
+    # Past bug: the guard read the sheet's declared range and trusted its
+    # absence: a sheet without one (optional in the format) holding a stray
+    # value at XFD1048576 aborted the process.
+    _far_value_is_refused(tmp_path, without_dimension)
 
     write_exhibit(batch.exhibits["sfy"], [loan("PLAIN")])  # and a table of usual size reads as usual
     without_dimension(batch.exhibits["sfy"])
@@ -355,16 +366,7 @@ def test_a_strict_open_xml_exhibit_gets_the_same_guards(batch, rules, tmp_path):
     # so in a workbook saved as Strict Open XML (which the reader reads) a
     # stray value at XFD1048576 was not refused and aborted the process, and
     # a formula never computed was reported as an empty cell.
-    path = tmp_path / "SFY_02-19-2026_ExhibitAtoFormofSaleNotice - Pre-Funding.xlsx"
-    book = openpyxl.Workbook()
-    book.active.title = "Exhibit A"
-    book.active["A1"] = "SELLER Loan #"
-    book.active["XFD1048576"] = "."
-    book.save(path)
-    as_strict(path)
-    done = subprocess.run([sys.executable, "-c", FAR_READ, str(path)], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.startswith("StructuralError values reach cell XFD1048576, far outside the table")
+    _far_value_is_refused(tmp_path, as_strict)
 
     write_exhibit(batch.exhibits["sfy"], [loan("FORMULA", **{"FICO Borrower": "=700+20"})])
     as_strict(batch.exhibits["sfy"])
@@ -401,16 +403,8 @@ def test_a_text_formula_saved_as_0_is_not_read_as_the_text_0(batch, rules):
     # Past bug: XlsxWriter saves a text formula with 0 in place of its value
     # too: a Loan Program of ="Std "&"120" was read as the program "0"
     # (unknown_program), a Property State of =UPPER("ca") as the state "0".
-    path = batch.exhibits["sfy"]
-    with xlsxwriter.Workbook(str(path)) as book:
-        sheet = book.add_worksheet("Exhibit A")
-        dates = book.add_format({"num_format": "yyyy-mm-dd"})
-        sheet.write_row(0, 0, ["Exhibit A to Form of Sale Notice"])
-        sheet.write_row(1, 0, EXHIBIT_HEADER)
-        row = loan("TEXT", **{"Loan Program": '="Std "&"120"', "Property State": '=UPPER("ca")'})
-        for c, header in enumerate(EXHIBIT_HEADER):
-            value = row[header]
-            sheet.write_datetime(2, c, value, dates) if isinstance(value, dt.datetime) else sheet.write(2, c, value)
+    write_with_xlsxwriter(batch.exhibits["sfy"], [
+        loan("TEXT", **{"Loan Program": '="Std "&"120"', "Property State": '=UPPER("ca")'})])
     never = ("whose value was never computed (the program that wrote the file saved 0 in its place): open the file "
              "in Excel and save it again")
     assert sfy_loans(batch, rules).loc["TEXT", "row_problems"] == (
@@ -423,19 +417,13 @@ def test_a_date_formula_saved_as_0_is_not_read_as_1899_12_30(batch, rules):
     # oldest CoMAP sheets without a word; formatted as a date, the reader gave
     # a time of 00:00 and the loan was rejected as "Submit Date '00:00:00' is
     # not a date".
-    path = batch.exhibits["sfy"]
-    with xlsxwriter.Workbook(str(path)) as book:
-        sheet = book.add_worksheet("Exhibit A")
-        dates = book.add_format({"num_format": "yyyy-mm-dd"})
-        sheet.write_row(0, 0, ["Exhibit A to Form of Sale Notice"])
-        sheet.write_row(1, 0, EXHIBIT_HEADER)
-        for r, number in ((2, "PLAIN"), (3, "DATED")):
-            row = loan(number)
-            for c, header in enumerate(EXHIBIT_HEADER):
-                if header == "Submit Date":
-                    sheet.write_formula(r, c, "=DATE(2026,2,1)", dates if number == "DATED" else None)
-                else:
-                    sheet.write(r, c, row[header])
+    def date_formula(sheet, r, c, row, header, dates):
+        if header != "Submit Date":
+            return False
+        sheet.write_formula(r, c, "=DATE(2026,2,1)", dates if row["SELLER Loan #"] == "DATED" else None)
+        return True
+
+    write_with_xlsxwriter(batch.exhibits["sfy"], [loan("PLAIN"), loan("DATED")], cell=date_formula)
     problems = sfy_loans(batch, rules)["row_problems"]
     expected = ("Submit Date holds a formula (=DATE(2026,2,1)) whose value was never computed (the program that wrote "
                 "the file saved 0 in its place): open the file in Excel and save it again")
