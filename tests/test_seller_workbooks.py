@@ -279,30 +279,29 @@ def test_hidden_rows_and_columns_are_read_like_the_others(batch, rules):
     assert (loans["fico"] == 720).all()
 
 
-def as_strict(path):
-    """The workbook as Excel's "Strict Open XML Spreadsheet" writes it: the
-    same parts under the ISO namespaces."""
+def _rewritten(path, change) -> None:
+    """The workbook with each part's bytes passed through `change(name, data)`."""
     with zipfile.ZipFile(path) as source:
         parts = {name: source.read(name) for name in source.namelist()}
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as target:
         for name, data in parts.items():
-            data = data.replace(b"http://schemas.openxmlformats.org/spreadsheetml/2006/main",
-                                b"http://purl.oclc.org/ooxml/spreadsheetml/main")
-            data = data.replace(b"http://schemas.openxmlformats.org/officeDocument/2006/relationships",
-                                b"http://purl.oclc.org/ooxml/officeDocument/relationships")
-            target.writestr(name, data)
+            target.writestr(name, change(name, data))
+
+
+def as_strict(path):
+    """The workbook as Excel's "Strict Open XML Spreadsheet" writes it: the
+    same parts under the ISO namespaces."""
+    _rewritten(path, lambda name, data: data.replace(
+        b"http://schemas.openxmlformats.org/spreadsheetml/2006/main", b"http://purl.oclc.org/ooxml/spreadsheetml/main",
+    ).replace(b"http://schemas.openxmlformats.org/officeDocument/2006/relationships",
+              b"http://purl.oclc.org/ooxml/officeDocument/relationships"))
 
 
 def with_prefixed_sheets(path):
     """The workbook with its sheets' elements under a prefix (`<x:c r="A1">`),
     as .NET's Open XML SDK writes them."""
-    with zipfile.ZipFile(path) as source:
-        parts = {name: source.read(name) for name in source.namelist()}
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as target:
-        for name, data in parts.items():
-            if name.startswith("xl/worksheets/"):
-                data = re.sub(rb"<(/?)([A-Za-z])", rb"<\1x:\2", data).replace(b"xmlns=", b"xmlns:x=")
-            target.writestr(name, data)
+    _rewritten(path, lambda name, data: re.sub(rb"<(/?)([A-Za-z])", rb"<\1x:\2", data).replace(b"xmlns=", b"xmlns:x=")
+               if name.startswith("xl/worksheets/") else data)
 
 
 FAR_READ = (
@@ -326,13 +325,8 @@ def test_a_sheet_written_with_prefixed_elements_gets_the_far_value_guard(tmp_pat
 def without_dimension(path):
     """The workbook with no `<dimension>` in its sheets: it is optional, and
     some streaming writers leave it out."""
-    with zipfile.ZipFile(path) as source:
-        parts = {name: source.read(name) for name in source.namelist()}
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as target:
-        for name, data in parts.items():
-            if name.startswith("xl/worksheets/"):
-                data = re.sub(rb"<dimension [^>]*/>", b"", data)
-            target.writestr(name, data)
+    _rewritten(path, lambda name, data: re.sub(rb"<dimension [^>]*/>", b"", data)
+               if name.startswith("xl/worksheets/") else data)
 
 
 def _far_value_is_refused(tmp_path, rewrite) -> None:
