@@ -142,3 +142,22 @@ def test_a_connection_killed_during_copy_is_a_lost_connection_and_keeps_the_old_
     with engine.connect() as conn:
         assert set(conn.execute(select(database.loan_facts.c.run_id)).scalars()) == {"r1"}
     engine.dispose()
+
+
+def test_only_the_databases_refusals_are_reworded(tmp_path):
+    """A full or read-only database, or a file that is no database, is named
+    (the driver's words name none); any other error, a bug's, keeps the
+    driver's whole message (its SQL, PostgreSQL's DETAIL line) for the run's
+    log. Past bug: a UNIQUE violation came out as one reworded line."""
+    import sqlite3
+
+    import sqlalchemy.exc
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    full = sqlalchemy.exc.OperationalError("INSERT ...", {}, sqlite3.OperationalError("database or disk is full"))
+    full.orig.sqlite_errorcode = sqlite3.SQLITE_FULL
+    assert database.refused(full)
+    assert str(database.named(full, url)) == f"results database {url}: database or disk is full"
+    clash = sqlalchemy.exc.IntegrityError("INSERT INTO t ...", {}, sqlite3.IntegrityError("UNIQUE constraint failed: t.a"))
+    clash.orig.sqlite_errorcode = sqlite3.SQLITE_CONSTRAINT_UNIQUE
+    assert not database.refused(clash)

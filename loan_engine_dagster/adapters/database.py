@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import sqlite3
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
@@ -308,11 +309,27 @@ def locked_by_another(exc: BaseException) -> bool:
     return isinstance(exc, sqlalchemy.exc.OperationalError) and "database is locked" in str(exc.orig or exc)
 
 
-# The database refusing to store more (SQLITE_FULL, SQLITE_READONLY; PostgreSQL
+# The database refusing to store more (full, read-only; PostgreSQL's
 # disk_full): the same answer on every try, so no reason to try again.
-_SQLITE_REFUSALS = {13, 8}
-SQLITE_READONLY_DBMOVED = 1032  # the file was unlinked or renamed under an open connection
+_SQLITE_REFUSALS = {sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY}
 _POSTGRES_REFUSALS = {"53100"}
+# ... and the setup's other refusals, named like them: a file that is no
+# database, a PostgreSQL standby that takes no writes (read_only_sql_transaction).
+_SQLITE_SETUP = _SQLITE_REFUSALS | {sqlite3.SQLITE_NOTADB}
+_POSTGRES_SETUP = _POSTGRES_REFUSALS | {"25006"}
+SQLITE_READONLY_DBMOVED = 1032  # the file was unlinked or renamed under an open connection
+
+
+def _sqlite_code(exc: BaseException) -> int | None:
+    code = getattr(getattr(exc, "orig", None), "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF  # extended codes keep the primary one in their low byte
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether the database refused the write for a reason of the machine or
+    the setup (full, read-only, not a database): worth naming the database,
+    not a bug's error, whose whole message (SQL, DETAIL) the log keeps."""
+    return _sqlite_code(exc) in _SQLITE_SETUP or getattr(getattr(exc, "orig", None), "pgcode", None) in _POSTGRES_SETUP
 
 
 def connection_lost(exc: BaseException) -> bool:
@@ -322,10 +339,7 @@ def connection_lost(exc: BaseException) -> bool:
     followed ("connection already closed"), not as an OperationalError.
     A full or read-only database is no lost connection: retried, it cost
     the run its retry waits (30 s by default) for the same refusal."""
-    orig = getattr(exc, "orig", None)
-    sqlite_code = getattr(orig, "sqlite_errorcode", None)  # extended: the primary code is its low byte
-    if (sqlite_code is not None and sqlite_code & 0xFF in _SQLITE_REFUSALS
-            or getattr(orig, "pgcode", None) in _POSTGRES_REFUSALS):
+    if _sqlite_code(exc) in _SQLITE_REFUSALS or getattr(getattr(exc, "orig", None), "pgcode", None) in _POSTGRES_REFUSALS:
         return False
     return isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) or (
         isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated

@@ -336,11 +336,13 @@ def results_database(
         finally:
             engine.dispose()
     except sqlalchemy.exc.DBAPIError as exc:
-        named = database.named(exc, results_db.resolved_url)
+        if database.refused(exc):
+            raise database.named(exc, results_db.resolved_url) from None
         if not database.connection_lost(exc):
-            raise named from None
+            raise  # a bug's error, whole
         # A database that is down, restarting or that dropped us is worth another try; the write is transactional.
-        cause = preflight.locked(results_db.resolved_url) if database.locked_by_another(exc) else named
+        lost = database.named(exc, results_db.resolved_url)
+        cause = preflight.locked(results_db.resolved_url) if database.locked_by_another(exc) else lost
         raise dg.RetryRequested(max_retries=results_db.connect_retries, seconds_to_wait=results_db.retry_wait_seconds) from cause
     return dg.MaterializeResult(
         metadata={

@@ -192,13 +192,15 @@ class ResultsDatabase(dg.ConfigurableResource):
 
     @contextlib.contextmanager
     def named_errors(self):
-        """The database's refusals with the database named (the drivers' own
-        words name none), raised in their place: a failed run is told by its
-        innermost error."""
+        """The database's refusals and lost connections with the database
+        named (the drivers' own words name none), raised in their place: a
+        failed run is told by its innermost error. A bug's error stays whole."""
         try:
             yield
         except sqlalchemy.exc.DBAPIError as exc:
-            raise database.named(exc, self.resolved_url) from None
+            if database.refused(exc) or database.connection_lost(exc):
+                raise database.named(exc, self.resolved_url) from None
+            raise
 
     def reconcile_reports(self, output_root: Path, batch_key: str) -> str | None:
         """The batch folder brought back to the reports of the rows, while this
