@@ -137,6 +137,16 @@ def test_text_that_is_no_us_amount_is_still_not_a_number(batch, rules, cell):
     assert sfy_loans(batch, rules).loc["TEXT", "row_problems"] == f"Income '{cell}' is not a number"
 
 
+@pytest.mark.parametrize(("header", "cell"), [("DTI", "0,360"), ("Dealer Fee", "4,500"), ("APR", "$7.99"),
+                                             ("modeled_purchase_price", "0,987")])
+def test_a_separator_or_dollar_sign_outside_the_dollar_columns_is_not_a_number(batch, rules, header, cell):
+    # Past bug (second read): read as a US amount in every column, a DTI of
+    # 0,360 (a decimal comma) became 360 and failed underwriting, a Dealer Fee
+    # of 4,500 became 4,500% and weighed in the limits.
+    write_exhibit(batch.exhibits["sfy"], [loan("TEXT", **{header: cell})])
+    assert sfy_loans(batch, rules).loc["TEXT", "row_problems"] == f"{header} '{cell}' is not a number"
+
+
 def write_with_xlsxwriter(path, rows, cell=None) -> None:
     """The exhibit as XlsxWriter writes it: a formula saved with 0 in place
     of its value (the workbook asks Excel to compute it on opening).

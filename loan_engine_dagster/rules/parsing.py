@@ -120,6 +120,10 @@ FIELDS_BY_KIND = {
 }
 # Number columns that hold a 0/1 flag, where a TRUE/FALSE cell is the same flag.
 FLAG_NUMBERS = {"tu144"}
+# Number columns of dollars, where text written as Excel shows an amount
+# ($12,000.50) is that amount. Elsewhere a comma is as likely a decimal one
+# (a DTI of 0,360) and reads as no number.
+DOLLAR_NUMBERS = {"orig_balance", "income", "stamp_fee"}
 # Headers sellers write in several ways (`TU144`, `TU 144`, `tu_144`): they
 # also match once spaces and underscores are removed.
 LOOSE_HEADERS = {"tu144"}
@@ -293,9 +297,10 @@ NUMBER_RANGE = f"a number must be finite and at most {LARGEST_NUMBER:.0f} in siz
 DATE_RANGE = f"a date must fall between {FIRST_DATE:%Y-%m-%d} and {LAST_DATE:%Y-%m-%d}"
 
 
-def to_number(series: pd.Series, *, flag: bool = False) -> pd.Series:
+def to_number(series: pd.Series, *, flag: bool = False, dollars: bool = False) -> pd.Series:
     """Numbers; NaN for cells that are not numbers or are out of range. A
-    TRUE/FALSE cell is a number only in a 0/1 `flag` column."""
+    TRUE/FALSE cell is a number only in a 0/1 `flag` column; text with a
+    dollar sign or thousands separators only in a column of `dollars`."""
     cast = _arrow_cast(series, pa.float64())
     if cast is not None:
         values = pd.Series(cast.to_numpy(zero_copy_only=False), index=series.index, dtype="float64")
@@ -307,7 +312,7 @@ def to_number(series: pd.Series, *, flag: bool = False) -> pd.Series:
             ones_and_zeros = values.isin([0.0, 1.0]).to_numpy()  # the only values a TRUE/FALSE cell becomes
             if ones_and_zeros.any():
                 values[ones_and_zeros] = values[ones_and_zeros].mask(_true_or_false(series[ones_and_zeros]))
-        values = _written_amounts(series, values)
+        values = _written_numbers(series, values, _US_AMOUNT if dollars else _PLAIN_NUMBER)
     return values.where(values.abs() <= LARGEST_NUMBER)
 
 
@@ -317,10 +322,12 @@ def to_number(series: pd.Series, *, flag: bool = False) -> pd.Series:
 # too). Anything else (`12,34`, `1.234,56`) stays not a number: whether its
 # comma is a separator or a decimal point is not the engine's to guess.
 _US_AMOUNT = r"(?:[-+]?\$?\s*[-+]?)(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|[-+]?\$?\s*\.\d+"
+_PLAIN_NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"
 
 
-def _written_amounts(series: pd.Series, values: pd.Series) -> pd.Series:
-    """`values` with the text cells that did not convert read as US amounts where they are."""
+def _written_numbers(series: pd.Series, values: pd.Series, pattern: str) -> pd.Series:
+    """`values` with the text cells that did not convert read where, white
+    space of any kind around them aside, they match `pattern`."""
     # Only the cells that did not convert are looked at (an empty cell is
     # one, and a column with a few is common): their types, then their text.
     cells = series[values.isna().to_numpy()]
@@ -331,7 +338,7 @@ def _written_amounts(series: pd.Series, values: pd.Series) -> pd.Series:
     text = text[(text != "").to_numpy(dtype=bool)]
     if text.empty:
         return values
-    amount = text.where(text.str.fullmatch(_US_AMOUNT).fillna(False).astype(bool))
+    amount = text.where(text.str.fullmatch(pattern).fillna(False).astype(bool))
     read = pd.to_numeric(amount.str.replace(r"[\s$,]", "", regex=True), errors="coerce").astype("float64")
     return values.fillna(read)
 
@@ -651,7 +658,7 @@ def typed_frame(
             blank = pd.Series(pc.equal(pa.array(values.array), "").to_numpy(zero_copy_only=False), index=frame.index)
             out[field.name] = values
         elif field.kind == "number":
-            values = to_number(raw, flag=field.name in FLAG_NUMBERS)
+            values = to_number(raw, flag=field.name in FLAG_NUMBERS, dollars=field.name in DOLLAR_NUMBERS)
             if field.name in FLAG_NUMBERS:
                 values = _flag_words(raw, values)
             blank = _blank_among(raw, values.isna())
