@@ -852,15 +852,21 @@ def _header_notes(raw: pd.DataFrame, rows: range, cell_notes: CellNotes | None) 
     return "".join(found[:3])
 
 
+# Excel keeps 15 significant digits of a number: a 16-digit loan number
+# typed into a number cell is stored with its last digit 0.
+EXCEL_EXACT_DIGITS = 15
+
+
 def _inexact_numbers(cells: pd.Series) -> pd.Series:
-    """Number cells beyond 2**53, where a float no longer holds every whole
-    number: a 17-digit loan number stored as a number was read as
-    "1.234567890123457e+16", a number the seller never wrote that two loans
-    could share. A column of text (the usual loan numbers) is not looked at."""
+    """Number cells of more digits than Excel keeps: a 17-digit loan number
+    stored as a number was read as "1.234567890123457e+16", and a 16-digit
+    one typed in Excel loses its last digit; either is a number the seller
+    never wrote, which two loans could share. A column of text (the usual
+    loan numbers) is not looked at."""
     if cells.dtype != object or pd.api.types.infer_dtype(cells, skipna=True) in ("string", "empty"):
         return pd.Series(False, index=cells.index)
     numbers = cells.map(type).isin([float, int, np.float64, np.int64])
-    return numbers & pd.to_numeric(cells.where(numbers), errors="coerce").abs().ge(LARGEST_NUMBER)
+    return numbers & pd.to_numeric(cells.where(numbers), errors="coerce").abs().ge(10.0**EXCEL_EXACT_DIGITS)
 
 
 # Required numbers no real loan has at 0. A 0 there is the one value worth
