@@ -219,6 +219,18 @@ def test_a_csv_saved_in_another_encoding_reads_as_its_utf8_copy(tmp_path, encodi
     assert frame.to_dict("list") == expected.to_dict("list")
 
 
+@pytest.mark.parametrize(("encoding", "bom"), [("utf-16-le", b"\xff\xfe"), ("utf-8", b"")])
+def test_a_tab_separated_file_is_refused_as_such(tmp_path, encoding, bom):
+    """Excel's "Unicode Text" is UTF-16 and tab-separated. Past bug (second
+    read): read as one column, it failed as "required column missing (did you
+    mean 'Account Number<tab>Loan Group<tab>Status Codes')", sending on-call
+    to map a new spelling in the rules file."""
+    path = tmp_path / "Tape20Loans_02-18-2026.csv"
+    path.write_bytes(bom + TAPE_TEXT.replace(",", "\t").encode(encoding))
+    with pytest.raises(StructuralError, match="tab-separated, not comma-separated: save it again as CSV UTF-8"):
+        read_csv(path)
+
+
 def test_a_csv_in_no_known_encoding_names_its_row(tmp_path):
     path = tmp_path / "Tape20Loans_02-18-2026.csv"
     # 0x81 is a byte no Windows-1252 text holds, and no UTF-8 either.

@@ -322,6 +322,11 @@ def _csv_frame(path: Path) -> pd.DataFrame:
     if frame is None:
         frame, encoding = _read_csv_decoded(path, encoding)
     frame.columns = [str(c).strip() for c in frame.columns]
+    if len(frame.columns) == 1 and "\t" in frame.columns[0]:
+        # Excel's "Unicode Text" (and other tab-separated exports): read as
+        # one column, it failed as a header to map in the rules file.
+        raise StructuralError("the file is tab-separated, not comma-separated: save it again as CSV UTF-8",
+                              file=path.name)
     return _without_renamed_repeats(frame, path, encoding or "utf-8-sig")
 
 
