@@ -428,6 +428,18 @@ def test_rows_committed_by_a_worker_that_lost_the_answer_get_their_reports(tmp_p
     assert _shown(root) == "r"
 
 
+def test_a_link_to_nothing_in_the_batch_folders_place_gives_way_to_the_rows_reports(tmp_path, rules, results):
+    # Past bug (second read): the batch folder's reports are put back by a
+    # rename, which a link to nothing in its place refused with a bare
+    # "[Errno 20] Not a directory" (or "File exists").
+    root, decisions = tmp_path / "out", run_rules([loan("SFC_1")])
+    _commit(results, decisions, "q", publish=lambda: batch.delivered(_stage(root, decisions, rules, "q"), root / "b", "q"))
+    (root / "b").rename(root / ".b.old-0123")  # set aside, as a killed run's swap leaves it
+    (root / "b").symlink_to(tmp_path / "nowhere")
+    assert "put back the reports of run q" in _reconcile(results, root)
+    assert not (root / "b").is_symlink() and _shown(root) == "q"
+
+
 def test_reports_without_any_rows_are_set_aside(tmp_path, rules, results):
     root, decisions = tmp_path / "out", run_rules([loan("SFC_1")])
     _swapped_in_then_killed(root, _stage(root, decisions, rules, "r"))

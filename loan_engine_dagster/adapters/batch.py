@@ -25,7 +25,7 @@ from . import database
 from .inbox import find_batch
 from .loading import load_batch_inputs, load_reference
 from .outputs import (
-    clear_leftovers, retire, stage_batch, swapped_in, write_concurrently, write_csv, write_json, write_workbook,
+    clear_leftovers, in_the_way, retire, stage_batch, swapped_in, write_concurrently, write_csv, write_json, write_workbook,
 )
 
 
@@ -103,7 +103,7 @@ def reconcile_reports(conn, output_root: Path, batch_key: str) -> str | None:
     if not found:
         return (f"the batch's rows are run {rows_run}'s but its reports are gone; the folder holds run {shown_run}'s "
                 "reports until this run replaces both")
-    if target.exists():
+    if in_the_way(target):
         retire(target)
     found[0].rename(target)
     was = f"run {shown_run}'s" if shown_run else "no"

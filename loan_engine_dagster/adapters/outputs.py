@@ -354,6 +354,12 @@ def stage_batch(output_root: Path, batch_key: str, run_id: str, write) -> Path:
     return staging
 
 
+def in_the_way(target: Path) -> bool:
+    """Whether something stands where a batch folder is renamed in: a folder,
+    a file, or a link to nothing (which `exists` does not see)."""
+    return target.exists() or target.is_symlink()
+
+
 def retire(folder: Path) -> Path:
     """Move a batch folder aside, hidden beside it, where clear_leftovers finds it."""
     retired = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex}"
@@ -376,7 +382,7 @@ def swapped_in(staging: Path, target: Path):
     or the new one, never half. If the with-block fails (the database commit
     that goes with the reports), the old folder comes back and the staged one
     is kept for a re-execution."""
-    had_old = target.exists() or target.is_symlink()  # a link to nothing is in the way of the rename too
+    had_old = in_the_way(target)
     if had_old:
         retired = retire(target)
     try:
