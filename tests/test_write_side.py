@@ -423,3 +423,12 @@ def test_an_output_folder_on_a_share_whose_server_is_gone_is_told_like_the_inbox
     assert " FAILED in phase reference_data [infra]: " in said or " FAILED in phase batch_inputs [infra]: " in said, said
     assert said.endswith(f"[infra]: output folder {out} cannot be reached (Transport endpoint is not connected); if it "
                          "is a network share, check that it is mounted and that its server answers"), said
+
+
+def test_staged_reports_on_a_share_whose_server_is_gone_say_so(dead_share):
+    """Second read: the check for the staged reports met the kernel's bare
+    "[Errno 107] Transport endpoint is not connected" on a dead share."""
+    from loan_engine_dagster.adapters.outputs import StagedReportsMissing, require_staged
+
+    with pytest.raises(StagedReportsMissing, match="cannot be reached .*check that it is mounted"):
+        require_staged(dead_share / ".2026-02-19.staging-r", "2026-02-19")

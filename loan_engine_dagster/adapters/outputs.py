@@ -19,6 +19,8 @@ import rustpy_xlsxwriter
 import xlsxwriter
 import xlsxwriter.exceptions
 
+from .preflight import unreachable_output
+
 # Text is written as text: a seller-typed "=HYPERLINK(...)" must never run.
 # Only for the rare sheet the columnar writer cannot take (see _columnar).
 _WORKBOOK_OPTIONS = {
@@ -290,9 +292,12 @@ class StagedReportsMissing(Exception):
 
 def require_staged(staging: Path, batch_key: str) -> None:
     """Raise StagedReportsMissing, saying what went, unless `staging` is there."""
-    if staging.is_dir():
-        return
     root = staging.parent
+    try:
+        if staging.is_dir():
+            return
+    except OSError as exc:  # a share whose server is gone
+        raise StagedReportsMissing(unreachable_output(root, exc)) from None
     if root.exists() and not root.is_dir():
         raise StagedReportsMissing(
             f"output folder {root} was replaced by a file during the run, and the reports staged in it are gone; "

@@ -87,6 +87,11 @@ def check_database(url: str) -> None:
         engine.dispose()
 
 
+def unreachable_output(root: Path, exc: OSError) -> str:
+    return (f"output folder {os.path.abspath(root)} cannot be reached ({exc.strerror or exc}); if it is a network "
+            "share, check that it is mounted and that its server answers")
+
+
 def check_output_root(root: Path) -> None:
     """Raise `PreflightError` naming the folder when reports could not be
     written under it. Leaves no trace: folders it had to create go again."""
@@ -96,9 +101,7 @@ def check_output_root(root: Path) -> None:
                 raise PreflightError(f"output folder {root.resolve()} is a file, not a folder")
             created = [p for p in (root, *root.parents) if not p.exists()]
         except OSError as exc:  # neither there nor not there: a share whose server is gone (ENOTCONN, ESTALE, EIO)
-            raise PreflightError(
-                f"output folder {os.path.abspath(root)} cannot be reached ({exc.strerror or exc}); if it is a network "
-                "share, check that it is mounted and that its server answers") from None
+            raise PreflightError(unreachable_output(root, exc)) from None
         try:
             root.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=root, prefix=".loan-engine-write-check-"):
