@@ -247,8 +247,11 @@ _SAVED_AS_0 = ("whose value was never computed (the program that wrote the file 
                "in Excel and save it again")
 
 
+_QUOTES = {"&quot;": '"', "&apos;": "'"}  # XML's entities beyond the three unescape knows
+
+
 def _shown(formula: re.Match | None) -> str:
-    return f" (={unescape(formula[1].decode())})" if formula and formula[1] else ""
+    return f" (={unescape(formula[1].decode(), _QUOTES)})" if formula and formula[1] else ""
 
 
 _MERGED = re.compile(rb'<(?:\w+:)?mergeCell\s[^>]*ref="([A-Z]+)([0-9]+):([A-Z]+)([0-9]+)"')
@@ -293,7 +296,7 @@ def _marked_cells(path: Path, sheet: str) -> tuple[dict[tuple[int, int], str], l
         cell = xml[tag_end:close]
         kind, value, formula = _TYPE.search(xml, at, tag_end), _VALUE.search(cell), _FORMULA.search(cell)
         if kind is not None and kind[1] == b"e":
-            note = f"holds the error {unescape(value[1].decode()) if value else ''}".rstrip()
+            note = f"holds the error {unescape(value[1].decode(), _QUOTES) if value else ''}".rstrip()
         elif not _FORMULA_TAG.search(cell):
             continue
         elif not (value and value[1]) and not (kind and kind[1] == b"str" and value):

@@ -702,11 +702,11 @@ def _raise_on_invalid(invalid: dict[str, pd.Series], frame: pd.DataFrame, fields
 # What a person sees in cells the reader gives as empty (an error value, a
 # formula never computed): `notes(spreadsheet rows, column number)` gives a
 # note per cell, None where the cell is simply empty.
-CellNotes = Callable[[pd.Series, int], pd.Series]
+NotesOfCells = Callable[[pd.Series, int], pd.Series]
 
 
 def parse_exhibit(
-    raw: pd.DataFrame, *, platform: str, file: str, sheet: str, rules: Rules, cell_notes: CellNotes | None = None
+    raw: pd.DataFrame, *, platform: str, file: str, sheet: str, rules: Rules, cell_notes: NotesOfCells | None = None
 ) -> pd.DataFrame:
     """The offered loans of one exhibit, one row per loan, with `row_problems`
     naming every row-level problem (empty string when the row is valid).
@@ -834,7 +834,7 @@ def column_letters(number: int) -> str:
     return letters
 
 
-def _header_notes(raw: pd.DataFrame, rows: range, cell_notes: CellNotes | None) -> str:
+def _header_notes(raw: pd.DataFrame, rows: range, cell_notes: NotesOfCells | None) -> str:
     """For a missing header or column: the header cells that hold a formula
     never computed or an error (they read as empty), as "; cell G2 holds
     ...". A header taken from a setup sheet by a formula, saved by a program
@@ -919,8 +919,8 @@ def _refuse_wrong_unit(values: pd.Series, *, percent: bool, header: str, rows: p
         problem = (f"every {header} is below 1 (e.g. {present.iloc[0]:g}), but it is a percent (7.99 for 7.99%); "
                    "a column formatted as a percentage in Excel stores 0.0799: enter the percent figures")
     elif not percent and (present.abs() >= 1).all():
-        problem = (f"every {header} is 1 or more (e.g. {present.iloc[0]:g}), but it is a fraction here (0.045 for "
-                   "4.5%): enter the fractions")
+        problem = (f"every {header} is 1 or more (e.g. {present.iloc[0]:g}), but it is a fraction here "
+                   f"({present.iloc[0] / 100:g} for {present.iloc[0]:g}%): enter the fractions")
     else:
         return
     raise StructuralError(problem, file=file, sheet=sheet, columns=[header], rows=rows[present.index][:3])
