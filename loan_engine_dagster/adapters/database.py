@@ -136,11 +136,15 @@ def engine_for(url: str, session_name: str | None = None) -> Engine:
     engine = create_engine(url, future=True, pool_pre_ping=True, connect_args=connect_args)
     if sqlite:
         _serialize_sqlite_writers(engine)
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            # Two first runs creating the tables at once would collide in PostgreSQL's catalog.
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
-        metadata.create_all(conn)
+    try:
+        with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                # Two first runs creating the tables at once would collide in PostgreSQL's catalog.
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            metadata.create_all(conn)
+    except BaseException:
+        engine.dispose()  # a caller given no engine cannot close it
+        raise
     return engine
 
 

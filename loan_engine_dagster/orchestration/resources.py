@@ -102,20 +102,22 @@ class ResultsDatabase(dg.ConfigurableResource):
         preflight.check_sqlite_folder(self.resolved_url)  # no retries for a folder that is not there
         for attempt in range(self.connect_retries + 1):
             try:
-                self._lease_engine = self.engine()
-                self._lease = leases.acquire(self._lease_engine, batch_key, run.run_id, stale_after=grace,
-                                             holder_finished=finished)
+                engine = self.engine()
+                try:
+                    self._lease = leases.acquire(engine, batch_key, run.run_id, stale_after=grace,
+                                                 holder_finished=finished)
+                except BaseException:
+                    engine.dispose()  # each try has its own: none is left open behind a failed one
+                    raise
+                self._lease_engine = engine
                 break
             except leases.BatchLeaseHeld as exc:
-                self._lease_engine.dispose()
                 context.log.error(str(exc))
                 raise
             except sqlalchemy.exc.OperationalError as exc:
                 if not database.connection_lost(exc):
                     # Full or read-only: it answered, and would answer the same
                     # after every retry ("unreachable" was said three times).
-                    if self._lease_engine is not None:
-                        self._lease_engine.dispose()
                     raise database.named(exc, self.resolved_url) from None
                 if attempt == self.connect_retries:
                     # Fail fast, before any phase, naming the database (password hidden).
@@ -132,8 +134,6 @@ class ResultsDatabase(dg.ConfigurableResource):
             except sqlalchemy.exc.DatabaseError as exc:
                 # Reached, but not a database it can use (a SQLite URL naming some
                 # other file, a database of another schema): the setup, not the code.
-                if self._lease_engine is not None:
-                    self._lease_engine.dispose()
                 raise preflight.PreflightError(
                     f"results database {preflight.shown_url(self.resolved_url)} is not usable "
                     f"({type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__}: "
