@@ -405,21 +405,6 @@ def test_a_tu144_flag_written_as_a_word_is_that_flag(batch, rules):
     assert loans.loc[f"W{len(words)}", "row_problems"] == "TU 144 'maybe' is not a number"
 
 
-def test_a_formula_saved_as_0_in_an_optional_column_is_not_read_as_0(batch, rules):
-    # Past bug (second read): in the columns where 0 is common, a formula
-    # XlsxWriter saved as 0 was read as 0 without a word: a Dealer Fee of
-    # =2*2 and a promo_term of =6*3 made the limits on them easier to pass.
-    write_with_xlsxwriter(batch.exhibits["sfy"], [
-        loan("FEE", **{"Dealer Fee": "=2*2"}), loan("PROMO", promo_term="=6*3"), loan("TYPED", promo_term=0),
-    ])
-    problems = sfy_loans(batch, rules)["row_problems"]
-    never = ("whose value was never computed (the program that wrote the file saved 0 in its place): open the file "
-             "in Excel and save it again")
-    assert problems["FEE"] == f"Dealer Fee holds a formula (=2*2) {never}"
-    assert problems["PROMO"] == f"promo_term holds a formula (=6*3) {never}"
-    assert problems["TYPED"] == ""  # a 0 typed as such
-
-
 def test_a_text_formula_saved_as_0_is_not_read_as_the_text_0(batch, rules):
     # Past bug: XlsxWriter saves a text formula with 0 in place of its value
     # too: a Loan Program of ="Std "&"120" was read as the program "0"

@@ -257,24 +257,6 @@ def _shown(formula: re.Match | None) -> str:
 _MERGED = re.compile(rb'<(?:\w+:)?mergeCell\s[^>]*ref="([A-Z]+)([0-9]+):([A-Z]+)([0-9]+)"')
 
 
-def saves_formulas_uncomputed(path: Path) -> bool:
-    """Whether the workbook was saved by a program that does not compute its
-    formulas (a few KB read): only then can a formula's saved value be a 0
-    standing in for one never computed."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return _saved_uncomputed(archive)
-    except (OSError, KeyError, zipfile.BadZipFile):
-        return False
-
-
-def _saved_uncomputed(archive: zipfile.ZipFile) -> bool:
-    # Set by writers that save formulas without computing them (XlsxWriter
-    # saves 0 in place of the value): Excel computes them on opening. Excel
-    # itself clears it when it saves the file.
-    return _UNCOMPUTED.search(archive.read("xl/workbook.xml")) is not None
-
-
 def _marked_cells(path: Path, sheet: str) -> tuple[dict[tuple[int, int], str], list[tuple[int, int, int, int]]]:
     """{(row, column): note} for the sheet's error cells and formulas without
     a saved value, and its merged ranges (top, left, bottom, right)."""
@@ -282,7 +264,10 @@ def _marked_cells(path: Path, sheet: str) -> tuple[dict[tuple[int, int], str], l
         with zipfile.ZipFile(path) as archive:
             part = _sheet_part(archive, sheet)
             xml = archive.read(part) if part is not None else b""
-            uncomputed = _saved_uncomputed(archive)
+            # Set by writers that save formulas without computing them
+            # (XlsxWriter saves 0 in place of the value): Excel computes them
+            # on opening. Excel itself clears it when it saves the file.
+            uncomputed = _UNCOMPUTED.search(archive.read("xl/workbook.xml")) is not None
     except (OSError, KeyError, zipfile.BadZipFile, ElementTree.ParseError):
         return {}, []  # not an .xlsx as expected: the cells keep their plain message
     start, end = max(xml.find(b"<sheetData"), 0), xml.rfind(b"</sheetData>")

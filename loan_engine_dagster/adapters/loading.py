@@ -12,7 +12,7 @@ from loan_engine_dagster.rules.config import Rules
 from loan_engine_dagster.rules.errors import StructuralError
 from loan_engine_dagster.rules.pipeline import BatchInputs, ReferenceData
 
-from .files import CellNotes, open_workbook, read_csv, read_sheet, saves_formulas_uncomputed
+from .files import CellNotes, open_workbook, read_csv, read_sheet
 from .inbox import PLATFORMS, REFERENCE_FILES, BatchFiles, describe_file
 
 
@@ -89,8 +89,7 @@ def load_batch_inputs(batch: BatchFiles, rules: Rules) -> BatchInputs:
             sheet, raw = sheet_read.result()
             path = batch.exhibits[platform]
             exhibits.append(parsing.parse_exhibit(raw, platform=platform, file=path.name, sheet=sheet, rules=rules,
-                                                  cell_notes=CellNotes(path, sheet),
-                                                  zeros_may_be_formulas=saves_formulas_uncomputed(path)))
+                                                  cell_notes=CellNotes(path, sheet)))
         tape = parsing.parse_tape(tape_frame.result(), file=batch.tape.name, aliases=rules.column_aliases("tape"))
     files = [describe_file(role, path) for role, path in batch.files.items() if role not in REFERENCE_FILES]
     return BatchInputs(

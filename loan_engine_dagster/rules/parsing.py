@@ -706,15 +706,13 @@ NotesOfCells = Callable[[pd.Series, int], pd.Series]
 
 
 def parse_exhibit(
-    raw: pd.DataFrame, *, platform: str, file: str, sheet: str, rules: Rules, cell_notes: NotesOfCells | None = None,
-    zeros_may_be_formulas: bool = False,
+    raw: pd.DataFrame, *, platform: str, file: str, sheet: str, rules: Rules, cell_notes: NotesOfCells | None = None
 ) -> pd.DataFrame:
     """The offered loans of one exhibit, one row per loan, with `row_problems`
     naming every row-level problem (empty string when the row is valid).
     `cell_notes` is asked only about cells already suspect: rejected as
-    empty or as no date, the header of a sheet failing for its header, and,
-    when `zeros_may_be_formulas` (the workbook was saved by a program that
-    does not compute formulas), a 0 in a number column."""
+    empty or as no date, a 0 where no loan has one, the header of a sheet
+    failing for its header."""
     aliases = rules.column_aliases("exhibit")
     fields = FIELDS_BY_KIND["exhibit"]
     header_rows = range(1, rules.inbox.header_search_rows + 1)
@@ -750,8 +748,7 @@ def parse_exhibit(
     header_cells = [str(h).strip() if h is not None else "" for h in raw.iloc[header_row].tolist()]
     column_of = {h: header_cells.index(h) + 1 for h in headers.values() if h in header_cells}  # A is 1
     problems = pd.Series("", index=out.index, dtype="string")
-    uncomputed = _zeros_never_computed(out, invalid, frame["source_row"], headers, column_of,
-                                       cell_notes if zeros_may_be_formulas else None)
+    uncomputed = _zeros_never_computed(out, invalid, frame["source_row"], headers, column_of, cell_notes)
 
     def add(mask: pd.Series, message) -> None:
         # Messages are built for the flagged rows only: most rows have none.
@@ -872,15 +869,15 @@ def _inexact_numbers(cells: pd.Series) -> pd.Series:
     return numbers & pd.to_numeric(cells.where(numbers), errors="coerce").abs().ge(10.0**EXCEL_EXACT_DIGITS)
 
 
-# A program that saves formulas without computing them (XlsxWriter) saves 0
-# in their place: in a workbook that says so, a 0 in a number column is
-# asked about, in the columns where no real loan has one and in those where
-# 0 is common (Dealer Fee, Stamp fee, promo_term, TU144) alike. A workbook
-# Excel saved is never asked.
-NUMBERS_ASKED_ABOUT_0 = ("orig_balance", "income", "fico", "dti", "pti", "term", "apr", "lender_price",
-                         "modeled_purchase_price", "dealer_fee", "stamp_fee", "promo_term", "tu144")
+# Required numbers no real loan has at 0. A 0 there is the one value worth
+# asking the workbook about: a program that saves formulas without computing
+# them (XlsxWriter) saves 0 in their place. Columns where 0 is common (Dealer
+# Fee, Stamp fee, promo_term) are not asked: the sheet's XML would be read
+# again for nearly every such exhibit.
+ZERO_IS_NO_VALUE = ("orig_balance", "income", "fico", "dti", "pti", "term", "apr", "lender_price",
+                    "modeled_purchase_price")
 # Likewise the text a loan's names never are: a text formula is saved as 0 too.
-TEXTS_ASKED_ABOUT_0 = ("seller_loan_number", "loan_program", "application_type", "property_state")
+ZERO_IS_NO_TEXT = ("seller_loan_number", "loan_program", "application_type", "property_state")
 
 
 def _zeros_never_computed(out, invalid, rows, headers, column_of, cell_notes) -> dict[str, pd.Series]:
@@ -889,19 +886,17 @@ def _zeros_never_computed(out, invalid, rows, headers, column_of, cell_notes) ->
     found = {}
     if cell_notes is None:
         return found
-    for name in TEXTS_ASKED_ABOUT_0 + NUMBERS_ASKED_ABOUT_0 + ("submit_date",):
-        if name not in invalid:  # TU144 of a PRIME exhibit: always 0, whatever its cells
-            continue
+    for name in ZERO_IS_NO_TEXT + ZERO_IS_NO_VALUE + ("submit_date",):
         if name == "submit_date":
             # A 0 is serial 1899-12-30, or a time of 00:00 in a cell formatted as a date.
             zero = out[name].eq(EXCEL_EPOCH).fillna(False).astype(bool) | invalid[name]
         else:
-            zero = out[name].eq("0" if name in TEXTS_ASKED_ABOUT_0 else 0).fillna(False).astype(bool)
+            zero = out[name].eq("0" if name in ZERO_IS_NO_TEXT else 0).fillna(False).astype(bool)
         if headers[name] not in column_of or not zero.any():
             continue
         notes = cell_notes(rows[zero], column_of[headers[name]]).reindex(out.index)
         if notes.notna().any():
-            if name not in TEXTS_ASKED_ABOUT_0:
+            if name not in ZERO_IS_NO_TEXT:
                 out.loc[notes.notna(), name] = pd.NaT if name == "submit_date" else np.nan
                 invalid[name] = invalid[name] & notes.isna()  # the note says it instead of "is not a date"
             found[name] = notes
