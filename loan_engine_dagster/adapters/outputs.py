@@ -42,21 +42,21 @@ def write_workbook(
     table with a column chart beside it (small: written by XlsxWriter)."""
     prepared = None if charts else _columnar(frame)
     if prepared is None:
-        with _naming(path):
+        with naming_the_file(path):
             _write_cell_by_cell(frame, path, sheet, charts or {})
         return
     body, text_columns, date_columns = prepared
     quoted = rustpy_xlsxwriter.Format().set_quote_prefix()
     dates = rustpy_xlsxwriter.Format().set_num_format(DATE_FORMAT)
     formats = {c: quoted for c in text_columns} | {c: dates for c in date_columns}
-    with _naming(path):
+    with naming_the_file(path):
         rustpy_xlsxwriter.write_worksheet(
             body, str(path), sheet_name=sheet, bold_headers=True, autofilter=True, column_formats=formats,
         )
 
 
 @contextlib.contextmanager
-def _naming(path: Path):
+def naming_the_file(path: Path):
     """The writers' errors ("Failed to save workbook: No such file or
     directory", "[Errno 28] No space left on device") name no file; on-call
     needs to know which one. Raised in their place (`from None`), since a
@@ -197,10 +197,10 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
     return, and any non-text column send the frame to pandas."""
     text = all(_kind(frame[c]) == "text" for c in frame.columns) and not frame.columns.has_duplicates
     if text and not any(frame[c].astype("string").str.contains("\r", regex=False).any() for c in frame.columns):
-        with _naming(path):
+        with naming_the_file(path):
             rustpy_xlsxwriter.write_csv(frame.reset_index(drop=True), str(path))
     else:
-        with _naming(path):
+        with naming_the_file(path):
             frame.to_csv(path, index=False)
 
 
@@ -280,7 +280,7 @@ def _finite(value):
 
 def write_json(document: dict, path: Path) -> None:
     text = json.dumps(_finite(document), indent=2, default=_json_default, allow_nan=False) + "\n"
-    with _naming(path):
+    with naming_the_file(path):
         path.write_text(text)
 
 

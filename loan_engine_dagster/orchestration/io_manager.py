@@ -32,6 +32,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from loan_engine_dagster.adapters.outputs import naming_the_file
+
 # Pickle 5 writes pandas' and Arrow's buffers without extra copies.
 PICKLE_PROTOCOL = 5
 
@@ -72,15 +74,14 @@ def _write_pickle(path: Path, obj: object, run_id: str) -> None:
     # otherwise keep the disk full, and names the file.
     partial = path.with_name(f".{path.name}.{run_id}.partial")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with partial.open("wb") as file:
-            pickle.dump(obj, file, PICKLE_PROTOCOL)
-        os.replace(partial, path)
-    except BaseException as exc:
+        with naming_the_file(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with partial.open("wb") as file:
+                pickle.dump(obj, file, PICKLE_PROTOCOL)
+            os.replace(partial, path)
+    except BaseException:
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise type(exc)(f"writing {path}: {exc}") from None
         raise
 
 

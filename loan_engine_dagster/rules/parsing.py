@@ -309,9 +309,7 @@ def to_number(series: pd.Series, *, flag: bool = False, dollars: bool = False) -
     else:
         values = pd.to_numeric(series, errors="coerce").astype("float64")
         if not flag:
-            ones_and_zeros = values.isin([0.0, 1.0]).to_numpy()  # the only values a TRUE/FALSE cell becomes
-            if ones_and_zeros.any():
-                values[ones_and_zeros] = values[ones_and_zeros].mask(_true_or_false(series[ones_and_zeros]))
+            values = _without_true_or_false(series, values)
         values = _written_numbers(series, values, _US_AMOUNT if dollars else _PLAIN_NUMBER)
     return values.where(values.abs() <= LARGEST_NUMBER)
 
@@ -341,6 +339,16 @@ def _written_numbers(series: pd.Series, values: pd.Series, pattern: str) -> pd.S
     amount = text.where(text.str.fullmatch(pattern).fillna(False).astype(bool))
     read = pd.to_numeric(amount.str.replace(r"[\s$,]", "", regex=True), errors="coerce").astype("float64")
     return values.fillna(read)
+
+
+def _without_true_or_false(cells: pd.Series, values: pd.Series) -> pd.Series:
+    """`values` read from `cells`, missing where the cell is TRUE or FALSE.
+    Only values of 0 or 1 are looked at: the only ones such a cell becomes."""
+    ones_and_zeros = values.isin([0.0, 1.0]).to_numpy()
+    if ones_and_zeros.any():
+        values = values.copy()
+        values[ones_and_zeros] = values[ones_and_zeros].mask(_true_or_false(cells[ones_and_zeros]))
+    return values
 
 
 def _true_or_false(series: pd.Series) -> pd.Series:
@@ -398,9 +406,7 @@ def _read_dates(series: pd.Series) -> tuple[pd.Series, pd.Series]:
         parsed = pd.to_datetime(series, errors="coerce", format="mixed").astype("datetime64[us]")
         return parsed, pd.Series(False, index=series.index)
     serial = pd.to_numeric(series, errors="coerce").astype("float64")
-    ones_and_zeros = serial.isin([0.0, 1.0]).to_numpy()  # what a TRUE/FALSE cell becomes: no date
-    if ones_and_zeros.any():
-        serial[ones_and_zeros] = serial[ones_and_zeros].mask(_true_or_false(series[ones_and_zeros]))
+    serial = _without_true_or_false(series, serial)  # no date either
     serial_ok = serial.between(*SERIAL_RANGE)
     textual = series.where(serial.isna())
     if textual.dtype == object:  # workbook cells: text among dates and numbers
