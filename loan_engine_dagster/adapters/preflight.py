@@ -52,19 +52,29 @@ def locked(url: str) -> PreflightError:
     )
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names; None for any other database, an
+    in-memory one, or no URL at all."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
 def check_sqlite_folder(url: str) -> None:
     """Raise `PreflightError` when a SQLite database's folder does not exist:
     SQLite says only "unable to open database file", which read as a
     database to wait for (three retries, 30 s) rather than a path to fix."""
+    file = sqlite_file(url)
     try:
-        parsed = make_url(url)
-        if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        if file is None or file.parent.is_dir():
             return
-        folder = Path(parsed.database).parent
-        if folder.is_dir():
-            return
-    except Exception:
-        return  # not a URL, or a folder that cannot be looked at: the connection says why
+    except OSError:
+        return  # a folder that cannot be looked at: the connection says why
+    folder = file.parent
     raise PreflightError(f"results database {shown_url(url)} cannot be opened: its folder {folder} does not exist "
                          "(create it, or mount the share it is on)")
 

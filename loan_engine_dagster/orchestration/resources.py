@@ -12,7 +12,6 @@ from pathlib import Path
 import dagster as dg
 import sqlalchemy.exc
 from pydantic import PrivateAttr
-from sqlalchemy import make_url
 from sqlalchemy.engine import Connection, Engine
 
 from loan_engine_dagster.adapters import database, leases, preflight
@@ -224,8 +223,9 @@ class ResultsDatabase(dg.ConfigurableResource):
     @property
     def resolved_url(self) -> str:
         url = setting(self.url, "LOAN_ENGINE_DATABASE_URL")
-        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        file = preflight.sqlite_file(url)
+        if file is not None and not file.is_absolute():  # data/results.db: made beside the project, as the default
+            file.parent.mkdir(parents=True, exist_ok=True)
         return url
 
     def engine(self) -> Engine:
@@ -240,9 +240,8 @@ def _hand_back(url: str, lease: leases.Lease) -> None:
     # Never to a SQLite file that is gone (deleted under the run): opening it
     # made a new, empty results database there, and the next run saved into
     # it as if no batch had ever been saved.
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") \
-            and not Path(parsed.database).exists():
+    file = preflight.sqlite_file(url)
+    if file is not None and not file.exists():
         return
     try:
         engine = database.engine_for(url)
