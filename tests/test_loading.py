@@ -42,6 +42,27 @@ def test_bad_prime_exhibit_is_named_before_a_bad_tape(inbox, rules):
     assert caught.value.file == inbox.exhibits["prime"].name
 
 
+def test_a_bad_tape_parsed_first_still_waits_for_a_bad_exhibit(inbox, rules, monkeypatch):
+    """The tape is parsed while the exhibits are still being read; its error
+    is still raised only after theirs."""
+    import time
+
+    from loan_engine_dagster.adapters import loading
+
+    read_sheet_first = loading._first_sheet
+
+    def slow_exhibit(path):
+        time.sleep(0.5)
+        return read_sheet_first(path)
+
+    monkeypatch.setattr(loading, "_first_sheet", slow_exhibit)
+    _spoil(inbox.exhibits["prime"])
+    _headerless(inbox.tape)
+    with pytest.raises(StructuralError) as caught:
+        load_batch_inputs(inbox, rules)
+    assert caught.value.file == inbox.exhibits["prime"].name
+
+
 def test_reference_problems_in_the_order_the_files_were_read(inbox, rules):
     reference = inbox.reference
     _spoil(reference["grids"])

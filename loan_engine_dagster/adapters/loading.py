@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import pandas as pd
@@ -77,28 +77,43 @@ def load_batch_inputs(batch: BatchFiles, rules: Rules) -> BatchInputs:
         raise StructuralError(f"batch {batch.key} is incomplete: missing {', '.join(missing)}")
     # The files are read side by side: calamine and pyarrow's CSV reader do
     # most of their work without the GIL, so on two cores the exhibits and the
-    # tape take little more than the largest alone. Results are taken, and
-    # parsed, in the order the files were read before, so the error raised
-    # for a bad batch is the same one: the first file in PLATFORMS order,
-    # then the tape.
+    # tape take little more than the largest alone. Each file is parsed as
+    # soon as it is read (the tape, read ahead first, while the exhibits are
+    # still being read), but the error raised for a bad batch is the one
+    # raised when they were parsed one after the other: the first file in
+    # PLATFORMS order, then the tape.
     with ThreadPoolExecutor(max_workers=len(PLATFORMS) + 1) as pool:
-        sheets = [pool.submit(_first_sheet, batch.exhibits[platform]) for platform in PLATFORMS]
-        tape_frame = pool.submit(read_csv, batch.tape)
-        exhibits = []
-        for platform, sheet_read in zip(PLATFORMS, sheets, strict=True):
-            sheet, raw = sheet_read.result()
-            path = batch.exhibits[platform]
-            exhibits.append(parsing.parse_exhibit(raw, platform=platform, file=path.name, sheet=sheet, rules=rules,
-                                                  cell_notes=CellNotes(path, sheet)))
-        tape = parsing.parse_tape(tape_frame.result(), file=batch.tape.name, aliases=rules.column_aliases("tape"))
+        reads = {pool.submit(_first_sheet, batch.exhibits[platform]): platform for platform in PLATFORMS}
+        reads[pool.submit(read_csv, batch.tape)] = "tape"
+        parsed: dict[str, object] = {}
+        problems: dict[str, Exception] = {}
+        for read in as_completed(reads):
+            name = reads[read]
+            try:
+                parsed[name] = _parsed(name, read.result(), batch, rules)
+            except Exception as exc:
+                problems[name] = exc
+    for name in (*PLATFORMS, "tape"):
+        if name in problems:
+            raise problems[name]
     files = [describe_file(role, path) for role, path in batch.files.items() if role not in REFERENCE_FILES]
     return BatchInputs(
         batch_key=batch.key,
         notice_date=batch.notice_date,
-        exhibits=pd.concat(exhibits, ignore_index=True),
-        tape=tape,
+        exhibits=pd.concat([parsed[platform] for platform in PLATFORMS], ignore_index=True),
+        tape=parsed["tape"],
         files=files,
     )
+
+
+def _parsed(name: str, read, batch: BatchFiles, rules: Rules) -> pd.DataFrame:
+    """One batch file's parse: an exhibit (its platform's name) or the tape."""
+    if name == "tape":
+        return parsing.parse_tape(read, file=batch.tape.name, aliases=rules.column_aliases("tape"))
+    sheet, raw = read
+    path = batch.exhibits[name]
+    return parsing.parse_exhibit(raw, platform=name, file=path.name, sheet=sheet, rules=rules,
+                                 cell_notes=CellNotes(path, sheet))
 
 
 def _first_sheet(path: Path) -> tuple[str, pd.DataFrame]:
