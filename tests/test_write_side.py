@@ -342,6 +342,32 @@ def test_every_report_writer_names_its_file_on_a_full_disk(full_disk, writer):
     assert "No space left on device" in str(raised.value)
 
 
+def test_a_workbook_failing_on_a_full_disk_leaves_no_open_file_to_complain_later(full_disk):
+    """Past bug: XlsxWriter's zip file, left open by the failed save, was
+    closed by the garbage collector later, which printed `Exception ignored
+    in: <function ZipFile.__del__>` and a traceback to the terminal (and kept
+    the file open until then)."""
+    import gc
+    import sys
+
+    import pandas as pd
+
+    from loan_engine_dagster.adapters.outputs import write_workbook
+
+    ignored = []
+    hook, sys.unraisablehook = sys.unraisablehook, ignored.append
+    try:
+        path = full_disk / "r.xlsx"
+        with pytest.raises(Exception, match="No space left on device"):
+            write_workbook(pd.DataFrame({"mixed": [1, "x", 2.5] * 20_000}), path)
+        gc.collect()
+        open_files = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}")]
+    finally:
+        sys.unraisablehook = hook
+    assert ignored == []
+    assert not any(str(full_disk) in f for f in open_files), open_files
+
+
 @pytest.fixture
 def postgres_on_a_full_disk():
     """A fresh PostgreSQL database whose files live on a 12 MiB file system

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
+import io
 import json
 import os
 import shutil
@@ -155,7 +156,11 @@ def _columnar(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]] 
 
 
 def _write_cell_by_cell(frame: pd.DataFrame, path: Path, sheet: str, charts: dict[str, pd.DataFrame]) -> None:
-    workbook = xlsxwriter.Workbook(str(path), _WORKBOOK_OPTIONS)
+    # Zipped in memory, then written: XlsxWriter's own zip file, left open
+    # when a full disk failed its save, was closed by the garbage collector
+    # later, which printed a traceback to the terminal.
+    zipped = io.BytesIO()
+    workbook = xlsxwriter.Workbook(zipped, _WORKBOOK_OPTIONS)
     try:
         _write_sheet(workbook, frame, sheet)
         for name, table in charts.items():
@@ -163,6 +168,7 @@ def _write_cell_by_cell(frame: pd.DataFrame, path: Path, sheet: str, charts: dic
             _limit_chart(workbook, workbook.get_worksheet_by_name(name), name, table)
     finally:
         workbook.close()
+    path.write_bytes(zipped.getbuffer())
 
 
 # The Rust writers build and compress a file with the GIL released (about
