@@ -249,6 +249,9 @@ def test_a_full_disk_under_the_reports_is_told_as_the_machine_naming_the_file(sa
                  "--database-url", f"sqlite:///{tmp_path / 'r.db'}", env=home)
     assert result.returncode == 1, result.stdout + result.stderr
     said = next(line for line in result.stderr.splitlines() if "FAILED in phase" in line)
+    # Past bug too: the Rust writer's own `ZipWriter::drop: failed to finalize
+    # archive: Io(Os { code: 28, ... })` came first, glued to this line.
+    assert said.startswith("Run ") and "ZipWriter" not in result.stderr, result.stderr
     assert " FAILED in phase exports [infra]: writing " in said and f" {full_disk}/" in said
     assert said.endswith("No space left on device (os error 28)") or said.endswith("No space left on device"), said
     assert list(full_disk.iterdir()) == []  # the half-written reports went with the failure

@@ -50,10 +50,15 @@ def write_workbook(
     quoted = rustpy_xlsxwriter.Format().set_quote_prefix()
     dates = rustpy_xlsxwriter.Format().set_num_format(DATE_FORMAT)
     formats = {c: quoted for c in text_columns} | {c: dates for c in date_columns}
+    # Zipped in memory, then written: the Rust writer, failing on a full
+    # disk, printed its own `ZipWriter::drop: failed to finalize archive`
+    # lines to the terminal, glued to the line that says what failed.
+    zipped = io.BytesIO()
     with naming_the_file(path):
         rustpy_xlsxwriter.write_worksheet(
-            body, str(path), sheet_name=sheet, bold_headers=True, autofilter=True, column_formats=formats,
+            body, zipped, sheet_name=sheet, bold_headers=True, autofilter=True, column_formats=formats,
         )
+        path.write_bytes(zipped.getbuffer())
 
 
 @contextlib.contextmanager
