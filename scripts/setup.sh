@@ -15,6 +15,7 @@ if [ -z "${PYTHON:-}" ]; then
       break
     fi
   done
+  PYTHON=${PYTHON:-python3}  # none has venv: python3's own error says what to install
 fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
