@@ -87,9 +87,18 @@ def main() -> None:
     os._exit(code)
 
 
+# Objects allocated between two collections of the youngest generation
+# (Python's default: 700). A run allocates millions (rows bound for the
+# database, report cells, Dagster's events); collecting every 700 cost a
+# 100k-loan run 0.2 to 0.5 s of CPU (README, Performance), and peak memory
+# stayed the same.
+YOUNGEST_GENERATION_THRESHOLD = 10_000
+
+
 def _imports_done() -> None:
     """Collection resumes, with what the imports made left out of it for good."""
     gc.freeze()
+    gc.set_threshold(YOUNGEST_GENERATION_THRESHOLD, *gc.get_threshold()[1:])
     gc.enable()
 
 

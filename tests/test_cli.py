@@ -89,7 +89,7 @@ early, at_run = [], []
 gc.callbacks.append(lambda phase, info: phase == "start" and not gc.get_freeze_count() and early.append(info["generation"]))
 execute_job = dg.execute_job
 def watched(*args, **kwargs):
-    at_run.append((gc.isenabled(), gc.get_freeze_count()))
+    at_run.append((gc.isenabled(), gc.get_freeze_count(), gc.get_threshold()[0]))
     return execute_job(*args, **kwargs)
 dg.execute_job = watched
 atexit.register(lambda: print("probe", json.dumps({"early": early, "at_run": at_run, "enabled_at_exit": gc.isenabled()})))
@@ -109,13 +109,17 @@ def gc_probe(*args, env):
 @pytest.mark.slow
 def test_run_collects_garbage_only_after_start_up(sample_inbox, tmp_path, home):
     """No collection walks the start-up's objects; the Dagster run starts with
-    the collector on and those objects frozen out of it."""
+    the collector on, those objects frozen out of it, and its youngest
+    generation collected every 10,000 allocations rather than Python's 700."""
+    from loan_engine_dagster.cli import YOUNGEST_GENERATION_THRESHOLD
+
     locate(home, sample_inbox, tmp_path)
     shutil.copy(Path(__file__).parents[1] / "dagster.yaml", home["DAGSTER_HOME"])  # the project's own instance
     early, at_run, enabled_at_exit = gc_probe("run", BATCH, env=home)
     assert early == []
-    [(enabled, frozen)] = at_run
+    [(enabled, frozen, youngest)] = at_run
     assert enabled and frozen > 100_000 and enabled_at_exit
+    assert youngest == YOUNGEST_GENERATION_THRESHOLD > 700
 
 
 def test_runs_commands_collect_garbage(home):
