@@ -90,8 +90,8 @@ def main() -> None:
 # Objects allocated between two collections of the youngest generation
 # (Python's default: 700). A run allocates millions (rows bound for the
 # database, report cells, Dagster's events); collecting every 700 cost a
-# 100k-loan run 0.2 to 0.5 s of CPU (README, Performance), and peak memory
-# stayed the same.
+# 100k-loan run 0.2 to 0.5 s of CPU (README, Performance); peak memory
+# stayed within its run-to-run spread.
 YOUNGEST_GENERATION_THRESHOLD = 10_000
 
 

@@ -348,7 +348,6 @@ def test_a_workbook_failing_on_a_full_disk_leaves_no_open_file_to_complain_later
     in: <function ZipFile.__del__>` and a traceback to the terminal (and kept
     the file open until then)."""
     import gc
-    import sys
 
     import pandas as pd
 
