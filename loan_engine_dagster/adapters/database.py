@@ -329,11 +329,15 @@ def _sqlite_code(exc: BaseException) -> int | None:
     return None if code is None else code & 0xFF  # extended codes keep the primary one in their low byte
 
 
+def _postgres_code(exc: BaseException) -> str | None:
+    return getattr(getattr(exc, "orig", None), "pgcode", None)
+
+
 def refused(exc: BaseException) -> bool:
     """Whether the database refused the write for a reason of the machine or
     the setup (full, read-only, not a database): worth naming the database,
     not a bug's error, whose whole message (SQL, DETAIL) the log keeps."""
-    return _sqlite_code(exc) in _SQLITE_SETUP or getattr(getattr(exc, "orig", None), "pgcode", None) in _POSTGRES_SETUP
+    return _sqlite_code(exc) in _SQLITE_SETUP or _postgres_code(exc) in _POSTGRES_SETUP
 
 
 def connection_lost(exc: BaseException) -> bool:
@@ -343,7 +347,7 @@ def connection_lost(exc: BaseException) -> bool:
     followed ("connection already closed"), not as an OperationalError.
     A full or read-only database is no lost connection: retried, it cost
     the run its retry waits (30 s by default) for the same refusal."""
-    if _sqlite_code(exc) in _SQLITE_REFUSALS or getattr(getattr(exc, "orig", None), "pgcode", None) in _POSTGRES_REFUSALS:
+    if _sqlite_code(exc) in _SQLITE_REFUSALS or _postgres_code(exc) in _POSTGRES_REFUSALS:
         return False
     return isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) or (
         isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated

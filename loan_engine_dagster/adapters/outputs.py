@@ -41,23 +41,24 @@ def write_workbook(
     starts like a formula has Excel's quote prefix on its cells, so that even a
     cell edited later in Excel stays text. `charts`: more sheets, each its
     table with a column chart beside it (small: written by XlsxWriter)."""
-    prepared = None if charts else _columnar(frame)
-    if prepared is None:
-        with naming_the_file(path):
-            _write_cell_by_cell(frame, path, sheet, charts or {})
-        return
-    body, text_columns, date_columns = prepared
-    quoted = rustpy_xlsxwriter.Format().set_quote_prefix()
-    dates = rustpy_xlsxwriter.Format().set_num_format(DATE_FORMAT)
-    formats = {c: quoted for c in text_columns} | {c: dates for c in date_columns}
-    # Zipped in memory, then written: the Rust writer, failing on a full
-    # disk, printed its own `ZipWriter::drop: failed to finalize archive`
-    # lines to the terminal, glued to the line that says what failed.
+    # Zipped in memory, then written to the file: on a full disk the writers'
+    # own files were left to complain on the terminal (the Rust writer's
+    # `ZipWriter::drop: failed to finalize archive`, glued to the line that
+    # says what failed; XlsxWriter's zip file, closed by the garbage
+    # collector later with a traceback).
     zipped = io.BytesIO()
+    prepared = None if charts else _columnar(frame)
     with naming_the_file(path):
-        rustpy_xlsxwriter.write_worksheet(
-            body, zipped, sheet_name=sheet, bold_headers=True, autofilter=True, column_formats=formats,
-        )
+        if prepared is None:
+            _write_cell_by_cell(frame, zipped, sheet, charts or {})
+        else:
+            body, text_columns, date_columns = prepared
+            quoted = rustpy_xlsxwriter.Format().set_quote_prefix()
+            dates = rustpy_xlsxwriter.Format().set_num_format(DATE_FORMAT)
+            formats = {c: quoted for c in text_columns} | {c: dates for c in date_columns}
+            rustpy_xlsxwriter.write_worksheet(
+                body, zipped, sheet_name=sheet, bold_headers=True, autofilter=True, column_formats=formats,
+            )
         path.write_bytes(zipped.getbuffer())
 
 
@@ -160,11 +161,7 @@ def _columnar(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]] 
     return body, [str(c) for c in text], [str(c) for c in dates]
 
 
-def _write_cell_by_cell(frame: pd.DataFrame, path: Path, sheet: str, charts: dict[str, pd.DataFrame]) -> None:
-    # Zipped in memory, then written: XlsxWriter's own zip file, left open
-    # when a full disk failed its save, was closed by the garbage collector
-    # later, which printed a traceback to the terminal.
-    zipped = io.BytesIO()
+def _write_cell_by_cell(frame: pd.DataFrame, zipped: io.BytesIO, sheet: str, charts: dict[str, pd.DataFrame]) -> None:
     workbook = xlsxwriter.Workbook(zipped, _WORKBOOK_OPTIONS)
     try:
         _write_sheet(workbook, frame, sheet)
@@ -173,7 +170,6 @@ def _write_cell_by_cell(frame: pd.DataFrame, path: Path, sheet: str, charts: dic
             _limit_chart(workbook, workbook.get_worksheet_by_name(name), name, table)
     finally:
         workbook.close()
-    path.write_bytes(zipped.getbuffer())
 
 
 # The Rust writers build and compress a file with the GIL released (about
