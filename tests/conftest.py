@@ -6,7 +6,6 @@ import contextlib
 import datetime as dt
 
 import pandas as pd
-
 import pytest
 
 from loan_engine_dagster.rules import parsing, pipeline
@@ -233,7 +232,6 @@ def dead_share(tmp_path):
     mount with no process behind it, so that every look at it fails with
     ENOTCONN, as a crashed sshfs or rclone share does (NFS and CIFS give
     ESTALE or EIO the same way). Needs root and /dev/fuse."""
-    import contextlib
     import os
     import shutil
 
