@@ -148,16 +148,18 @@ def engine_for(url: str, session_name: str | None = None) -> Engine:
     return engine
 
 
-def _typed(table: Table, frame: pd.DataFrame) -> pd.DataFrame:
+def _typed(table: Table, frame: pd.DataFrame, *, dates_as_text: bool = False) -> pd.DataFrame:
     """The frame's columns in the table's order and its column types' kinds:
-    dates as dates, nullable booleans and integers, floats, text."""
+    dates as dates (ISO text, as SQLAlchemy keeps them in SQLite, when
+    `dates_as_text`), nullable booleans and integers, floats, text."""
     out = {}
     for column in table.columns:
         if column.name not in frame.columns:
             continue
         values = frame[column.name]
         if isinstance(column.type, Date):
-            values = pd.to_datetime(values).dt.date
+            values = pd.to_datetime(values)
+            values = values.dt.strftime("%Y-%m-%d") if dates_as_text else values.dt.date
         elif isinstance(column.type, Boolean):
             values = values.astype("boolean")
         elif isinstance(column.type, Integer):
@@ -174,7 +176,7 @@ def _bulk_insert(conn: Connection, table: Table, frame: pd.DataFrame) -> None:
     """Insert a frame in one statement inside the caller's transaction: COPY
     on PostgreSQL, one prepared executemany elsewhere. Values are stored as
     SQLAlchemy's typed insert stores them (a test compares the two)."""
-    typed = _typed(table, frame)
+    typed = _typed(table, frame, dates_as_text=conn.dialect.name == "sqlite")
     names = list(typed.columns)
     if conn.dialect.name == "postgresql":
         # Every present value quoted, a missing one left bare: COPY reads the
@@ -196,10 +198,6 @@ def _bulk_insert(conn: Connection, table: Table, frame: pd.DataFrame) -> None:
         finally:
             cursor.close()
         return
-    if conn.dialect.name == "sqlite":  # SQLAlchemy keeps SQLite dates as ISO text
-        for column in table.columns:
-            if isinstance(column.type, Date) and column.name in typed:
-                typed[column.name] = pd.to_datetime(typed[column.name]).dt.strftime("%Y-%m-%d")
     # One Python list per column (numpy's tolist, in C; a missing value is
     # None), zipped into rows in C: no Python work per row.
     columns = [typed[n].to_numpy(dtype=object, na_value=None).tolist() for n in names]
