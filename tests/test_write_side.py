@@ -457,3 +457,74 @@ def test_staged_reports_on_a_share_whose_server_is_gone_say_so(dead_share):
 
     with pytest.raises(StagedReportsMissing, match="cannot be reached .*check that it is mounted"):
         require_staged(dead_share / ".2026-02-19.staging-r", "2026-02-19")
+
+
+# Just before the save's commit: the process dies with its reports swapped in.
+KILL_AT_COMMIT = (
+    "import os, signal, threading, sqlalchemy.engine.default as d\n"
+    "_commit = d.DefaultDialect.do_commit\n"
+    "def _die(self, connection):\n"
+    "    if threading.current_thread() is threading.main_thread():  # the save; not the lease's heartbeat\n"
+    "        os.kill(os.getpid(), signal.SIGKILL)\n"
+    "    return _commit(self, connection)\n"
+    "d.DefaultDialect.do_commit = _die"
+)
+
+
+def _shown_run(out: Path) -> str:
+    return json.loads((out / BATCH / "run_summary.json").read_text())["run_id"]
+
+
+def _rows_run(db: Path) -> set[str]:
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        return {run for (run,) in conn.execute("select distinct run_id from loan_facts")}
+
+
+def test_a_worker_killed_between_swapping_its_reports_in_and_its_commit_is_mended_by_the_next_run(
+        sample_inbox, tmp_path, home):
+    """SIGKILL, for real, at the one moment the reports and the rows disagree:
+    the killed run's reports are in the batch folder, the rows are still the
+    previous run's. The next run puts the previous reports back before
+    anything else, so that they agree again even if it fails later; a run
+    that succeeds replaces both, and nothing of the killed run is left."""
+    out, db = tmp_path / "out", tmp_path / "r.db"
+    first = run(home, sample_inbox, out, f"sqlite:///{db}")
+    assert first.returncode == 0, first.stdout + first.stderr
+    previous = _shown_run(out)
+
+    killed = run(before(home, "loan_engine_dagster.adapters.batch:swapped_in", KILL_AT_COMMIT), sample_inbox, out,
+                 f"sqlite:///{db}")
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    dead = _shown_run(out)
+    assert dead != previous and _rows_run(db) == {previous}  # the fault: reports of one run, rows of another
+    assert [p.name for p in out.glob(f".{BATCH}.old-*")]  # the previous reports, set aside by the swap
+
+    refused = run(home, sample_inbox, out, f"sqlite:///{db}")
+    assert refused.returncode == 2 and f"already has run {dead} in progress" in refused.stderr, refused.stderr
+    marked = subprocess.run([str(BIN / "loan-engine"), "runs", "mark", dead, "--as", "failed"], capture_output=True,
+                            text=True, env=home, timeout=120)
+    assert marked.returncode == 0, marked.stdout + marked.stderr
+
+    # The next run fails in a later phase: by then reports and rows agree again.
+    failed = run(before(home, "loan_engine_dagster.orchestration.assets:stage_batch_outputs", "raise RuntimeError('x')"),
+                 sample_inbox, out, f"sqlite:///{db}")
+    run_id = failure_line(failed).split()[1]
+    assert _shown_run(out) == previous and _rows_run(db) == {previous}
+    assert _repairs(home, run_id) == [f"batch folder: put back the reports of run {previous}, whose rows the results "
+                                      f"database holds (the folder held run {dead}'s reports)"]
+
+    again = run(home, sample_inbox, out, f"sqlite:///{db}")
+    assert again.returncode == 0, again.stdout + again.stderr
+    latest = _shown_run(out)
+    assert latest not in (previous, dead) and _rows_run(db) == {latest}
+    assert not list(out.glob(f".{BATCH}.*"))  # no hidden copies or staging folders left
+
+
+def _repairs(env, run_id: str) -> list[str]:
+    import dagster as dg
+
+    os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
+    with dg.DagsterInstance.get() as instance:
+        return [e.user_message for e in instance.all_logs(run_id) if e.user_message.startswith("batch folder:")]
