@@ -231,6 +231,26 @@ def test_a_tab_separated_file_is_refused_as_such(tmp_path, encoding, bom):
         read_csv(path)
 
 
+def test_a_csv_whose_data_lines_end_with_a_delimiter_is_read_in_its_own_columns(tmp_path):
+    # Past bug: one field more than the header on every data line made the
+    # fallback reader take the first column as the row index: each column
+    # read as the one before it (Status Codes empty, every repurchase missed).
+    path = tmp_path / "Tape20Loans_02-18-2026.csv"
+    path.write_text("Account Number,Customer Number,Status Codes\r\n1000000,880000,REPURCHASE,\r\n1000001,880001,,\r\n")
+    frame = read_csv(path)
+    assert frame.to_dict("list") == {"Account Number": ["1000000", "1000001"], "Customer Number": ["880000", "880001"],
+                                     "Status Codes": ["REPURCHASE", ""]}
+
+
+def test_a_value_past_the_headers_last_column_names_its_row(tmp_path):
+    path = tmp_path / "Tape20Loans_02-18-2026.csv"
+    path.write_text("Account Number,Status Codes\n1,,\n2,REPURCHASE,late\n3,,\n4,, x\n")
+    with pytest.raises(StructuralError) as err:
+        read_csv(path)
+    assert err.value.rows == [3, 5] and err.value.file == path.name
+    assert "values past the header's last column (it names 2)" in str(err.value)
+
+
 def test_a_csv_in_no_known_encoding_names_its_row(tmp_path):
     path = tmp_path / "Tape20Loans_02-18-2026.csv"
     # 0x81 is a byte no Windows-1252 text holds, and no UTF-8 either.

@@ -129,6 +129,17 @@ def test_csv_blank_lines_and_empty_rows_are_skipped_and_rows_numbered_as_a_sprea
     assert tape["seller_loan_number"].tolist() == ["SFC_1", "SFC_2", "SFC_3"]
 
 
+def test_account_numbers_in_exponent_form_are_refused_naming_their_rows():
+    # Past bug: Excel saves a 12-digit number of a General cell as 1.23457E+11;
+    # read as 123457000000, the repurchase landed on a loan nobody holds.
+    frame = pd.DataFrame({"Account Number": ["123456789012", "1.23457E+11", " 4e5", "7"], "Loan Group": ["FX3"] * 4,
+                          "Status Codes": ["", "REPURCHASE", "", ""]})
+    with pytest.raises(StructuralError, match=r"exponent form \(e\.g\. 1\.23457E\+11\) have lost their last digits") as err:
+        parsing.parse_tape(frame, file="Tape20Loans_02-18-2026.csv")
+    assert err.value.columns == ["Account Number"] and err.value.rows == [3, 4]
+    parsing.parse_tape(frame.iloc[[0, 3]], file="Tape20Loans_02-18-2026.csv")  # whole numbers as written pass
+
+
 def test_a_tape_with_no_loan_is_refused():
     frame = pd.DataFrame({"Account Number": [], "Loan Group": [], "Status Codes": []}, dtype=str)
     with pytest.raises(StructuralError, match="the tape lists no loan") as err:

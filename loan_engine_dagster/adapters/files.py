@@ -8,6 +8,7 @@ import csv
 import os
 import re
 import threading
+import warnings
 import zipfile
 from xml.etree import ElementTree
 from xml.sax.saxutils import unescape
@@ -360,8 +361,14 @@ def _read_csv_decoded(path: Path, encoding: str | None) -> tuple[pd.DataFrame, s
     tries = [encoding] if encoding else ["utf-8", WINDOWS]
     for name in tries:
         try:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, skip_blank_lines=False,
-                                encoding=name)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", pd.errors.ParserWarning)
+                # index_col=False: rows with one field more than the header (a
+                # delimiter at the end of each data line, as some exporters
+                # write) made pandas take the first column as the row index and
+                # read every column as the one before it, without a word.
+                frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True,
+                                    skip_blank_lines=False, encoding=name, index_col=False)
         except UnicodeDecodeError as exc:
             if name != tries[-1]:
                 continue
@@ -371,8 +378,26 @@ def _read_csv_decoded(path: Path, encoding: str | None) -> tuple[pd.DataFrame, s
         except OSError:
             _may_read(path)
             raise
+        if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
+            _refuse_values_past_the_header(path, name, len(frame.columns))
         return frame, name
     raise AssertionError("unreachable")
+
+
+def _refuse_values_past_the_header(path: Path, encoding: str, width: int) -> None:
+    """Lines with more fields than the header are read without them; that is
+    right only when the fields past the header are empty (a delimiter at the
+    end of the line). A value there belongs to no column, and a structural
+    error names its lines."""
+    with path.open(newline="", encoding=encoding, errors="replace") as handle:
+        lines = [number for number, fields in enumerate(csv.reader(handle, skipinitialspace=True), start=1)
+                 if number > 1 and any(field.strip() for field in fields[width:])]
+    if lines:
+        raise StructuralError(
+            f"values past the header's last column (it names {width}): a value under no header cannot be read; "
+            "remove it, or name its column",
+            file=path.name, rows=lines,
+        )
 
 
 _ENCODING_NAMES = {"utf-8": "UTF-8", "utf-8-sig": "UTF-8 (as its byte-order mark says)", WINDOWS: "Windows-1252"}
