@@ -605,12 +605,18 @@ def _bare(header: object) -> str:
     return bare.removesuffix("s")
 
 
+# A note after a header: a unit, or anything in brackets (`Promo Term (months)`).
+_HEADER_NOTE = re.compile(r"(?:\s*[(\[].*[)\]]|[\W_]+(?:months?|mos?|usd|dollars?|\$|%|percent|pct|y/?n))\s*$", re.IGNORECASE)
+
+
 def _refuse_near_misses(frame, absent, used: set, file, sheet, kind) -> None:
     """An optional column missing while another column differs from its header
-    only by punctuation, spacing or a plural (`Promo Term`, `TU-144`, `Stamp
-    Fees`) is refused rather than read as absent: its default (0 for a promo
-    term, no TU144 exemption) would silently replace the seller's values."""
-    others = {_bare(c): c for c in frame.columns if c != "source_row" and c not in used}
+    only by punctuation, spacing, a plural or a note (`Promo Term`, `TU-144`,
+    `Stamp Fees`, `Promo Term (months)`, `Stamp fee USD`) is refused rather
+    than read as absent: its default (0 for a promo term, no TU144 exemption)
+    would silently replace the seller's values."""
+    candidates = [c for c in frame.columns if c != "source_row" and c not in used]
+    others = {_bare(_HEADER_NOTE.sub("", str(c))): c for c in candidates} | {_bare(c): c for c in candidates}
     close = [(f.header, others[_bare(f.header)]) for f in absent if _bare(f.header) in others]
     if close:
         named = ", ".join(f"'{written}' for '{header}'" for header, written in close)
