@@ -445,3 +445,20 @@ def test_reports_without_any_rows_are_set_aside(tmp_path, rules, results):
     _swapped_in_then_killed(root, _stage(root, decisions, rules, "r"))
     assert "had no rows" in _reconcile(results, root)
     assert not (root / "b").exists()
+
+
+def test_a_frozen_worker_whose_commit_fails_late_leaves_the_later_runs_reports_in_place(tmp_path, rules, results):
+    # Past bug (hostile pass): a worker paused between its swap and its commit,
+    # marked failed meanwhile, resumed after a later run had published the
+    # batch; its failed commit's undo renamed that run's folder to its own
+    # staging name and left no batch folder at all.
+    root, decisions = tmp_path / "out", run_rules([loan("SFC_1")])
+    _commit(results, decisions, "q", publish=lambda: batch.delivered(_stage(root, decisions, rules, "q"), root / "b", "q"))
+    frozen = batch.delivered(_stage(root, decisions, rules, "a"), root / "b", "a")
+    frozen.__enter__()  # run a's reports swapped in; its worker stops here
+    _commit(results, decisions, "b2", publish=lambda: batch.delivered(_stage(root, decisions, rules, "b2"), root / "b", "b2"))
+    assert _shown(root) == "b2"
+    # Run a resumes and its commit fails (its lease was revoked): that error stands, and nothing moves.
+    assert frozen.__exit__(RuntimeError, RuntimeError("commit refused"), None) is False
+    assert _shown(root) == "b2" and _reconcile(results, root) is None
+    assert sorted(p.name for p in root.iterdir()) == ["b"]

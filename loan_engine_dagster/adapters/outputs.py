@@ -372,6 +372,15 @@ def in_the_way(target: Path) -> bool:
     return target.exists() or target.is_symlink()
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which folder stands at `path` (device, inode); None when none does."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def retire(folder: Path) -> Path:
     """Move a batch folder aside, hidden beside it, where clear_leftovers finds it."""
     retired = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex}"
@@ -393,7 +402,13 @@ def swapped_in(staging: Path, target: Path):
     """Put `staging` in place of `target` by renames: readers see the old batch
     or the new one, never half. If the with-block fails (the database commit
     that goes with the reports), the old folder comes back and the staged one
-    is kept for a re-execution."""
+    is kept for a re-execution.
+
+    The undo moves only what this call put there: a worker frozen before its
+    commit (a paused machine), marked failed meanwhile, can resume long after
+    a later run published the batch and cleared the old folder away; undoing
+    blindly, it hid that run's reports under its own staging name and left
+    no batch folder at all."""
     had_old = in_the_way(target)
     if had_old:
         retired = retire(target)
@@ -403,12 +418,14 @@ def swapped_in(staging: Path, target: Path):
         if had_old:
             retired.rename(target)
         raise
+    ours = _identity(target)
     try:
         yield target
     except BaseException:
-        target.rename(staging)
-        if had_old:
-            retired.rename(target)
+        if _identity(target) == ours:
+            target.rename(staging)
+            if had_old and not in_the_way(target) and in_the_way(retired):
+                retired.rename(target)
         raise
     if had_old:
         _remove(retired)
