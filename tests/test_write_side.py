@@ -528,3 +528,39 @@ def _repairs(env, run_id: str) -> list[str]:
     os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
     with dg.DagsterInstance.get() as instance:
         return [e.user_message for e in instance.all_logs(run_id) if e.user_message.startswith("batch folder:")]
+
+
+def test_a_run_marked_failed_before_it_took_the_batch_writes_nothing(sample_inbox, tmp_path, home):
+    """Past bug (hostile pass): a run marked failed by on-call in the moment
+    between its start and its taking the batch's lease went on without a
+    lease: it overwrote the rows and reports of the batch's holder and ended
+    SUCCESS though marked failed. The real `runs mark` runs here from inside
+    that moment."""
+    out, db = tmp_path / "out", tmp_path / "r.db"
+    first = run(home, sample_inbox, out, f"sqlite:///{db}")
+    assert first.returncode == 0, first.stdout + first.stderr
+    holder = _shown_run(out)
+    mark_at_setup = (
+        "import subprocess, sys\n"
+        "from loan_engine_dagster.orchestration import resources as r\n"
+        "_setup = r.ResultsDatabase.setup_for_execution\n"
+        "def _marked_first(self, context):\n"
+        "    if not _marked_first.__dict__.get('done'):  # once: Dagster sets the resource up again to read the result\n"
+        "        _marked_first.done = True\n"
+        f"        subprocess.run([{str(BIN / 'loan-engine')!r}, 'runs', 'mark', context.run.run_id, '--as', 'failed'],\n"
+        "                       check=True, capture_output=True)\n"
+        "    return _setup(self, context)\n"
+        "r.ResultsDatabase.setup_for_execution = _marked_first"
+    )
+    said = failure_line(run(before(home, "loan_engine_dagster.adapters.files:read_ahead", mark_at_setup), sample_inbox,
+                            out, f"sqlite:///{db}"))
+    run_id = said.split()[1]
+    assert said.endswith(f" FAILED in phase batch_inputs [infra]: Run {run_id} was marked failed before it took batch "
+                         f"{BATCH}: it writes nothing; the batch's rows and reports are still those of its holder"), said
+    assert _shown_run(out) == holder and _rows_run(db) == {holder}
+    assert not list(out.glob(f".{BATCH}.*"))
+    os.environ["DAGSTER_HOME"] = home["DAGSTER_HOME"]
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE

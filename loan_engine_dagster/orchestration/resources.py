@@ -82,6 +82,7 @@ class ResultsDatabase(dg.ConfigurableResource):
     _lease: leases.Lease | None = PrivateAttr(default=None)
     _lease_engine: Engine | None = PrivateAttr(default=None)
     _run_id: str | None = PrivateAttr(default=None)
+    _closed: str | None = PrivateAttr(default=None)  # why this run may write nothing, though it holds no lease
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         run = context.run
@@ -90,7 +91,15 @@ class ResultsDatabase(dg.ConfigurableResource):
             return  # a sensor, or a run that is not about one batch: nothing to hold
         current = context.instance.get_run_by_id(run.run_id)
         if current is not None and current.is_finished:
-            return  # Dagster reopening a finished run's resources to read its result
+            # Dagster reopening a finished run's resources to read its result;
+            # or a run marked failed in the moment between its start and this
+            # set-up, whose worker goes on: it went on without a lease and
+            # overwrote the batch's next run (hostile pass). Either way no write.
+            marked = {"FAILURE": "failed", "CANCELED": "canceled"}.get(current.status.value, "finished")
+            self._closed = (f"Run {run.run_id} was marked {marked} before it took batch "
+                            f"{batch_key}: it writes nothing; the batch's rows and reports are still those of its "
+                            "holder")
+            return
 
         def finished(run_id: str) -> bool:
             holder = context.instance.get_run_by_id(run_id)
@@ -179,6 +188,7 @@ class ResultsDatabase(dg.ConfigurableResource):
     def under_lease(self, action):
         """`action()`, only while this run provably holds its batch (lease row locked, token checked)."""
         if self._lease is None:
+            self._refuse_if_closed()
             return action()
         with self.named_errors():
             engine = self.engine()
@@ -219,6 +229,11 @@ class ResultsDatabase(dg.ConfigurableResource):
         """Inside a write transaction: refuse the write unless this run still holds the batch."""
         if self._lease is not None:
             leases.check(conn, self._lease)
+        self._refuse_if_closed()
+
+    def _refuse_if_closed(self) -> None:
+        if self._closed is not None:
+            raise leases.BatchLeaseLost(self._closed)
 
     @property
     def resolved_url(self) -> str:
