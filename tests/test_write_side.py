@@ -564,3 +564,31 @@ def test_a_run_marked_failed_before_it_took_the_batch_writes_nothing(sample_inbo
 
     with dg.DagsterInstance.get() as instance:
         assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
+
+
+def test_a_run_whose_batch_was_taken_over_while_it_wrote_its_reports_says_so(sample_inbox, tmp_path, home):
+    """Past bug (hostile pass): a live run marked failed while it wrote its
+    reports, the batch then run again: the new run cleared the first one's
+    staging folder, and the first failed as `[code]` with a bare `No such file
+    or directory`, sending on-call to the developers."""
+    out, db = tmp_path / "out", tmp_path / "r.db"
+    plain = {k: v for k, v in home.items() if not k.startswith("HOSTILE_")}
+    take_over = (
+        "import builtins, os, subprocess\n"
+        "if not getattr(builtins, '_taken_over', False):\n"
+        "    builtins._taken_over = True\n"
+        "    run_id = args[1].parent.name.split('staging-')[1]\n"
+        f"    subprocess.run([{str(BIN / 'loan-engine')!r}, 'runs', 'mark', run_id, '--as', 'failed'], check=True,\n"
+        "                   capture_output=True)\n"
+        f"    subprocess.run([{str(BIN / 'loan-engine')!r}, 'run', {BATCH!r}, '--inbox', {str(sample_inbox)!r},\n"
+        f"                    '--output-dir', {str(out)!r}, '--database-url', {f'sqlite:///{db}'!r}],\n"
+        f"                   check=True, capture_output=True, env={plain!r})\n"
+    )
+    said = failure_line(run(before(home, "loan_engine_dagster.adapters.outputs:write_json", take_over), sample_inbox, out,
+                            f"sqlite:///{db}"))
+    run_id, holder = said.split()[1], _shown_run(out)
+    assert said.endswith(f" FAILED in phase exports [infra]: Run {run_id} no longer holds batch {BATCH}: run {holder} "
+                         "took the batch over. Nothing was written; the batch's rows and reports are still those of the "
+                         "holder."), said
+    assert holder != run_id and _rows_run(db) == {holder}
+    assert not list(out.glob(f".{BATCH}.*"))

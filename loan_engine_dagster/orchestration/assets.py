@@ -287,10 +287,17 @@ def exports(
     loaded = rules.load()
     # Staging folders of killed runs go first, only while this run provably holds the batch.
     results_db.under_lease(lambda: clear_leftovers(outputs.path, context.partition_key))
-    folder, summary = stage_batch_outputs(
-        outputs.path, eligibility, purchase_plan, batch=context.partition_key, pdate=normalized_loans.pdate, rules=loaded,
-        input_files=normalized_loans.input_files, run_id=context.run.run_id,
-    )
+    try:
+        folder, summary = stage_batch_outputs(
+            outputs.path, eligibility, purchase_plan, batch=context.partition_key, pdate=normalized_loans.pdate,
+            rules=loaded, input_files=normalized_loans.input_files, run_id=context.run.run_id,
+        )
+    except OSError:
+        # A run that took the batch over clears this one's staging folder as a
+        # killed run's leftover: the files then fail to be written, and the
+        # bare "No such file or directory" read as a bug. Lost, it says so.
+        results_db.under_lease(lambda: None)
+        raise
     # Only the root is resolved: a batch folder that is a link is replaced as a
     # link, never published through (which deleted the folder it pointed to).
     target = outputs.path.resolve() / context.partition_key
