@@ -82,3 +82,31 @@ def test_a_bad_grids_file_alone_is_reported(inbox, rules):
     with pytest.raises(StructuralError) as caught:
         load_reference(inbox.reference, rules)
     assert caught.value.file == inbox.reference["grids"].name
+
+
+@pytest.mark.parametrize("role", ["sfy", "tape", "existing"])
+def test_a_file_re_delivered_while_it_was_read_fails_the_phase_rather_than_record_the_new_ones_hash(
+        inbox, rules, tmp_path, monkeypatch, role):
+    # Past bug (hostile pass): the audit trail hashed each file again by its
+    # name after the parse: a re-delivery landing in between was recorded
+    # (sha256, size) beside the loans of the file that had been read.
+    from loan_engine_dagster.adapters import loading
+    from loan_engine_dagster.adapters.inbox import InboxChanged
+
+    path = {**inbox.exhibits, "tape": inbox.tape, **inbox.reference}[role]
+    describe = loading.describe_file
+
+    def re_delivered_first(role_, path_):
+        if path_ == path and not (tmp_path / "done").exists():
+            (tmp_path / "done").touch()
+            upload = path.with_name(".upload.tmp")
+            upload.write_bytes(path.read_bytes() + (b"\n" if path.suffix == ".csv" else b""))
+            upload.rename(path)  # a new delivery, as an upload lands: a new file in the name's place
+        return describe(role_, path_)
+
+    monkeypatch.setattr(loading, "describe_file", re_delivered_first)
+    load = (lambda: load_reference(inbox.reference, rules)) if role == "existing" else (lambda: load_batch_inputs(inbox, rules))
+    with pytest.raises(InboxChanged, match=f"{path.name} changed while this run read it"):
+        load()
+    assert (tmp_path / "done").exists()
+    load()  # the files as they are now read as any others

@@ -592,3 +592,22 @@ def test_a_run_whose_batch_was_taken_over_while_it_wrote_its_reports_says_so(sam
                          "holder."), said
     assert holder != run_id and _rows_run(db) == {holder}
     assert not list(out.glob(f".{BATCH}.*"))
+
+
+def test_an_exhibit_re_delivered_while_the_run_reads_it_is_infra_and_saves_nothing(sample_inbox, tmp_path, home):
+    out, db = tmp_path / "out", tmp_path / "r.db"
+    re_deliver = (
+        "import builtins, os, shutil\n"
+        "if args[1].name.startswith('SFY_') and not getattr(builtins, '_delivered', False):\n"
+        "    builtins._delivered = True\n"
+        "    shutil.copy(args[1], args[1].with_name('.upload.tmp'))\n"
+        "    os.rename(args[1].with_name('.upload.tmp'), args[1])\n"
+    )
+    said = failure_line(run(before(home, "loan_engine_dagster.adapters.loading:describe_file", re_deliver), sample_inbox,
+                            out, f"sqlite:///{db}"))
+    sfy = next(sample_inbox.glob("SFY_*")).name
+    assert said.endswith(f" FAILED in phase batch_inputs [infra]: {sfy} changed while this run read it (a new delivery?): "
+                         "nothing of this run is saved; run the batch again on the files as they are now"), said
+    assert loan_rows(db) == 0 and not (out / BATCH).exists()
+    again = run(home, sample_inbox, out, f"sqlite:///{db}")
+    assert again.returncode == 0, again.stdout + again.stderr

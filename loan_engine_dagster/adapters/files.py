@@ -485,7 +485,7 @@ _AHEAD_LOCK = threading.Lock()
 def read_ahead(paths: Iterable[Path]) -> None:
     """Start reading these workbooks and CSV files in the background."""
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="read-ahead")
-    found = [(path, _identity(path)) for path in map(_key, paths)]
+    found = [(path, file_identity(path)) for path in map(_key, paths)]
     for path, identity in sorted((f for f in found if f[1] is not None), key=lambda f: -f[1][2]):  # biggest first
         reader = _csv_ahead if path.suffix.lower() == ".csv" else _sheets_ahead
         with _AHEAD_LOCK:
@@ -497,7 +497,8 @@ def _key(path: Path) -> Path:
     return Path(os.path.abspath(path))
 
 
-def _identity(path: Path) -> tuple[int, ...] | None:
+def file_identity(path: Path) -> tuple[int, ...] | None:
+    """Which file stands at `path` as it is now (device, inode, size, modification time)."""
     try:
         st = path.stat()
     except OSError:
@@ -530,4 +531,4 @@ def _taken(path: Path, sheet: str | None) -> pd.DataFrame | None:
         frame = frames.pop(sheet, None)
         if not frames and _AHEAD.get(path) is entry:
             del _AHEAD[path]
-    return frame if frame is not None and _identity(path) == identity else None
+    return frame if frame is not None and file_identity(path) == identity else None

@@ -36,6 +36,15 @@ class InboxUnreadable(Exception):
     kind = "infra"
 
 
+class InboxChanged(Exception):
+    """A file the run read was replaced or rewritten before the run had
+    recorded what it read (a new delivery landing mid-run). Nothing of the
+    run is saved; the files as they are now need a run of their own: kind
+    `infra`, like an unreadable inbox, not the seller's data."""
+
+    kind = "infra"
+
+
 def require_inbox(path: str | Path) -> Path:
     """The inbox folder, or `InboxUnreadable` naming it in full (a run's
     working folder is not the reader's). Read as an empty folder, a wrong or

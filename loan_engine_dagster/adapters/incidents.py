@@ -16,7 +16,7 @@ from loan_engine_dagster.rules.errors import StructuralError
 from loan_engine_dagster.rules.run_options import RunOptionError
 
 from .database import incidents
-from .inbox import BatchKeyError, InboxUnreadable
+from .inbox import BatchKeyError, InboxChanged, InboxUnreadable
 from .preflight import quick_engine
 
 # Errors that always mean the inputs are wrong (files, rules file, run options), wherever raised.
@@ -31,6 +31,7 @@ INFRA_ERROR_TYPES = {
     "StoredResultMissing",  # a re-execution needs a result its dead worker never wrote
     "StagedReportsMissing",  # the output folder (or the run's staged reports in it) went away before the save
     InboxUnreadable.__name__,  # the inbox, or a file in it, this process cannot reach: the setup, not the seller
+    InboxChanged.__name__,  # a new delivery replaced a file while the run read it: run again
     "PermissionError",  # the account may not read or write where the run works: the setup, in any phase
 }
 INFRA_MARKERS = (

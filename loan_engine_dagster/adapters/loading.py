@@ -12,8 +12,8 @@ from loan_engine_dagster.rules.config import Rules
 from loan_engine_dagster.rules.errors import StructuralError
 from loan_engine_dagster.rules.pipeline import BatchInputs, ReferenceData
 
-from .files import CellNotes, open_workbook, read_csv, read_sheet
-from .inbox import PLATFORMS, REFERENCE_FILES, BatchFiles, describe_file
+from .files import CellNotes, file_identity, open_workbook, read_csv, read_sheet
+from .inbox import PLATFORMS, REFERENCE_FILES, BatchFiles, InboxChanged, describe_file
 
 
 def load_reference(reference: dict[str, Path], rules: Rules) -> ReferenceData:
@@ -23,6 +23,7 @@ def load_reference(reference: dict[str, Path], rules: Rules) -> ReferenceData:
         raise StructuralError("reference file missing from the inbox", file=", ".join(missing))
     rows = rules.inbox.header_search_rows
     existing_path = reference["existing"]
+    seen = _identities(reference)
     # The existing assets (500k rows) are read in the background, mostly by
     # pyarrow without the GIL, while the small master and grid sheets are
     # parsed. Problems are still raised in the order the files were read
@@ -49,8 +50,27 @@ def load_reference(reference: dict[str, Path], rules: Rules) -> ReferenceData:
         existing=existing,
         grids=grids,
         comap=comap,
-        files=[describe_file(role, path) for role, path in sorted(reference.items())],
+        files=_described(dict(sorted(reference.items())), seen),
     )
+
+
+def _identities(files: dict[str, Path]) -> dict[str, tuple[int, ...] | None]:
+    return {role: file_identity(path) for role, path in files.items()}
+
+
+def _described(files: dict[str, Path], seen: dict[str, tuple[int, ...] | None]) -> list[dict]:
+    """The audit-trail entries of files read since `seen` was taken, or
+    InboxChanged when one is no longer the file that was read: hashed again
+    by its name, a file re-delivered mid-run was recorded with the new
+    delivery's hash and size beside the loans of the old one."""
+    described = [describe_file(role, path) for role, path in files.items()]
+    changed = [path.name for role, path in files.items() if file_identity(path) != seen[role]]
+    if changed:
+        raise InboxChanged(
+            f"{', '.join(changed)} changed while this run read {'it' if len(changed) == 1 else 'them'} (a new "
+            "delivery?): nothing of this run is saved; run the batch again on the files as they are now"
+        )
+    return described
 
 
 def _grid_tables(grids_path: Path, rules: Rules) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -75,6 +95,8 @@ def load_batch_inputs(batch: BatchFiles, rules: Rules) -> BatchInputs:
     missing = [m for m in batch.missing if m not in REFERENCE_FILES.values()]
     if missing:
         raise StructuralError(f"batch {batch.key} is incomplete: missing {', '.join(missing)}")
+    own = {role: path for role, path in batch.files.items() if role not in REFERENCE_FILES}
+    seen = _identities(own)
     # The files are read side by side: calamine and pyarrow's CSV reader do
     # most of their work without the GIL, so on two cores the exhibits and the
     # tape take little more than the largest alone. Each file is parsed as
@@ -96,7 +118,7 @@ def load_batch_inputs(batch: BatchFiles, rules: Rules) -> BatchInputs:
     for name in (*PLATFORMS, "tape"):
         if name in problems:
             raise problems[name]
-    files = [describe_file(role, path) for role, path in batch.files.items() if role not in REFERENCE_FILES]
+    files = _described(own, seen)
     return BatchInputs(
         batch_key=batch.key,
         notice_date=batch.notice_date,
