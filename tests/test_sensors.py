@@ -370,19 +370,26 @@ def test_missing_batch_alert_goes_out_when_the_inbox_folder_is_not_there(tmp_pat
                                                     " (no LOAN_ENGINE_WEBHOOK_URL set)")
 
 
-def test_batches_list_in_date_order_whoever_registers_them(inbox, tmp_path):
-    from loan_engine_dagster.adapters.sample import generate_inbox
+def test_registering_an_earlier_batch_never_removes_a_later_one(inbox, tmp_path, monkeypatch):
+    # Past bug (hostile pass): batches were kept in date order by removing
+    # the later keys and adding them again; a run of such a batch that looked
+    # its partition up in that moment failed ("Partition range ... is not
+    # valid", as a bug). Batches now list in the order they first came.
     from loan_engine_dagster.orchestration.partitions import register_batches
 
     with dg.instance_for_test() as instance:
+        def refused(*args, **kwargs):
+            raise AssertionError("a registered batch was removed")
+
+        monkeypatch.setattr(instance, "delete_dynamic_partition", refused)
         register_batches(instance, ["2026-03-05"])  # the CLI ran a later batch first
         ticker = Ticker(instance, inbox)
         ticker.tick()
         assert ticker.tick().run_requests  # the sensor finds the earlier one
-        assert instance.get_dynamic_partitions("batches") == ["2026-02-19", "2026-03-05"]
+        assert instance.get_dynamic_partitions("batches") == ["2026-03-05", "2026-02-19"]
         register_batches(instance, ["2026-02-26", "2026-02-19"])
         register_batches(instance, ["2026-02-26-offcycle"])
-        assert instance.get_dynamic_partitions("batches") == ["2026-02-19", "2026-02-26", "2026-02-26-offcycle", "2026-03-05"]
+        assert instance.get_dynamic_partitions("batches") == ["2026-03-05", "2026-02-19", "2026-02-26", "2026-02-26-offcycle"]
 
 
 def test_cursor_is_one_short_line_and_reads_the_earlier_form(inbox):

@@ -10,31 +10,26 @@ import sqlalchemy.exc
 batches = dg.DynamicPartitionsDefinition(name="batches")
 
 
-def registration(existing: Sequence[str], new: Iterable[str]) -> tuple[list[str], list[str]]:
-    """(keys to delete, keys to add, in order) so that the batches list in date
-    order. Dagster lists dynamic partitions in the order they were added, so a
-    batch that arrives after a later one (a late re-delivery, an off-cycle
-    batch) is added together with the later keys, which are first removed and
-    then re-added after it. Removing a key drops no history: materializations
-    and check results stay attached to the key."""
+def registration(existing: Sequence[str], new: Iterable[str]) -> list[str]:
+    """The keys to add, in date order, after those already registered.
+
+    Batches list in the order they were first registered: a late or off-cycle
+    delivery of an earlier date comes after the later ones. Keeping the list
+    in date order meant removing the later keys and adding them again, and a
+    run of one of them that looked its partition up in that moment failed
+    (`Partition range ... is not valid`, as a bug)."""
     known = set(existing)
-    fresh = sorted({k for k in new if k not in known})
-    if not fresh:
-        return [], []
-    later = sorted(k for k in existing if k > fresh[0])
-    return later, sorted(fresh + later)
+    return sorted({k for k in new if k not in known})
 
 
 def register_batches(instance: dg.DagsterInstance, keys: Iterable[str], attempts: int = 5) -> None:
-    """Register batches in date order (the CLI's path; the sensor sends the same
-    change as partition requests). Two terminals registering the same batch
-    at once race here: the one that finds its key just added looks again."""
+    """Register batches (the CLI's path; the sensor sends the same change as
+    partition requests). Two terminals registering the same batch at once
+    race here: the one that finds its key just added looks again."""
     keys = list(keys)
     for attempt in range(attempts):
-        remove, add = registration(instance.get_dynamic_partitions(batches.name), keys)
+        add = registration(instance.get_dynamic_partitions(batches.name), keys)
         try:
-            for key in remove:
-                instance.delete_dynamic_partition(batches.name, key)
             if add:
                 instance.add_dynamic_partitions(batches.name, add)
             return
@@ -44,6 +39,5 @@ def register_batches(instance: dg.DagsterInstance, keys: Iterable[str], attempts
 
 
 def registration_requests(instance: dg.DagsterInstance, keys: Iterable[str]) -> list:
-    remove, add = registration(instance.get_dynamic_partitions(batches.name), keys)
-    requests = [batches.build_delete_request(remove)] if remove else []
-    return requests + ([batches.build_add_request(add)] if add else [])
+    add = registration(instance.get_dynamic_partitions(batches.name), keys)
+    return [batches.build_add_request(add)] if add else []
