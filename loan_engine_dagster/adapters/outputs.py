@@ -372,7 +372,7 @@ def in_the_way(target: Path) -> bool:
     return target.exists() or target.is_symlink()
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
+def _folder_identity(path: Path) -> tuple[int, int] | None:
     """Which folder stands at `path` (device, inode); None when none does."""
     try:
         st = path.lstat()
@@ -418,11 +418,11 @@ def swapped_in(staging: Path, target: Path):
         if had_old:
             retired.rename(target)
         raise
-    ours = _identity(target)
+    ours = _folder_identity(target)
     try:
         yield target
     except BaseException:
-        if _identity(target) == ours:
+        if _folder_identity(target) == ours:
             target.rename(staging)
             if had_old and not in_the_way(target) and in_the_way(retired):
                 retired.rename(target)
