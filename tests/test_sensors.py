@@ -135,6 +135,46 @@ def test_cursor_survives_restart(inbox):
         assert not restarted.tick().run_requests
 
 
+def test_a_delivery_whose_run_failed_is_tried_once_more_and_no_more(inbox):
+    # Past bug (hostile pass): the sensor never asked again for files it had
+    # asked a run for, whatever became of the run; Dagster would not have
+    # started one anyway, since the run key was taken. An exhibit briefly gone
+    # when the run started, or a tape still being written, left the delivery
+    # unrun for good.
+    from dagster._core.utils import make_new_run_id
+
+    from loan_engine_dagster.orchestration.run_records import JOB_NAME
+
+    with dg.instance_for_test() as instance:
+        ticker = Ticker(instance, inbox)
+        ticker.tick()
+        [request] = ticker.tick().run_requests
+
+        def ran(status):
+            instance.add_run(dg.DagsterRun(job_name=JOB_NAME, run_id=make_new_run_id(), status=status, tags=request.tags))
+
+        ran(dg.DagsterRunStatus.FAILURE)
+        assert [r.run_key for r in ticker.tick().run_requests] == [f"{request.run_key}:2"]
+        ran(dg.DagsterRunStatus.FAILURE)  # the daemon started it, and it failed too
+        result = ticker.tick()
+        assert not result.run_requests and skip(result).endswith(f"already run with these exact files: {BATCH}")
+
+
+def test_a_delivery_with_a_run_going_or_done_is_not_tried_again(inbox):
+    from dagster._core.utils import make_new_run_id
+
+    from loan_engine_dagster.orchestration.run_records import JOB_NAME
+
+    for status in (dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.SUCCESS):
+        with dg.instance_for_test() as instance:
+            ticker = Ticker(instance, inbox)
+            ticker.tick()
+            [request] = ticker.tick().run_requests
+            for then in (dg.DagsterRunStatus.FAILURE, status):
+                instance.add_run(dg.DagsterRun(job_name=JOB_NAME, run_id=make_new_run_id(), status=then, tags=request.tags))
+            assert not ticker.tick().run_requests
+
+
 def test_reference_replaced_reruns_nothing_but_says_so(inbox):
     with dg.instance_for_test() as instance:
         ticker = Ticker(instance, inbox)

@@ -611,3 +611,20 @@ def test_an_exhibit_re_delivered_while_the_run_reads_it_is_infra_and_saves_nothi
     assert loan_rows(db) == 0 and not (out / BATCH).exists()
     again = run(home, sample_inbox, out, f"sqlite:///{db}")
     assert again.returncode == 0, again.stdout + again.stderr
+
+
+def test_a_run_that_finds_other_files_than_it_was_started_for_saves_nothing(sample_inbox, tmp_path, home):
+    """Past bug (hostile pass): the sensor checks that a delivery is whole when
+    it asks for a run, and the run read the files by name when it started: a
+    tape an upload tool was writing again by then was read half written, and
+    the run succeeded, tagged as the whole delivery. Here the tape changes
+    between `loan-engine run` taking the fingerprint and the phase reading it."""
+    out, db = tmp_path / "out", tmp_path / "r.db"
+    tape = next(sample_inbox.glob("Tape20Loans_*"))
+    half = f"open({str(tape)!r}, 'r+b').truncate({tape.stat().st_size // 2})"
+    said = failure_line(run(before(home, "loan_engine_dagster.orchestration.assets:load_batch_inputs", half),
+                            sample_inbox, out, f"sqlite:///{db}"))
+    assert " FAILED in phase batch_inputs [infra]: the batch's files are not the delivery this run was started for " in said
+    assert said.endswith("nothing of this run is saved, and the inbox sensor starts a run for the files once they "
+                         "stay the same"), said
+    assert loan_rows(db) == 0 and not (out / BATCH).exists()

@@ -63,10 +63,12 @@ class ReadyBatch:
     key: str
     fingerprint: str
     files: BatchFiles
+    attempt: int = 1  # the same delivery tried again after a failed run
 
     @property
     def run_key(self) -> str:
-        return f"{self.key}:{short(self.fingerprint)}"
+        # Dagster never starts a second run for a run key it has seen.
+        return f"{self.key}:{short(self.fingerprint)}" + (f":{self.attempt}" if self.attempt > 1 else "")
 
 
 @dataclass
@@ -79,6 +81,8 @@ class WatchResult:
     # Files this process may not read (InboxUnreadable): the tick goes on
     # with every other batch instead of failing for all of them.
     unreadable: list[str] = field(default_factory=list)
+    # Whole deliveries a run was already asked for (the sensor looks at how that went).
+    asked_before: list[ReadyBatch] = field(default_factory=list)
 
     def skip_message(self) -> str:
         lines = [f"{key}: {why}" for key, why in self.pending.items()] + self.unreadable
@@ -158,7 +162,7 @@ def evaluate(batches: dict[str, BatchFiles], reference: dict[str, Path], previou
     else:
         state.hashes.update({p.name: previous.hashes[p.name] for p in reference.values() if p.name in previous.hashes})
 
-    ready, pending, already = [], {}, []
+    ready, pending, already, asked = [], {}, [], []
     for key, batch in batches.items():
         if batch.missing:
             pending[key] = "waiting for " + ", ".join(batch.missing)
@@ -181,8 +185,9 @@ def evaluate(batches: dict[str, BatchFiles], reference: dict[str, Path], previou
             continue
         if short(state.requested.get(key)) == short(fp):
             already.append(key)
+            asked.append(ReadyBatch(key=key, fingerprint=fp, files=batch))
             continue
         state.requested[key] = fp
         ready.append(ReadyBatch(key=key, fingerprint=fp, files=batch))
     return WatchResult(ready=ready, pending=pending, already_run=already, reference_changed=reference_changed,
-                       state=state, unreadable=unreadable)
+                       state=state, unreadable=unreadable, asked_before=asked)

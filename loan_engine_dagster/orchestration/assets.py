@@ -31,7 +31,7 @@ from .checks import CHECK_SPECS, data_quality_results, empty_exhibits_result, li
 from .metadata import balance_total, files_markdown, plan_metadata, rejections_table, warnings_table
 from .partitions import batches
 from .resources import InboxResource, OutputsResource, ResultsDatabase, RulesResource
-from .run_tags import as_failure, tag_run_with_batch
+from .run_tags import as_failure, require_started_delivery, tag_run_with_batch
 
 INTAKE, REVIEW, DELIVERY = "intake", "review", "delivery"  # business stages
 
@@ -125,6 +125,7 @@ def batch_inputs(
     tag_run_with_batch(context, files, str(inbox.root))
     with as_failure():
         data = load_batch_inputs(files, loaded)
+    require_started_delivery(context, data.files)
     invalid = int((data.exhibits["row_problems"] != "").sum())
     empty = empty_exhibits(data.exhibits, data.files)
     yield dg.Output(

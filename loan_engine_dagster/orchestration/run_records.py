@@ -135,6 +135,13 @@ def run_with_files(instance: dg.DagsterInstance, key: str, fingerprint: str) -> 
     return runs[0] if runs else None
 
 
+def failed_runs_with_files(instance: dg.DagsterInstance, key: str, fingerprint: str) -> list[dg.DagsterRun]:
+    """The failed runs of these exact files, newest first."""
+    filters = dg.RunsFilter(job_name=JOB_NAME, statuses=[dg.DagsterRunStatus.FAILURE],
+                            tags={BATCH_TAG: key, FINGERPRINT_TAG: short_fingerprint(fingerprint)})
+    return list(instance.get_runs(filters=filters))
+
+
 def batch_of(run: dg.DagsterRun) -> str:
     return run.tags.get(PARTITION_TAG) or run.tags.get(BATCH_TAG) or "-"
 

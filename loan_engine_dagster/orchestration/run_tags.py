@@ -6,11 +6,11 @@ from contextlib import contextmanager
 
 import dagster as dg
 
-from loan_engine_dagster.adapters.inbox import BatchFiles
-from loan_engine_dagster.adapters.watch import batch_fingerprint
+from loan_engine_dagster.adapters.inbox import BatchFiles, InboxChanged
+from loan_engine_dagster.adapters.watch import batch_fingerprint, fingerprint
 from loan_engine_dagster.rules.errors import StructuralError
 
-from .run_records import BATCH_TAG, FINGERPRINT_TAG, batch_tags
+from .run_records import BATCH_TAG, FINGERPRINT_TAG, batch_tags, short_fingerprint
 
 
 def tag_run_with_batch(context: dg.AssetExecutionContext, files: BatchFiles, inbox_root: str) -> None:
@@ -24,6 +24,23 @@ def tag_run_with_batch(context: dg.AssetExecutionContext, files: BatchFiles, inb
     missing = {k: v for k, v in batch_tags(files.key, inbox_root, fingerprint).items() if k not in tags}
     if missing:
         context.instance.add_run_tags(context.run.run_id, missing)
+
+
+def require_started_delivery(context: dg.AssetExecutionContext, read: list[dict]) -> None:
+    """InboxChanged unless the files read (`read`: their audit-trail entries,
+    the hashes of the bytes parsed) are the delivery the run was started for.
+    The sensor checks that a delivery is whole (the same on two looks) when it
+    asks for a run, and the run read the files by name when it started: a
+    tape an upload tool was writing again by then was read half written, and
+    the run succeeded, tagged as the whole delivery (hostile pass)."""
+    expected = context.run.tags.get(FINGERPRINT_TAG)
+    found = short_fingerprint(fingerprint({entry["role"]: entry["sha256"] for entry in read}))
+    if expected and found != expected:
+        raise InboxChanged(
+            f"the batch's files are not the delivery this run was started for (fingerprint {expected}, the files "
+            f"read {found}): changed or still being written since; nothing of this run is saved, and the inbox sensor "
+            "starts a run for the files once they stay the same"
+        )
 
 
 @contextmanager

@@ -1,6 +1,7 @@
 """Sensors: the inbox watcher and the missing-batch alert."""
 
 
+import dataclasses
 import datetime as dt
 import os
 
@@ -17,7 +18,7 @@ from loan_engine_dagster.rules.config import RulesFileError
 from .jobs import loan_engine_job
 from .partitions import registration_requests
 from .resources import InboxResource, Notifier, RulesResource
-from .run_records import batch_tags, run_with_files
+from .run_records import batch_tags, failed_runs_with_files, run_with_files
 
 INBOX_POLL_SECONDS = 30
 ALERT_POLL_SECONDS = 300
@@ -69,6 +70,11 @@ def inbox_sensor(context: dg.SensorEvaluationContext, inbox: InboxResource, rule
         else:
             result.already_run.append(batch.key)
             context.log.info(f"{batch.key}: these exact files already ran in run {earlier.run_id} ({earlier.status.value})")
+    for batch in result.asked_before:
+        again = _tried_again(context.instance, batch)
+        if again is not None:
+            result.already_run.remove(batch.key)
+            ready.append(again)
     requests = [
         dg.RunRequest(
             run_key=batch.run_key,
@@ -87,6 +93,24 @@ def inbox_sensor(context: dg.SensorEvaluationContext, inbox: InboxResource, rule
         cursor=result.state.to_cursor(),
         dynamic_partitions_requests=registration_requests(context.instance, [b.key for b in ready]) or None,
     )
+
+
+# Runs of one delivery the sensor starts, the first included, when they fail.
+RUNS_PER_DELIVERY = 2
+
+
+def _tried_again(instance: dg.DagsterInstance, batch: watch.ReadyBatch) -> watch.ReadyBatch | None:
+    """The delivery once more when its only runs failed: a file still being
+    written or briefly gone when the run started, a worker lost, the
+    database down. The sensor had asked for these files already, and nothing
+    would ever start them again (hostile pass). A run failing for the data
+    itself fails once more, and that is all."""
+    if run_with_files(instance, batch.key, batch.fingerprint) is not None:
+        return None  # succeeded, or still going
+    failed = failed_runs_with_files(instance, batch.key, batch.fingerprint)
+    if not failed or len(failed) >= RUNS_PER_DELIVERY:
+        return None
+    return dataclasses.replace(batch, attempt=len(failed) + 1)
 
 
 @dg.sensor(
