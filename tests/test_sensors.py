@@ -175,6 +175,35 @@ def test_a_delivery_with_a_run_going_or_done_is_not_tried_again(inbox):
             assert not ticker.tick().run_requests
 
 
+def test_a_withdrawn_correction_gives_way_to_the_first_files_put_back(inbox):
+    # Past bug (hostile pass): the seller withdrew a corrected exhibit and put
+    # the first one back; those files had run once, so the sensor said
+    # "already run" while the batch kept showing the withdrawn correction.
+    from dagster._core.utils import make_new_run_id
+
+    from loan_engine_dagster.orchestration.run_records import JOB_NAME
+
+    sfy = next(inbox.glob("SFY_*"))
+    first = sfy.read_bytes()
+    with dg.instance_for_test() as instance:
+        ticker = Ticker(instance, inbox)
+
+        def started():
+            ticker.tick()
+            requests = ticker.tick().run_requests
+            for request in requests:  # the daemon's part: each request a run, which succeeds
+                instance.add_run(dg.DagsterRun(job_name=JOB_NAME, run_id=make_new_run_id(),
+                                               status=dg.DagsterRunStatus.SUCCESS, tags=request.tags))
+            return [r.run_key for r in requests]
+
+        [original] = started()
+        bump(sfy, first + b"corrected")
+        [correction] = started()
+        bump(sfy, first)
+        assert started() == [f"{original}:2"]
+        assert started() == []
+
+
 def test_reference_replaced_reruns_nothing_but_says_so(inbox):
     with dg.instance_for_test() as instance:
         ticker = Ticker(instance, inbox)

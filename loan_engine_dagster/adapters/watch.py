@@ -63,11 +63,10 @@ class ReadyBatch:
     key: str
     fingerprint: str
     files: BatchFiles
-    attempt: int = 1  # the same delivery tried again after a failed run
+    attempt: int = 1  # the runs of the same files so far, this one included
 
     @property
     def run_key(self) -> str:
-        # Dagster never starts a second run for a run key it has seen.
         return f"{self.key}:{short(self.fingerprint)}" + (f":{self.attempt}" if self.attempt > 1 else "")
 
 

@@ -125,20 +125,17 @@ def short_fingerprint(fingerprint: str) -> str:
     return fingerprint[:FINGERPRINT_RUN_KEY_CHARS]
 
 
-def run_with_files(instance: dg.DagsterInstance, key: str, fingerprint: str) -> dg.DagsterRun | None:
-    """A run of these exact files that succeeded or is still going, whoever started it."""
-    filters = dg.RunsFilter(
-        job_name=JOB_NAME, statuses=[dg.DagsterRunStatus.SUCCESS, *IN_PROGRESS],
-        tags={BATCH_TAG: key, FINGERPRINT_TAG: short_fingerprint(fingerprint)},
-    )
+def latest_good_run(instance: dg.DagsterInstance, key: str) -> dg.DagsterRun | None:
+    """The batch's newest run that succeeded or is still going, whoever
+    started it: the delivery its reports show, or soon will."""
+    filters = dg.RunsFilter(job_name=JOB_NAME, statuses=[dg.DagsterRunStatus.SUCCESS, *IN_PROGRESS], tags={BATCH_TAG: key})
     runs = instance.get_runs(filters=filters, limit=1)
     return runs[0] if runs else None
 
 
-def failed_runs_with_files(instance: dg.DagsterInstance, key: str, fingerprint: str) -> list[dg.DagsterRun]:
-    """The failed runs of these exact files, newest first."""
-    filters = dg.RunsFilter(job_name=JOB_NAME, statuses=[dg.DagsterRunStatus.FAILURE],
-                            tags={BATCH_TAG: key, FINGERPRINT_TAG: short_fingerprint(fingerprint)})
+def runs_with_files(instance: dg.DagsterInstance, key: str, fingerprint: str) -> list[dg.DagsterRun]:
+    """Every run of these exact files, in any state, newest first."""
+    filters = dg.RunsFilter(job_name=JOB_NAME, tags={BATCH_TAG: key, FINGERPRINT_TAG: short_fingerprint(fingerprint)})
     return list(instance.get_runs(filters=filters))
 
 

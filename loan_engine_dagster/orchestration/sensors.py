@@ -18,7 +18,7 @@ from loan_engine_dagster.rules.config import RulesFileError
 from .jobs import loan_engine_job
 from .partitions import registration_requests
 from .resources import InboxResource, Notifier, RulesResource
-from .run_records import batch_tags, failed_runs_with_files, run_with_files
+from .run_records import FINGERPRINT_TAG, batch_tags, latest_good_run, runs_with_files, short_fingerprint
 
 INBOX_POLL_SECONDS = 30
 ALERT_POLL_SECONDS = 300
@@ -62,19 +62,15 @@ def inbox_sensor(context: dg.SensorEvaluationContext, inbox: InboxResource, rule
     for problem in result.unreadable:
         context.log.warning(problem)
     ready = []
-    for batch in result.ready:
-        # The same files may already have run from `loan-engine run` or the UI.
-        earlier = run_with_files(context.instance, batch.key, batch.fingerprint)
-        if earlier is None:
-            ready.append(batch)
-        else:
-            result.already_run.append(batch.key)
-            context.log.info(f"{batch.key}: these exact files already ran in run {earlier.run_id} ({earlier.status.value})")
-    for batch in result.asked_before:
-        again = _tried_again(context.instance, batch)
-        if again is not None:
-            result.already_run.remove(batch.key)
-            ready.append(again)
+    for asked_before, batches in ((False, result.ready), (True, result.asked_before)):
+        for batch in batches:
+            start = _to_start(context.instance, batch, asked_before=asked_before)
+            if start is None and not asked_before:
+                result.already_run.append(batch.key)  # ran from `loan-engine run` or the UI
+            elif start is not None:
+                ready.append(start)
+                if asked_before:
+                    result.already_run.remove(batch.key)
     requests = [
         dg.RunRequest(
             run_key=batch.run_key,
@@ -95,22 +91,31 @@ def inbox_sensor(context: dg.SensorEvaluationContext, inbox: InboxResource, rule
     )
 
 
-# Runs of one delivery the sensor starts, the first included, when they fail.
+# Runs of one delivery the sensor starts after one another when they fail.
 RUNS_PER_DELIVERY = 2
 
 
-def _tried_again(instance: dg.DagsterInstance, batch: watch.ReadyBatch) -> watch.ReadyBatch | None:
-    """The delivery once more when its only runs failed: a file still being
-    written or briefly gone when the run started, a worker lost, the
-    database down. The sensor had asked for these files already, and nothing
-    would ever start them again (hostile pass). A run failing for the data
-    itself fails once more, and that is all."""
-    if run_with_files(instance, batch.key, batch.fingerprint) is not None:
-        return None  # succeeded, or still going
-    failed = failed_runs_with_files(instance, batch.key, batch.fingerprint)
-    if not failed or len(failed) >= RUNS_PER_DELIVERY:
+def _to_start(instance: dg.DagsterInstance, batch: watch.ReadyBatch, *, asked_before: bool) -> watch.ReadyBatch | None:
+    """The delivery to start, numbered after its earlier runs, or None.
+
+    Not when the batch's newest good run (succeeded, or going) is of these
+    files, whoever started it. Otherwise a new delivery starts, and so does
+    one the batch had before (a correction withdrawn, the first files put
+    back: they ran once, but the batch shows the correction). A delivery the
+    sensor already asked for starts again only when its runs failed, up to
+    RUNS_PER_DELIVERY in all: a file briefly gone or still being written when
+    the run started, a worker lost; a data problem fails the same way again.
+    Until 2026-12-07 neither started again (hostile pass)."""
+    latest = latest_good_run(instance, batch.key)
+    if latest is not None and latest.tags.get(FINGERPRINT_TAG) == short_fingerprint(batch.fingerprint):
         return None
-    return dataclasses.replace(batch, attempt=len(failed) + 1)
+    earlier = runs_with_files(instance, batch.key, batch.fingerprint)
+    if asked_before:
+        failed = [run for run in earlier if run.status == dg.DagsterRunStatus.FAILURE]
+        if not earlier or earlier[0].status != dg.DagsterRunStatus.FAILURE or len(failed) >= RUNS_PER_DELIVERY:
+            return None  # not started yet (the daemon's to do), going, or failed enough
+    # Dagster never starts a second run for a run key it has seen.
+    return dataclasses.replace(batch, attempt=len(earlier) + 1)
 
 
 @dg.sensor(
