@@ -120,3 +120,11 @@ def test_skip_message_names_the_newest_batches_already_run():
     keys = ["2026-01-29", "2026-02-05", "2026-02-12", "2026-02-19", "2026-02-26"]
     result = WatchResult(ready=[], pending={}, already_run=keys, reference_changed=[], state=WatchState())
     assert result.skip_message() == "already run with these exact files: 2026-02-12, 2026-02-19, 2026-02-26 and 2 earlier"
+
+
+def test_a_file_named_for_the_first_days_of_year_one_is_a_batch_like_any_other(tmp_path):
+    # Past bug (hostile pass): its tape window overflowed the calendar, and
+    # every tick of both inbox sensors failed with a bare OverflowError.
+    (tmp_path / "SFY_01-02-0001_ExhibitAtoFormofSaleNotice - Pre-Funding.xlsx").write_bytes(b"x")
+    batch = scan_inbox(tmp_path, 4)["0001-01-02"]
+    assert "a tape dated 0001-01-01..0001-01-02" in batch.missing

@@ -188,6 +188,13 @@ def parse_batch_key(key: str) -> tuple[dt.date, bool]:
         ) from None
 
 
+def window_start(notice_date: dt.date, lookback_days: int) -> dt.date:
+    """The first day a batch's tape may be dated. A file named for the first
+    days of year 1 made the subtraction overflow, and every tick of both
+    inbox sensors failed with a bare OverflowError (hostile pass)."""
+    return max(notice_date, dt.date.min + dt.timedelta(days=lookback_days)) - dt.timedelta(days=lookback_days)
+
+
 @dataclass
 class BatchFiles:
     """What the inbox holds for one batch, and what it still waits for."""
@@ -207,7 +214,7 @@ class BatchFiles:
     def missing(self) -> list[str]:
         waiting = [f"{p.upper()} exhibit" for p in PLATFORMS if p not in self.exhibits]
         if self.tape is None:
-            start = self.notice_date - dt.timedelta(days=self.lookback_days)
+            start = window_start(self.notice_date, self.lookback_days)
             waiting.append(f"a tape dated {start.isoformat()}..{self.notice_date.isoformat()}")
         waiting += [name for role, name in REFERENCE_FILES.items() if role not in self.reference]
         waiting += [
@@ -266,13 +273,13 @@ def scan_inbox(inbox: str | Path, lookback_days: int) -> dict[str, BatchFiles]:
         if len(paths) > 1:
             batches[key].ambiguous[f"{platform.upper()} exhibit"] = paths
     for batch in batches.values():
-        window = [d for d in tapes if batch.notice_date - dt.timedelta(days=lookback) <= d <= batch.notice_date]
+        window = [d for d in tapes if window_start(batch.notice_date, lookback) <= d <= batch.notice_date]
         if window:
             batch.tape = tapes[max(window)][-1]
             if len(tapes[max(window)]) > 1:
                 batch.ambiguous[f"tape dated {max(window).isoformat()}"] = tapes[max(window)]
         batch.servicing = [
-            p for d, p in servicing if batch.notice_date - dt.timedelta(days=lookback) <= d <= batch.notice_date
+            p for d, p in servicing if window_start(batch.notice_date, lookback) <= d <= batch.notice_date
         ]
     return dict(sorted(batches.items()))
 
