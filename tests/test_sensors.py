@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 
 from loan_engine_dagster.adapters.alerts import AlertPolicy, due_batch
-from loan_engine_dagster.orchestration.resources import InboxResource, Notifier, RulesResource
+from loan_engine_dagster.orchestration.resources import InboxResource, Notifier, OutputsResource, RulesResource
 from loan_engine_dagster.orchestration.sensors import inbox_sensor, missing_batch_alert_sensor
 
 BATCH = "2026-02-19"
@@ -36,7 +36,8 @@ class Ticker:
     def tick(self):
         context = dg.build_sensor_context(
             instance=self.instance, cursor=self.cursor,
-            resources={"inbox": InboxResource(path=str(self.inbox)), "rules": RulesResource()},
+            resources={"inbox": InboxResource(path=str(self.inbox)), "rules": RulesResource(),
+                       "outputs": OutputsResource(root=str(self.inbox.parent / "published"))},
         )
         result = inbox_sensor(context)
         self.cursor = result.cursor
@@ -204,6 +205,24 @@ def test_a_withdrawn_correction_gives_way_to_the_first_files_put_back(inbox):
         assert started() == []
 
 
+def test_a_new_instance_does_not_run_again_what_the_reports_were_made_from(inbox, rules):
+    # Past bug (hostile pass): a new Dagster instance (moved to PostgreSQL, a
+    # home wiped) knows no runs, and its sensor ran every batch kept in the
+    # inbox again, each against today's portfolio, over published results.
+    from loan_engine_dagster.adapters.batch import process_batch
+
+    published = inbox.parent / "published"
+    process_batch(inbox, BATCH, output_root=published, database_url=f"sqlite:///{inbox.parent / 'r.db'}", rules=rules)
+    with dg.instance_for_test() as instance:
+        ticker = Ticker(instance, inbox)
+        ticker.tick()
+        result = ticker.tick()
+        assert not result.run_requests and skip(result).endswith(f"already run with these exact files: {BATCH}")
+        bump(next(inbox.glob("Tape20Loans_*")), b"Account Number,Loan Group,Status Codes\n1,FX3,\n")
+        ticker.tick()
+        assert [r.partition_key for r in ticker.tick().run_requests] == [BATCH]  # a new delivery runs
+
+
 def test_reference_replaced_reruns_nothing_but_says_so(inbox):
     with dg.instance_for_test() as instance:
         ticker = Ticker(instance, inbox)
@@ -232,13 +251,13 @@ def test_missing_inbox_folder_leaves_the_sensor_quiet(tmp_path):
 _TICKS = """
 import json, sys
 import dagster as dg
-from loan_engine_dagster.orchestration.resources import InboxResource, RulesResource
+from loan_engine_dagster.orchestration.resources import InboxResource, OutputsResource, RulesResource
 from loan_engine_dagster.orchestration.sensors import inbox_sensor
 cursor, out = None, []
 with dg.instance_for_test() as instance:
     for _ in range(2):
         context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={
-            "inbox": InboxResource(path=sys.argv[1]), "rules": RulesResource()})
+            "inbox": InboxResource(path=sys.argv[1]), "rules": RulesResource(), "outputs": OutputsResource(root=sys.argv[1] + "-published")})
         result = inbox_sensor(context)
         cursor = result.cursor
         out.append({"runs": [r.partition_key for r in result.run_requests],
@@ -281,10 +300,11 @@ def test_a_file_the_sensor_may_not_read_is_told_and_the_tick_goes_on(inbox, tmp_
 _BOTH_SENSORS = """
 import json, sys
 import dagster as dg
-from loan_engine_dagster.orchestration.resources import InboxResource, Notifier, RulesResource
+from loan_engine_dagster.orchestration.resources import InboxResource, Notifier, OutputsResource, RulesResource
 from loan_engine_dagster.orchestration.sensors import inbox_sensor, missing_batch_alert_sensor
 with dg.instance_for_test() as instance:
-    resources = {"inbox": InboxResource(path=sys.argv[1]), "rules": RulesResource(), "notifier": Notifier()}
+    resources = {"inbox": InboxResource(path=sys.argv[1]), "rules": RulesResource(), "outputs": OutputsResource(root=sys.argv[1] + "-published"),
+             "notifier": Notifier()}
     ticks = [sensor(dg.build_sensor_context(instance=instance, resources=resources))
              for sensor in (inbox_sensor, missing_batch_alert_sensor)]
 print(json.dumps([t.skip_reason.skip_message for t in ticks]))
@@ -322,7 +342,7 @@ def test_a_share_whose_server_is_gone_is_told_by_both_sensors(dead_share, monkey
     said = (f"inbox folder {dead_share} cannot be read (Transport endpoint is not connected); "
             "if it is a network share, check that it is mounted and that its server answers")
     with dg.instance_for_test() as instance:
-        resources = {"inbox": InboxResource(path=str(dead_share)), "rules": RulesResource(), "notifier": Notifier()}
+        resources = {"inbox": InboxResource(path=str(dead_share)), "rules": RulesResource(), "outputs": OutputsResource(root=str(dead_share.parent / "published")), "notifier": Notifier()}
         watching = inbox_sensor(dg.build_sensor_context(instance=instance, resources=resources))
         alert = missing_batch_alert_sensor(dg.build_sensor_context(instance=instance, resources=resources))
     assert skip(watching) == said
@@ -408,7 +428,7 @@ def test_missing_batch_alert_once_with_webhook(tmp_path, monkeypatch):
     _alert_due_now(monkeypatch, now)
     expected = now.date().isoformat()
     with Hook() as hook, dg.instance_for_test() as instance:
-        resources = {"inbox": InboxResource(path=str(tmp_path)), "rules": RulesResource(), "notifier": Notifier(webhook_url=hook.url)}
+        resources = {"inbox": InboxResource(path=str(tmp_path)), "rules": RulesResource(), "outputs": OutputsResource(root=str(tmp_path / "published")), "notifier": Notifier(webhook_url=hook.url)}
         result = missing_batch_alert_sensor(dg.build_sensor_context(instance=instance, resources=resources))
         assert result.skip_reason.skip_message.startswith(f"ALERT: Batch {expected} is not complete")
         assert "SFY exhibit" in result.skip_reason.skip_message  # everything missing is named
@@ -428,7 +448,7 @@ def test_missing_batch_alert_goes_out_when_the_inbox_folder_is_not_there(tmp_pat
     _alert_due_now(monkeypatch, now)
     gone = tmp_path / "not_mounted"
     with dg.instance_for_test() as instance:
-        resources = {"inbox": InboxResource(path=str(gone)), "rules": RulesResource(), "notifier": Notifier()}
+        resources = {"inbox": InboxResource(path=str(gone)), "rules": RulesResource(), "outputs": OutputsResource(root=str(tmp_path / "published")), "notifier": Notifier()}
         result = missing_batch_alert_sensor(dg.build_sensor_context(instance=instance, resources=resources))
     assert result.skip_reason.skip_message.startswith(f"ALERT: Batch {now.date().isoformat()} is not complete")
     assert f"(inbox {gone}); inbox folder {gone} does not exist;" in result.skip_reason.skip_message
@@ -487,7 +507,7 @@ def test_a_broken_rules_file_gives_a_readable_tick_not_a_traceback(tmp_path):
     """Found by the hostile pass: the tick raised, and the UI showed a stack trace."""
     broken = tmp_path / "rules.yaml"
     broken.write_text("version: [unclosed\n")
-    resources = {"inbox": InboxResource(path=str(tmp_path)), "rules": RulesResource(path=str(broken)), "notifier": Notifier()}
+    resources = {"inbox": InboxResource(path=str(tmp_path)), "rules": RulesResource(path=str(broken)), "outputs": OutputsResource(root=str(tmp_path / "published")), "notifier": Notifier()}
     with dg.instance_for_test() as instance:
         for sensor in (inbox_sensor, missing_batch_alert_sensor):
             result = sensor(dg.build_sensor_context(instance=instance, cursor="kept", resources=resources))

@@ -18,7 +18,7 @@ from loan_engine_dagster.cli import print_summary
 from loan_engine_dagster.orchestration import assets
 from loan_engine_dagster.orchestration.assets import BatchRunConfig
 from loan_engine_dagster.orchestration.partitions import batches
-from loan_engine_dagster.orchestration.resources import InboxResource, RulesResource
+from loan_engine_dagster.orchestration.resources import InboxResource, OutputsResource, RulesResource
 from loan_engine_dagster.orchestration.run_records import stop_point
 from loan_engine_dagster.orchestration.sensors import inbox_sensor
 from loan_engine_dagster.rules.run_options import RunOptionError, check_irr_target, parse_pdate
@@ -62,12 +62,12 @@ class TypoInbox(InboxResource):
 def test_sensor_refuses_bad_batch_keys_with_the_same_words(sample_inbox, tmp_path):
     with dg.instance_for_test() as instance:
         context = dg.build_sensor_context(instance=instance, resources={
-            "inbox": TypoInbox(path=str(sample_inbox)), "rules": RulesResource()})
+            "inbox": TypoInbox(path=str(sample_inbox)), "rules": RulesResource(), "outputs": OutputsResource(root=str(tmp_path / "published"))})
         result = inbox_sensor(context)
         assert not result.run_requests  # first look: files not yet known to be stable
         assert "batch key '20260219' is not YYYY-MM-DD or YYYY-MM-DD-offcycle" in result.skip_reason.skip_message
         context = dg.build_sensor_context(instance=instance, cursor=result.cursor, resources={
-            "inbox": TypoInbox(path=str(sample_inbox)), "rules": RulesResource()})
+            "inbox": TypoInbox(path=str(sample_inbox)), "rules": RulesResource(), "outputs": OutputsResource(root=str(tmp_path / "published"))})
         result = inbox_sensor(context)
         assert [r.partition_key for r in result.run_requests] == [BATCH]
         assert [list(r.partition_keys) for r in result.dynamic_partitions_requests] == [[BATCH]]

@@ -22,8 +22,9 @@ from loan_engine_dagster.rules.purchase_plan import PurchasePlan
 from loan_engine_dagster.rules.limit_display import share_limits
 
 from . import database
-from .inbox import find_batch
+from .inbox import REFERENCE_FILES, find_batch
 from .loading import load_batch_inputs, load_reference
+from .watch import fingerprint
 from .outputs import (
     clear_leftovers, in_the_way, retire, stage_batch, swapped_in, write_concurrently, write_csv, write_json, write_workbook,
 )
@@ -75,6 +76,16 @@ def _summary_run(folder: Path) -> str | None:
         return json.loads((folder / SUMMARY_FILE).read_text()).get("run_id")
     except (OSError, ValueError):
         return None
+
+
+def published_delivery(output_root: Path, batch_key: str) -> str | None:
+    """The fingerprint of the batch's own files that its published reports
+    were made from (their audit trail in run_summary.json), if any."""
+    try:
+        entries = json.loads((output_root / batch_key / SUMMARY_FILE).read_text())["input_files"]
+        return fingerprint({e["role"]: e["sha256"] for e in entries if e["role"] not in REFERENCE_FILES})
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no reports, or none this release wrote
 
 
 def reconcile_reports(conn, output_root: Path, batch_key: str) -> str | None:

@@ -4,11 +4,13 @@
 import dataclasses
 import datetime as dt
 import os
+from pathlib import Path
 
 import dagster as dg
 
 from loan_engine_dagster.adapters import watch
 from loan_engine_dagster.adapters.alerts import AlertPolicy, due_batch
+from loan_engine_dagster.adapters.batch import published_delivery
 from loan_engine_dagster.adapters.inbox import (
     BatchFiles, BatchKeyError, InboxUnreadable, empty_inbox_note, open_input, parse_batch_key, require_inbox,
 )
@@ -17,7 +19,7 @@ from loan_engine_dagster.rules.config import RulesFileError
 
 from .jobs import loan_engine_job
 from .partitions import registration_requests
-from .resources import InboxResource, Notifier, RulesResource
+from .resources import InboxResource, Notifier, OutputsResource, RulesResource
 from .run_records import FINGERPRINT_TAG, batch_tags, latest_good_run, runs_with_files, short_fingerprint
 
 INBOX_POLL_SECONDS = 30
@@ -39,7 +41,9 @@ def _rules_refused(context: dg.SensorEvaluationContext, exc: RulesFileError) -> 
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Starts one run per complete batch in the inbox, once its files stopped changing.",
 )
-def inbox_sensor(context: dg.SensorEvaluationContext, inbox: InboxResource, rules: RulesResource) -> dg.SensorResult:
+def inbox_sensor(
+    context: dg.SensorEvaluationContext, inbox: InboxResource, rules: RulesResource, outputs: OutputsResource
+) -> dg.SensorResult:
     try:
         loaded = rules.load()
     except RulesFileError as exc:
@@ -64,7 +68,7 @@ def inbox_sensor(context: dg.SensorEvaluationContext, inbox: InboxResource, rule
     ready = []
     for asked_before, batches in ((False, result.ready), (True, result.asked_before)):
         for batch in batches:
-            start = _to_start(context.instance, batch, asked_before=asked_before)
+            start = _to_start(context.instance, batch, outputs.path, asked_before=asked_before)
             if start is None and not asked_before:
                 result.already_run.append(batch.key)  # ran from `loan-engine run` or the UI
             elif start is not None:
@@ -95,11 +99,17 @@ def inbox_sensor(context: dg.SensorEvaluationContext, inbox: InboxResource, rule
 RUNS_PER_DELIVERY = 2
 
 
-def _to_start(instance: dg.DagsterInstance, batch: watch.ReadyBatch, *, asked_before: bool) -> watch.ReadyBatch | None:
+def _to_start(
+    instance: dg.DagsterInstance, batch: watch.ReadyBatch, output_root: Path, *, asked_before: bool
+) -> watch.ReadyBatch | None:
     """The delivery to start, numbered after its earlier runs, or None.
 
     Not when the batch's newest good run (succeeded, or going) is of these
-    files, whoever started it. Otherwise a new delivery starts, and so does
+    files, whoever started it, nor when its published reports were made from
+    them: a new Dagster instance (moved to PostgreSQL, a home wiped) knows no
+    runs, and its sensor ran every batch kept in the inbox again, each
+    against today's portfolio, over the results the buyer had acted on
+    (hostile pass). Otherwise a new delivery starts, and so does
     one the batch had before (a correction withdrawn, the first files put
     back: they ran once, but the batch shows the correction). A delivery the
     sensor already asked for starts again only when its runs failed, up to
@@ -108,6 +118,8 @@ def _to_start(instance: dg.DagsterInstance, batch: watch.ReadyBatch, *, asked_be
     Until 2026-12-07 neither started again (hostile pass)."""
     latest = latest_good_run(instance, batch.key)
     if latest is not None and latest.tags.get(FINGERPRINT_TAG) == short_fingerprint(batch.fingerprint):
+        return None
+    if latest is None and published_delivery(output_root, batch.key) == batch.fingerprint:
         return None
     earlier = runs_with_files(instance, batch.key, batch.fingerprint)
     if asked_before:
