@@ -24,10 +24,10 @@ from loan_engine_dagster.rules.limit_display import share_limits
 from . import database
 from .inbox import REFERENCE_FILES, find_batch
 from .loading import load_batch_inputs, load_reference
-from .watch import fingerprint
 from .outputs import (
     clear_leftovers, in_the_way, retire, stage_batch, swapped_in, write_concurrently, write_csv, write_json, write_workbook,
 )
+from .watch import fingerprint
 
 
 SUMMARY_FILE = "run_summary.json"
