@@ -63,13 +63,21 @@ def test_missing_exhibit_and_reference_named(tmp_path):
     assert batch.missing == ["PRIME exhibit", "MASTER_SHEET - Notes.xlsx", "current_assets.csv", "Underwriting_Grids_COMAP.xlsx"]
 
 
-@pytest.mark.parametrize("suffix", [" - Off-Cycle", "  -  Off-cycle", " - OFF-CYCLE", "-off-cycle"])
+@pytest.mark.parametrize("suffix", [" - Off-Cycle", "  -  Off-cycle", " - OFF-CYCLE", "-off-cycle",
+                                    " - Off Cycle", " - offcycle", " - Off-Cycle "])
 def test_offcycle_suffix_variants(inbox, suffix):
+    # Past bug (hostile pass): `- off cycle` and a space before `.xlsx` were no
+    # exhibit, and the tick said it waited for a file that was in the inbox.
     touch(inbox, exhibit("SFY", "03-05-2026", suffix), exhibit("PRIME", "03-05-2026", " - Off-Cycle"),
           "Tape20Loans_03-04-2026.csv")
     batches = scan_inbox(inbox, 4)
     assert list(batches) == ["2026-03-05-offcycle"]
     assert batches["2026-03-05-offcycle"].complete
+
+
+def test_a_space_before_the_extension_is_spacing_too(inbox):
+    touch(inbox, exhibit("SFY", "02-19-2026", " "), exhibit("PRIME", "02-19-2026"), "Tape20Loans_02-18-2026.csv")
+    assert scan_inbox(inbox, 4)["2026-02-19"].complete
 
 
 def test_on_and_off_cycle_are_separate_batches(inbox):

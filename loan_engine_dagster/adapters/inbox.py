@@ -20,7 +20,8 @@ REFERENCE_FILES = {
 PLATFORMS = ("sfy", "prime")
 _EXHIBIT = re.compile(
     r"^(?P<platform>SFY|PRIME)_(?P<m>\d{2})-(?P<d>\d{2})-(?P<y>\d{4})_ExhibitAtoFormofSaleNotice - Pre-Funding"
-    r"(?P<off> ?- ?off-cycle)?\.xlsx$",
+    # Spacing varies: `-  Off-cycle`, `Off Cycle`, a space before `.xlsx`.
+    r"(?P<off> ?- ?off[- ]?cycle)? ?\.xlsx$",
     re.IGNORECASE,
 )
 _TAPE = re.compile(r"^Tape20Loans_(?P<m>\d{2})-(?P<d>\d{2})-(?P<y>\d{4})\.csv$", re.IGNORECASE)
