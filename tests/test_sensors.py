@@ -223,6 +223,24 @@ def test_a_new_instance_does_not_run_again_what_the_reports_were_made_from(inbox
         assert [r.partition_key for r in ticker.tick().run_requests] == [BATCH]  # a new delivery runs
 
 
+def test_a_correction_copied_with_the_old_files_size_and_time_runs(inbox):
+    # Past bug (hostile pass): `cp -p`, `rsync -t` or an SFTP client keeping
+    # times wrote a corrected tape of the same size with the old modification
+    # time; the sensor saw no change, and the correction never ran.
+    with dg.instance_for_test() as instance:
+        ticker = Ticker(instance, inbox)
+        ticker.tick()
+        assert ticker.tick().run_requests
+        tape = next(inbox.glob("Tape20Loans_*"))
+        before = tape.stat()
+        text = tape.read_bytes()
+        tape.write_bytes(text.replace(b"REPURCHASE", b"REPURCHASF", 1) if b"REPURCHASE" in text else text[:-2] + b"9\n")
+        os.utime(tape, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert tape.stat().st_size == before.st_size and tape.stat().st_mtime_ns == before.st_mtime_ns
+        ticker.tick()
+        assert [r.partition_key for r in ticker.tick().run_requests] == [BATCH]
+
+
 def test_reference_replaced_reruns_nothing_but_says_so(inbox):
     with dg.instance_for_test() as instance:
         ticker = Ticker(instance, inbox)

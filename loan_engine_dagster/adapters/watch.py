@@ -1,7 +1,10 @@
 """Deciding, tick by tick, which batches in the inbox are ready to run.
 
-A file counts only once it kept the same size and modification time across
-two looks (a seller's upload may still be copying). A ready batch is
+A file counts only once it kept the same size and change time across two
+looks (a seller's upload may still be copying). The change time (ctime), not
+the modification time: a copy that keeps the old modification time (`cp -p`,
+`rsync -t`, an SFTP client preserving times) over a file of the same size
+was no change at all, and a corrected tape was never run (hostile pass). A ready batch is
 identified by its key plus a fingerprint of its files' contents, so identical
 files never run twice while a corrected re-delivery runs again."""
 
@@ -22,8 +25,8 @@ ALREADY_RUN_SHOWN = 3
 class WatchState:
     """What the previous look saw; kept as the sensor cursor."""
 
-    observed: dict[str, list] = field(default_factory=dict)  # name -> [size, mtime_ns]
-    hashes: dict[str, list] = field(default_factory=dict)  # name -> [size, mtime_ns, sha256]
+    observed: dict[str, list] = field(default_factory=dict)  # name -> [size, ctime_ns]
+    hashes: dict[str, list] = field(default_factory=dict)  # name -> [size, ctime_ns, sha256]
     requested: dict[str, str] = field(default_factory=dict)  # batch -> fingerprint (run key part) last requested
     reference: str | None = None  # fingerprint (short) of the reference files
 
@@ -44,11 +47,11 @@ class WatchState:
 
     def to_cursor(self) -> str:
         """One short line (the UI shows the cursor on the sensor's page): each
-        file once, with its digest when it was hashed at that size and time."""
+        file once, with its digest when it was hashed at that size and change time."""
         files = {name: list(seen) for name, seen in self.observed.items()}
-        for name, (size, mtime, digest) in self.hashes.items():
-            if files.get(name, [size, mtime]) == [size, mtime]:
-                files[name] = [size, mtime, digest]
+        for name, (size, changed, digest) in self.hashes.items():
+            if files.get(name, [size, changed]) == [size, changed]:
+                files[name] = [size, changed, digest]
         document = {"files": files, "runs": {k: short(v) for k, v in self.requested.items()}, "ref": short(self.reference)}
         return json.dumps(document, sort_keys=True, separators=(",", ":"))
 
@@ -100,14 +103,14 @@ class WatchResult:
 
 def _stat(path: Path) -> list:
     info = input_stat(path)
-    return [info.st_size, info.st_mtime_ns]
+    return [info.st_size, info.st_ctime_ns]
 
 
 def _sha(path: Path, previous: WatchState, state: WatchState) -> str:
-    size, mtime = _stat(path)
+    size, changed = _stat(path)
     cached = previous.hashes.get(path.name)
-    digest = cached[2] if cached and cached[:2] == [size, mtime] else sha256_file(path)
-    state.hashes[path.name] = [size, mtime, digest]
+    digest = cached[2] if cached and cached[:2] == [size, changed] else sha256_file(path)
+    state.hashes[path.name] = [size, changed, digest]
     return digest
 
 
