@@ -369,3 +369,19 @@ def test_a_far_cell_with_a_format_and_no_value_is_read_as_usual(tmp_path):
     workbook.save(path)
     _, frame = read_sheet(open_workbook(path), path)
     assert frame.shape == (1, 1) and frame.iloc[0, 0] == "loan program"
+
+
+def test_a_value_past_the_header_is_found_while_another_file_is_read_beside_it(tmp_path):
+    # Past bug (second read): the check listened for pandas' warning, which
+    # another thread's read could take: the stray value was dropped unseen.
+    from concurrent.futures import ThreadPoolExecutor
+
+    stray, spaced = tmp_path / "stray.csv", tmp_path / "spaced.csv"
+    stray.write_text("Account Number,Status Codes\n" + "1,,\n" * 20000 + "2,REPURCHASE,late\n")
+    spaced.write_text("a,b\n" + "1, 2\n" * 20000)
+    for _ in range(3):
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            spaced_read = pool.submit(files._csv_frame, spaced)
+            with pytest.raises(StructuralError, match="values past the header's last column"):
+                pool.submit(files._csv_frame, stray).result()
+            assert len(spaced_read.result()) == 20000

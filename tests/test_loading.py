@@ -110,3 +110,27 @@ def test_a_file_re_delivered_while_it_was_read_fails_the_phase_rather_than_recor
         load()
     assert (tmp_path / "done").exists()
     load()  # the files as they are now read as any others
+
+
+def test_a_file_copied_over_with_its_old_size_and_time_while_read_is_caught(inbox, rules, tmp_path, monkeypatch):
+    # Past bug (second read): `cp -p` or `rsync -t` over the file keeps its
+    # inode, size and modification time; only the change time moves.
+    import os
+
+    from loan_engine_dagster.adapters import loading
+    from loan_engine_dagster.adapters.inbox import InboxChanged
+
+    path = inbox.reference["existing"]
+    describe = loading.describe_file
+
+    def copied_over_first(role_, path_):
+        if path_ == path and not (tmp_path / "done").exists():
+            (tmp_path / "done").touch()
+            before = path.stat()
+            path.write_bytes(path.read_bytes())  # the same inode, size and bytes, rewritten
+            os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        return describe(role_, path_)
+
+    monkeypatch.setattr(loading, "describe_file", copied_over_first)
+    with pytest.raises(InboxChanged):
+        load_reference(inbox.reference, rules)

@@ -161,6 +161,23 @@ def test_a_delivery_whose_run_failed_is_tried_once_more_and_no_more(inbox):
         assert not result.run_requests and skip(result).endswith(f"already run with these exact files: {BATCH}")
 
 
+def test_a_failed_run_that_dagster_retries_is_not_started_twice(inbox):
+    # Second read: a lost worker's run is retried by Dagster's run retries;
+    # the sensor starting it too made two runs race for the batch.
+    from dagster._core.utils import make_new_run_id
+
+    from loan_engine_dagster.orchestration.run_records import JOB_NAME, WILL_RETRY_TAG
+
+    with dg.instance_for_test() as instance:
+        ticker = Ticker(instance, inbox)
+        ticker.tick()
+        [request] = ticker.tick().run_requests
+        instance.add_run(dg.DagsterRun(job_name=JOB_NAME, run_id=make_new_run_id(), status=dg.DagsterRunStatus.FAILURE,
+                                       tags={**request.tags, WILL_RETRY_TAG: "true"}))
+        result = ticker.tick()
+        assert not result.run_requests and skip(result).endswith(f"already run with these exact files: {BATCH}")
+
+
 def test_a_delivery_with_a_run_going_or_done_is_not_tried_again(inbox):
     from dagster._core.utils import make_new_run_id
 

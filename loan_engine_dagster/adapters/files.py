@@ -8,7 +8,6 @@ import csv
 import os
 import re
 import threading
-import warnings
 import zipfile
 from xml.etree import ElementTree
 from xml.sax.saxutils import unescape
@@ -322,9 +321,15 @@ def _csv_frame(path: Path) -> pd.DataFrame:
     if not is_input_file(path):
         raise StructuralError("the file is missing", file=path.name)
     encoding = _marked_encoding(path)
-    frame = _read_csv_fast(path) if encoding != UTF16 else None
+    try:
+        frame = _read_csv_fast(path) if encoding != UTF16 else None
+        uneven = encoding == UTF16
+    except _ArrowRefused:
+        frame, uneven = None, True
     if frame is None:
         frame, encoding = _read_csv_decoded(path, encoding)
+        if uneven:  # pyarrow refuses lines longer than the header; pandas reads them without the rest
+            _refuse_values_past_the_header(path, encoding, len(frame.columns))
     frame.columns = [str(c).strip() for c in frame.columns]
     if len(frame.columns) == 1 and "\t" in frame.columns[0]:
         # Excel's "Unicode Text" (and other tab-separated exports): read as
@@ -361,14 +366,16 @@ def _read_csv_decoded(path: Path, encoding: str | None) -> tuple[pd.DataFrame, s
     tries = [encoding] if encoding else ["utf-8", WINDOWS]
     for name in tries:
         try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", pd.errors.ParserWarning)
-                # index_col=False: rows with one field more than the header (a
-                # delimiter at the end of each data line, as some exporters
-                # write) made pandas take the first column as the row index and
-                # read every column as the one before it, without a word.
-                frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True,
-                                    skip_blank_lines=False, encoding=name, index_col=False)
+            # The header's columns only: rows with one field more than the
+            # header (a delimiter at the end of each data line, as some
+            # exporters write) made pandas take the first column as the row
+            # index and read every column as the one before it, without a word.
+            # What lies past the header is _refuse_values_past_the_header's.
+            with path.open(newline="", encoding=name) as handle:
+                width = len(next(csv.reader(handle, skipinitialspace=True), []))
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True,
+                                skip_blank_lines=False, encoding=name, index_col=False,
+                                usecols=range(width) if width else None)
         except UnicodeDecodeError as exc:
             if name != tries[-1]:
                 continue
@@ -378,8 +385,6 @@ def _read_csv_decoded(path: Path, encoding: str | None) -> tuple[pd.DataFrame, s
         except OSError:
             _may_read(path)
             raise
-        if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
-            _refuse_values_past_the_header(path, name, len(frame.columns))
         return frame, name
     raise AssertionError("unreachable")
 
@@ -419,14 +424,18 @@ def _not_text(path: Path, tried: list[str], exc: UnicodeDecodeError) -> str:
 def _read_csv_fast(path: Path) -> pd.DataFrame | None:
     """pyarrow's multithreaded reader, about twice as fast on the 500k-row
     files. It has no `skipinitialspace`, so any file where that could matter
-    (a cell starting with white space, e.g. after `, `), and any file it
-    cannot read, goes back to pandas' own reader (None), which gives the
+    (a cell starting with white space, e.g. after `, `: None) and any file it
+    cannot read (_ArrowRefused) go back to pandas' own reader, which gives the
     result and the error messages the rest of the engine expects."""
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, engine="pyarrow", skip_blank_lines=False)
     except Exception:  # pyarrow raises its own error types; the fallback names the problem
-        return None
+        raise _ArrowRefused from None
     return None if _starts_with_space(frame) else frame
+
+
+class _ArrowRefused(Exception):
+    """pyarrow could not read the file (uneven lines among the causes)."""
 
 
 def _starts_with_space(frame: pd.DataFrame) -> bool:
@@ -498,12 +507,14 @@ def _key(path: Path) -> Path:
 
 
 def file_identity(path: Path) -> tuple[int, ...] | None:
-    """Which file stands at `path` as it is now (device, inode, size, modification time)."""
+    """Which file stands at `path` as it is now (device, inode, size, modification and change times)."""
     try:
         st = path.stat()
     except OSError:
         return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    # ctime too: a copy over the file that keeps its size and modification
+    # time (`cp -p`, `rsync -t`) still moves it.
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _csv_ahead(path: Path) -> dict[None, pd.DataFrame]:

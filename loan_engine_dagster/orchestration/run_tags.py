@@ -32,10 +32,18 @@ def require_started_delivery(context: dg.AssetExecutionContext, read: list[dict]
     The sensor checks that a delivery is whole (the same on two looks) when it
     asks for a run, and the run read the files by name when it started: a
     tape an upload tool was writing again by then was read half written, and
-    the run succeeded, tagged as the whole delivery (hostile pass)."""
+    the run succeeded, tagged as the whole delivery (hostile pass).
+
+    A re-execution (from a failed step, after the seller fixed a file) is
+    asked for the files as they are now: it takes their fingerprint as its
+    own, so that its record names what it read."""
     expected = context.run.tags.get(FINGERPRINT_TAG)
     found = short_fingerprint(fingerprint({entry["role"]: entry["sha256"] for entry in read}))
-    if expected and found != expected:
+    if expected and found != expected and context.run.parent_run_id is not None:
+        context.log.warning(f"the batch's files changed since run {context.run.parent_run_id} (fingerprint {expected}): "
+                            f"this re-execution read {found}, and is tagged so")
+        context.instance.add_run_tags(context.run.run_id, {FINGERPRINT_TAG: found})
+    elif expected and found != expected:
         raise InboxChanged(
             f"the batch's files are not the delivery this run was started for (fingerprint {expected}, the files "
             f"read {found}): changed or still being written since; nothing of this run is saved, and the inbox sensor "

@@ -20,7 +20,7 @@ from loan_engine_dagster.rules.config import RulesFileError
 from .jobs import loan_engine_job
 from .partitions import registration_requests
 from .resources import InboxResource, Notifier, OutputsResource, RulesResource
-from .run_records import FINGERPRINT_TAG, batch_tags, latest_good_run, runs_with_files, short_fingerprint
+from .run_records import FINGERPRINT_TAG, WILL_RETRY_TAG, batch_tags, latest_good_run, runs_with_files, short_fingerprint
 
 INBOX_POLL_SECONDS = 30
 ALERT_POLL_SECONDS = 300
@@ -126,6 +126,8 @@ def _to_start(
         failed = [run for run in earlier if run.status == dg.DagsterRunStatus.FAILURE]
         if not earlier or earlier[0].status != dg.DagsterRunStatus.FAILURE or len(failed) >= RUNS_PER_DELIVERY:
             return None  # not started yet (the daemon's to do), going, or failed enough
+        if earlier[0].tags.get(WILL_RETRY_TAG) == "true":
+            return None  # the daemon's run retries start it again (a worker lost): not twice
     # Dagster never starts a second run for a run key it has seen.
     return dataclasses.replace(batch, attempt=len(earlier) + 1)
 
