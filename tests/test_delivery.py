@@ -122,3 +122,36 @@ def test_a_worker_declared_dead_while_alive_writes_and_publishes_nothing(big_inb
     engine = database.engine_for(results_url)
     assert database.batch_row_counts(engine, BATCH)["loan_facts"] == 0
     engine.dispose()
+
+
+def test_a_re_execution_after_the_seller_fixed_a_file_reads_it_and_says_so(sample_inbox, tmp_path):
+    """A re-execution from the failed step after the seller fixed a file
+    reads the files as they are now and is tagged with their fingerprint,
+    not the failed delivery's. (Re-executed through execute_job, it does not
+    inherit its parent's fingerprint tag; where a re-execution does,
+    require_started_delivery re-tags it with a warning instead of failing.)"""
+    from loan_engine_dagster.adapters.inbox import find_batch
+    from loan_engine_dagster.adapters.watch import batch_fingerprint
+    from loan_engine_dagster.orchestration.run_records import FINGERPRINT_TAG, batch_tags, short_fingerprint
+    from loan_engine_dagster.rules.config import default_rules
+
+    inbox, out, results_url = tmp_path / "inbox", tmp_path / "out", f"sqlite:///{tmp_path / 'results.db'}"
+    shutil.copytree(sample_inbox, inbox)
+    tape = next(inbox.glob("Tape20Loans_*"))
+    good = tape.read_bytes()
+    tape.write_text("a,b\n1,2\n")  # the servicer's broken export
+    rules = default_rules()
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("batches", [BATCH])
+        # Tagged at its start with the delivery it reads, as the sensor and `loan-engine run` do.
+        spoiled = batch_tags(BATCH, str(inbox), batch_fingerprint(find_batch(inbox, BATCH, rules.inbox.tape_lookback_days)))
+        with dg.execute_job(dg.reconstructable(_resolved_job), instance=instance, tags={"dagster/partition": BATCH, **spoiled},
+                            run_config=run_config(inbox, out, results_url, "2026-02-24")) as result:
+            first, ok = result.run_id, result.success
+        assert not ok
+        tape.write_bytes(good)  # fixed
+        options = dg.ReexecutionOptions.from_failure(first, instance)
+        second, ok = execute(instance, run_config(inbox, out, results_url, "2026-02-24"), reexecution_options=options)
+        assert ok
+        files = find_batch(inbox, BATCH, rules.inbox.tape_lookback_days)
+        assert instance.get_run_by_id(second).tags[FINGERPRINT_TAG] == short_fingerprint(batch_fingerprint(files))
