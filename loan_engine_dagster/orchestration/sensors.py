@@ -119,8 +119,6 @@ def _to_start(
     latest = latest_good_run(instance, batch.key)
     if latest is not None and latest.tags.get(FINGERPRINT_TAG) == short_fingerprint(batch.fingerprint):
         return None
-    if latest is None and published_delivery(output_root, batch.key) == batch.fingerprint:
-        return None
     earlier = runs_with_files(instance, batch.key, batch.fingerprint)
     if asked_before:
         failed = [run for run in earlier if run.status == dg.DagsterRunStatus.FAILURE]
@@ -128,6 +126,10 @@ def _to_start(
             return None  # not started yet (the daemon's to do), going, or failed enough
         if earlier[0].tags.get(WILL_RETRY_TAG) == "true":
             return None  # the daemon's run retries start it again (a worker lost): not twice
+    # Read last, and only for a batch about to start: every batch kept in the
+    # inbox comes here on every tick.
+    if latest is None and published_delivery(output_root, batch.key) == batch.fingerprint:
+        return None
     # Dagster never starts a second run for a run key it has seen.
     return dataclasses.replace(batch, attempt=len(earlier) + 1)
 
