@@ -128,8 +128,8 @@ def test_a_re_execution_after_the_seller_fixed_a_file_reads_it_and_says_so(sampl
     """A re-execution from the failed step after the seller fixed a file
     reads the files as they are now and is tagged with their fingerprint,
     not the failed delivery's. (Re-executed through execute_job, it does not
-    inherit its parent's fingerprint tag; where a re-execution does,
-    require_started_delivery re-tags it with a warning instead of failing.)"""
+    inherit its parent's fingerprint tag; the UI's re-execution does: the
+    next test.)"""
     from loan_engine_dagster.adapters.inbox import find_batch
     from loan_engine_dagster.adapters.watch import batch_fingerprint
     from loan_engine_dagster.orchestration.run_records import FINGERPRINT_TAG, batch_tags, short_fingerprint
@@ -155,3 +155,55 @@ def test_a_re_execution_after_the_seller_fixed_a_file_reads_it_and_says_so(sampl
         assert ok
         files = find_batch(inbox, BATCH, rules.inbox.tape_lookback_days)
         assert instance.get_run_by_id(second).tags[FINGERPRINT_TAG] == short_fingerprint(batch_fingerprint(files))
+
+
+def test_a_re_execution_from_the_ui_after_the_seller_fixed_a_file_is_re_tagged_with_a_warning(sample_inbox, tmp_path):
+    """The UI's "re-execute from failure" (and the daemon's run retries)
+    copies the parent's tags, the delivery's fingerprint among them. After
+    the seller fixed the file, that fingerprint no longer matches what the
+    re-execution reads: it is re-tagged with the files read and says so in
+    its log, instead of failing as if the inbox had changed under it."""
+    from dagster._core.execution.api import execute_run
+    from dagster._core.execution.plan.resume_retry import ReexecutionStrategy
+    from dagster._core.test_utils import in_process_test_workspace
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+    from loan_engine_dagster.adapters.inbox import find_batch
+    from loan_engine_dagster.adapters.watch import batch_fingerprint
+    from loan_engine_dagster.orchestration.run_records import FINGERPRINT_TAG, batch_tags, short_fingerprint
+    from loan_engine_dagster.rules.config import default_rules
+
+    inbox, out, results_url = tmp_path / "inbox", tmp_path / "out", f"sqlite:///{tmp_path / 'results.db'}"
+    shutil.copytree(sample_inbox, inbox)
+    tape = next(inbox.glob("Tape20Loans_*"))
+    good = tape.read_bytes()
+    tape.write_text("a,b\n1,2\n")  # the servicer's broken export
+    rules = default_rules()
+    broken = batch_fingerprint(find_batch(inbox, BATCH, rules.inbox.tape_lookback_days))
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("batches", [BATCH])
+        with dg.execute_job(dg.reconstructable(_resolved_job), instance=instance,
+                            tags={"dagster/partition": BATCH, **batch_tags(BATCH, str(inbox), broken)},
+                            run_config=run_config(inbox, out, results_url, "2026-02-24")) as result:
+            parent = result.dagster_run
+        assert parent.status == dg.DagsterRunStatus.FAILURE
+        tape.write_bytes(good)  # fixed
+
+        origin = LoadableTargetOrigin(module_name="loan_engine_dagster.definitions", working_directory=str(ROOT))
+        with in_process_test_workspace(instance, origin) as workspace:
+            location = workspace.get_code_location(workspace.code_location_names[0])
+            remote_job = location.get_repository("__repository__").get_full_job("loan_engine_job")
+            child = instance.create_reexecuted_run(
+                request_context=workspace, parent_run=parent, code_location=location, remote_job=remote_job,
+                strategy=ReexecutionStrategy.FROM_FAILURE, use_parent_run_tags=True,  # as the UI's re-execute does
+            )
+        assert child.tags[FINGERPRINT_TAG] == short_fingerprint(broken)  # inherited: the branch under test is reached
+        execute_run(dg.reconstructable(_resolved_job), child, instance)
+        child = instance.get_run_by_id(child.run_id)
+        assert child.status == dg.DagsterRunStatus.SUCCESS
+        fixed = short_fingerprint(batch_fingerprint(find_batch(inbox, BATCH, rules.inbox.tape_lookback_days)))
+        assert child.tags[FINGERPRINT_TAG] == fixed != short_fingerprint(broken)
+        warnings = [e.user_message for e in instance.all_logs(child.run_id) if "this re-execution read" in (e.user_message or "")]
+        assert warnings == [f"the batch's files changed since run {parent.run_id} (fingerprint {short_fingerprint(broken)}): "
+                            f"this re-execution read {fixed}, and is tagged so"]
+    assert (out / BATCH / "loan_decisions.csv").is_file()
