@@ -223,7 +223,7 @@ def run(batch_key: str, inbox, output_dir, database_url, pdate, irr_target, verb
     from loan_engine_dagster.adapters.watch import batch_fingerprint
     from loan_engine_dagster.definitions import defs  # noqa: F401  the code location is start-up too (_imports_done)
     from loan_engine_dagster.orchestration.partitions import register_batches
-    from loan_engine_dagster.orchestration.run_records import IN_PROGRESS, PARTITION_TAG, batch_tags, stop_point
+    from loan_engine_dagster.orchestration.run_records import IN_PROGRESS, MAX_RETRIES_TAG, PARTITION_TAG, batch_tags, stop_point
 
     resources = {
         "inbox": {"config": {"path": str(inbox_path)}},
@@ -265,7 +265,7 @@ def run(batch_key: str, inbox, output_dir, database_url, pdate, irr_target, verb
             run_config=run_config,
             # The daemon cannot relaunch a run started from a terminal; whoever
             # started it sees the failure and re-runs.
-            tags={PARTITION_TAG: batch_key, "dagster/max_retries": "0", **tags},
+            tags={PARTITION_TAG: batch_key, MAX_RETRIES_TAG: "0", **tags},
             raise_on_error=False,
         ) as result:
             run_id = result.run_id
@@ -350,7 +350,7 @@ def mark(run_id, as_status, older_than_minutes, reason, yes) -> None:
     from sqlalchemy.exc import SQLAlchemyError
 
     from loan_engine_dagster.orchestration import run_records as rr
-    from loan_engine_dagster.orchestration.failures import revoke_lease
+    from loan_engine_dagster.orchestration.failures import RESULTS_SAVED, results_saved_by, revoke_lease
     from loan_engine_dagster.orchestration.resources import ResultsDatabase
 
     if (run_id is None) == (older_than_minutes is None):
@@ -383,7 +383,11 @@ def mark(run_id, as_status, older_than_minutes, reason, yes) -> None:
                 revoked = (f"its batch lease could not be revoked (results database: {type(exc).__name__}); a worker "
                            "that still lives can write until its heartbeat goes stale")
             try:
-                rr.mark_run(instance, run, as_status, reason)
+                saved = results_saved_by(run, ResultsDatabase())
+            except SQLAlchemyError:
+                saved = False  # unreachable: the revocation above said so already
+            try:
+                rr.mark_run(instance, run, as_status, f"{reason}; {RESULTS_SAVED}" if saved else reason)
             except SQLAlchemyError as exc:
                 if "database is locked" not in str(exc):
                     raise
@@ -393,7 +397,8 @@ def mark(run_id, as_status, older_than_minutes, reason, yes) -> None:
                     f"Run {run.run_id} not marked: its event log is locked by its worker, which is frozen in the middle "
                     f"of writing it ({revoked}); end the worker's process, then mark the run again", err=True)
                 sys.exit(1)
-            click.echo(f"Marked {run.run_id} {as_status}: {reason}; {revoked}")
+            said = f"; {RESULTS_SAVED}" if saved else ""
+            click.echo(f"Marked {run.run_id} {as_status}: {reason}; {revoked}{said}")
 
 
 if __name__ == "__main__":

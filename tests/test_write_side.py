@@ -628,3 +628,72 @@ def test_a_run_that_finds_other_files_than_it_was_started_for_saves_nothing(samp
     assert said.endswith("nothing of this run is saved, and the inbox sensor starts a run for the files once they "
                          "stay the same"), said
     assert loan_rows(db) == 0 and not (out / BATCH).exists()
+
+
+# Just after the save's commit: the process dies with its rows and reports
+# saved, before any event says so.
+KILL_AFTER_COMMIT = KILL_AT_COMMIT.replace(
+    "        os.kill(os.getpid(), signal.SIGKILL)\n    return _commit(self, connection)\n",
+    "        _commit(self, connection)\n        os.kill(os.getpid(), signal.SIGKILL)\n    return _commit(self, connection)\n",
+)
+
+
+def _killed_after_its_commit(env, inbox, out, db) -> str:
+    killed = run(before(env, "loan_engine_dagster.adapters.batch:swapped_in", KILL_AFTER_COMMIT), inbox, out,
+                 f"sqlite:///{db}")
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    dead = _shown_run(out)
+    assert _rows_run(db) == {dead}  # saved and published, and the run never said so
+    return dead
+
+
+def test_a_worker_killed_after_its_commit_is_failed_by_the_dead_worker_sensor_saying_nothing_is_lost(
+        sample_inbox, tmp_path, home, monkeypatch):
+    """Dagster shows the run FAILED (its last events never came), but its
+    results are the batch's: the failure says so, for on-call and in the
+    incident, and the run is not retried (a retry would compute and save the
+    same batch again)."""
+    import shutil
+    import time
+
+    import dagster as dg
+
+    from loan_engine_dagster.orchestration.failures import RESULTS_SAVED, build_incident, dead_worker_sensor
+    from loan_engine_dagster.orchestration.resources import Notifier, ResultsDatabase
+    from loan_engine_dagster.orchestration.run_records import MAX_RETRIES_TAG, WILL_RETRY_TAG
+
+    shutil.copy(Path(__file__).resolve().parents[1] / "dagster.yaml", Path(home["DAGSTER_HOME"]) / "dagster.yaml")
+    grace = 2
+    monkeypatch.setenv("LOAN_ENGINE_DEAD_WORKER_SECONDS", str(grace))
+    monkeypatch.setenv("DAGSTER_HOME", home["DAGSTER_HOME"])
+    out, db = tmp_path / "out", tmp_path / "r.db"
+    dead = _killed_after_its_commit(home, sample_inbox, out, db)
+    with dg.DagsterInstance.get() as instance:
+        assert instance.get_run_by_id(dead).status == dg.DagsterRunStatus.STARTED
+        # A run the daemon launched may be retried; `loan-engine run`'s never are.
+        instance.add_run_tags(dead, {MAX_RETRIES_TAG: "2"})
+        time.sleep(grace + 1)
+        results_db = ResultsDatabase(url=f"sqlite:///{db}")
+        result = dead_worker_sensor(dg.build_sensor_context(instance=instance, cursor="{}",
+                                                            resources={"results_db": results_db}))
+        assert result.skip_reason.skip_message == f"marked FAILED: {dead}"
+        run_after = instance.get_run_by_id(dead)
+        assert run_after.status == dg.DagsterRunStatus.FAILURE
+        assert run_after.tags[WILL_RETRY_TAG] == "false"
+        incident = build_incident(instance, run_after, Notifier(), "run failed")
+        assert incident.kind == "infra" and incident.phase == "results_database"
+        assert incident.cause.startswith(f"Run worker disappeared: run {dead} (batch {BATCH}) sent no heartbeat")
+        assert incident.cause.endswith(f"Its {RESULTS_SAVED.removeprefix('its ')}."), incident.cause
+    assert _shown_run(out) == dead and _rows_run(db) == {dead}  # nothing undone
+
+
+def test_runs_mark_on_a_run_killed_after_its_commit_says_its_results_were_saved(sample_inbox, tmp_path, home):
+    from loan_engine_dagster.orchestration.failures import RESULTS_SAVED
+
+    out, db = tmp_path / "out", tmp_path / "r.db"
+    dead = _killed_after_its_commit(home, sample_inbox, out, db)
+    marked = subprocess.run([str(BIN / "loan-engine"), "runs", "mark", dead, "--as", "failed"], capture_output=True,
+                            text=True, env=home, timeout=120)
+    assert marked.returncode == 0, marked.stdout + marked.stderr
+    assert marked.stdout.strip().endswith(f"its batch lease is revoked; {RESULTS_SAVED}"), marked.stdout
+    assert _shown_run(out) == dead and _rows_run(db) == {dead}

@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from sqlalchemy import select
-
 from loan_engine_dagster.rules import pipeline, reports
 from loan_engine_dagster.rules.config import Rules
 from loan_engine_dagster.rules.eligibility import summarize_checks
@@ -100,9 +98,7 @@ def reconcile_reports(conn, output_root: Path, batch_key: str) -> str | None:
     decide; called by the batch's next run while it holds the batch, inside
     its fenced transaction."""
     target = output_root / batch_key
-    rows_run = conn.execute(
-        select(database.eligibility_results.c.run_id).where(database.eligibility_results.c.batch_key == batch_key).limit(1)
-    ).scalar()
+    rows_run = database.rows_run(conn, batch_key)
     shown_run = _summary_run(target) if target.is_dir() else None
     if shown_run == rows_run:
         return None

@@ -369,6 +369,14 @@ def named(exc: sqlalchemy.exc.DBAPIError, url: str) -> Exception:
         return RuntimeError(f"{type(orig).__name__}: {message}")
 
 
+def rows_run(conn: Connection, batch_key: str) -> str | None:
+    """The run whose rows the database holds for the batch (None: no rows).
+    A save replaces all of a batch's rows at once, so every row names the same run."""
+    return conn.execute(
+        select(eligibility_results.c.run_id).where(eligibility_results.c.batch_key == batch_key).limit(1)
+    ).scalar()
+
+
 def batch_row_counts(engine: Engine, batch_key: str) -> dict[str, int]:
     with engine.connect() as conn:
         return {

@@ -9,9 +9,12 @@ import dagster as dg
 import sqlalchemy.exc
 
 from loan_engine_dagster.adapters import incidents, leases
+from loan_engine_dagster.adapters.database import rows_run
 
 from .resources import Notifier, ResultsDatabase
-from .run_records import INCIDENT_TAG, JOB_NAME, KIND_TAG, PHASE_TAG, batch_of, dead_worker_seconds, stop_point
+from .run_records import (
+    INCIDENT_TAG, JOB_NAME, KIND_TAG, MAX_RETRIES_TAG, PHASE_TAG, batch_of, dead_worker_seconds, stop_point,
+)
 
 DEAD_WORKER_POLL_SECONDS = 30
 PENDING_INCIDENTS_POLL_SECONDS = 60
@@ -29,6 +32,30 @@ def revoke_lease(run: dg.DagsterRun, results_db: ResultsDatabase) -> bool:
     engine = _run_database(run, results_db).engine()
     try:
         return leases.revoke(engine, batch_of(run), run.run_id)
+    finally:
+        engine.dispose()
+
+
+# Said of a run that stopped after its save committed (killed between its
+# commit and the events that report it): failed in Dagster, done in fact.
+RESULTS_SAVED = ("its results were saved before it stopped: the batch's rows in the results database, and the reports "
+                 "published with them, are this run's; nothing is lost and nothing needs to run again")
+
+
+def saved_results(conn, run: dg.DagsterRun) -> bool:
+    """Whether the batch's rows in this results database are the run's own."""
+    try:
+        return rows_run(conn, batch_of(run)) == run.run_id
+    except sqlalchemy.exc.SQLAlchemyError:
+        return False  # no results tables yet: nothing was saved
+
+
+def results_saved_by(run: dg.DagsterRun, results_db: ResultsDatabase) -> bool:
+    """`saved_results` in the results database the run itself wrote to."""
+    engine = _run_database(run, results_db).engine()
+    try:
+        with engine.connect() as conn:
+            return saved_results(conn, run)
     finally:
         engine.dispose()
 
@@ -191,6 +218,12 @@ def dead_worker_sensor(context: dg.SensorEvaluationContext, results_db: ResultsD
                     f"Run worker disappeared: run {run.run_id} (batch {batch_of(run)}) {silence}, "
                     f"last phase {phase}. Marked FAILED by dead_worker_sensor; its batch lease is revoked."
                 )
+                with engine.connect() as conn:
+                    saved = saved_results(conn, run)
+                if saved:
+                    # Run retries would compute and save the same batch again, for nothing.
+                    reason += f" {RESULTS_SAVED[:1].upper()}{RESULTS_SAVED[1:]}."
+                    context.instance.add_run_tags(run.run_id, {MAX_RETRIES_TAG: "0"})
                 context.instance.report_engine_event(reason, current)
                 context.instance.report_run_failed(current, message=reason)
                 context.log.warning(reason)

@@ -18,6 +18,7 @@ INBOX_TAG = "loan_engine/inbox"
 FINGERPRINT_TAG = "loan_engine/fingerprint"
 PARTITION_TAG = "dagster/partition"
 WILL_RETRY_TAG = "dagster/will_retry"  # Dagster's, on a failed run its run retries will start again
+MAX_RETRIES_TAG = "dagster/max_retries"  # Dagster's; "0": its run retries never start this run again
 RULES_TAG = "loan_engine/rules_fingerprint"  # the rules a run used; its re-executions must use the same
 # Whether a failed run's `incidents` row is written (`written`) or still owed
 # (`pending`, the results database was unreachable when the failure was reported).
