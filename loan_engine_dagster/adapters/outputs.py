@@ -8,6 +8,7 @@ import errno
 import io
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import rustpy_xlsxwriter
 import xlsxwriter
 import xlsxwriter.exceptions
@@ -84,6 +87,7 @@ DATE_FORMAT = "yyyy-mm-dd"
 EXCEL_CELL_CHARS = 32_767
 # Text Excel would read as a formula (or a formula's sign) if typed into a cell.
 _FORMULA_STARTS = ("=", "+", "-", "@")
+_FORMULA_START = "^(?:" + "|".join(re.escape(start) for start in _FORMULA_STARTS) + ")"  # for Arrow's regex kernel
 _EXCEL_EPOCH = pd.Timestamp("1899-12-30")
 
 
@@ -150,12 +154,17 @@ def _columnar(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]] 
             body[name] = _excel_serial(body[name])
             dates.append(name)
         elif kind == "text":
+            # Asked of the column's Arrow array, one kernel each: through the
+            # string accessor, these two questions cost 0.4 ms a column, 0.2 s
+            # of every run's reports (about 400 columns, most of them short).
             cells = body[name].astype("string")
+            values = pa.array(cells)
             # Only text over half the limit can pass it: Excel counts UTF-16 units, two for an emoji.
-            long = (cells.str.len() > EXCEL_CELL_CHARS // 2).fillna(False).astype(bool)
-            if long.any():
+            if (pc.max(pc.utf8_length(values)).as_py() or 0) > EXCEL_CELL_CHARS // 2:
+                long = (cells.str.len() > EXCEL_CELL_CHARS // 2).fillna(False).astype(bool)
                 body[name] = cells = cells.where(~long, cells[long].map(_excel_cut))
-            if cells.str.startswith(_FORMULA_STARTS).any():
+                values = pa.array(cells)
+            if pc.any(pc.match_substring_regex(values, _FORMULA_START)).as_py():
                 text.append(name)  # the prefix costs a third of the writing time: only where a cell needs it
     body.columns = [str(c) for c in body.columns]
     return body, [str(c) for c in text], [str(c) for c in dates]
