@@ -124,6 +124,17 @@ def test_a_worker_declared_dead_while_alive_writes_and_publishes_nothing(big_inb
     engine.dispose()
 
 
+def _inbox_with_a_broken_tape(sample_inbox, tmp_path):
+    """(inbox, output folder, results URL, tape, the tape's good bytes): the
+    sample batch with its tape replaced by a servicer's broken export."""
+    inbox = tmp_path / "inbox"
+    shutil.copytree(sample_inbox, inbox)
+    tape = next(inbox.glob("Tape20Loans_*"))
+    good = tape.read_bytes()
+    tape.write_text("a,b\n1,2\n")
+    return inbox, tmp_path / "out", f"sqlite:///{tmp_path / 'results.db'}", tape, good
+
+
 def test_a_re_execution_after_the_seller_fixed_a_file_reads_it_and_says_so(sample_inbox, tmp_path):
     """A re-execution from the failed step after the seller fixed a file
     reads the files as they are now and is tagged with their fingerprint,
@@ -135,11 +146,7 @@ def test_a_re_execution_after_the_seller_fixed_a_file_reads_it_and_says_so(sampl
     from loan_engine_dagster.orchestration.run_records import FINGERPRINT_TAG, batch_tags, short_fingerprint
     from loan_engine_dagster.rules.config import default_rules
 
-    inbox, out, results_url = tmp_path / "inbox", tmp_path / "out", f"sqlite:///{tmp_path / 'results.db'}"
-    shutil.copytree(sample_inbox, inbox)
-    tape = next(inbox.glob("Tape20Loans_*"))
-    good = tape.read_bytes()
-    tape.write_text("a,b\n1,2\n")  # the servicer's broken export
+    inbox, out, results_url, tape, good = _inbox_with_a_broken_tape(sample_inbox, tmp_path)
     rules = default_rules()
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("batches", [BATCH])
@@ -173,11 +180,7 @@ def test_a_re_execution_from_the_ui_after_the_seller_fixed_a_file_is_re_tagged_w
     from loan_engine_dagster.orchestration.run_records import FINGERPRINT_TAG, batch_tags, short_fingerprint
     from loan_engine_dagster.rules.config import default_rules
 
-    inbox, out, results_url = tmp_path / "inbox", tmp_path / "out", f"sqlite:///{tmp_path / 'results.db'}"
-    shutil.copytree(sample_inbox, inbox)
-    tape = next(inbox.glob("Tape20Loans_*"))
-    good = tape.read_bytes()
-    tape.write_text("a,b\n1,2\n")  # the servicer's broken export
+    inbox, out, results_url, tape, good = _inbox_with_a_broken_tape(sample_inbox, tmp_path)
     rules = default_rules()
     broken = batch_fingerprint(find_batch(inbox, BATCH, rules.inbox.tape_lookback_days))
     with dg.instance_for_test() as instance:
