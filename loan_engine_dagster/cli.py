@@ -382,12 +382,9 @@ def mark(run_id, as_status, older_than_minutes, reason, yes) -> None:
             except SQLAlchemyError as exc:
                 revoked = (f"its batch lease could not be revoked (results database: {type(exc).__name__}); a worker "
                            "that still lives can write until its heartbeat goes stale")
+            saved = results_saved_by(run, ResultsDatabase())
             try:
-                saved = results_saved_by(run, ResultsDatabase())
-            except SQLAlchemyError:
-                saved = False  # unreachable: the revocation above said so already
-            try:
-                rr.mark_run(instance, run, as_status, f"{reason}; {RESULTS_SAVED}" if saved else reason)
+                rr.mark_run(instance, run, as_status, f"{reason}; {RESULTS_SAVED}" if saved else reason, saved=saved)
             except SQLAlchemyError as exc:
                 if "database is locked" not in str(exc):
                     raise

@@ -222,6 +222,36 @@ def test_a_withdrawn_correction_gives_way_to_the_first_files_put_back(inbox):
         assert started() == []
 
 
+@pytest.mark.parametrize("own", [True, False], ids=["its-own-results", "a-tag-inherited-from-its-parent"])
+def test_a_correction_whose_worker_died_after_saving_it_is_not_run_again(inbox, own):
+    # Past bug (review): a run killed after its commit is failed without a
+    # retry, and the sensor then started the same correction itself (`:2`),
+    # computing and saving the batch a second time. The saved-results tag
+    # counts only on the run it names: a re-execution copies its parent's tags.
+    from dagster._core.utils import make_new_run_id
+
+    from loan_engine_dagster.orchestration.run_records import JOB_NAME, RESULTS_SAVED_TAG, report_dead_run_failed
+
+    sfy = next(inbox.glob("SFY_*"))
+    with dg.instance_for_test() as instance:
+        ticker = Ticker(instance, inbox)
+        ticker.tick()
+        [first] = ticker.tick().run_requests
+        instance.add_run(dg.DagsterRun(job_name=JOB_NAME, run_id=make_new_run_id(), status=dg.DagsterRunStatus.SUCCESS,
+                                       tags=first.tags))
+        bump(sfy, sfy.read_bytes() + b"corrected")
+        ticker.tick()
+        [correction] = ticker.tick().run_requests
+        run = instance.add_run(dg.DagsterRun(job_name=JOB_NAME, run_id=make_new_run_id(), status=dg.DagsterRunStatus.STARTED,
+                                             tags=correction.tags))
+        if own:
+            report_dead_run_failed(instance, run, "Run worker disappeared", saved=True)
+        else:
+            instance.add_run_tags(run.run_id, {RESULTS_SAVED_TAG: make_new_run_id()})
+            report_dead_run_failed(instance, instance.get_run_by_id(run.run_id), "Run worker disappeared", saved=False)
+        again = [r.run_key for r in ticker.tick().run_requests]
+        assert again == ([] if own else [f"{correction.run_key}:2"])
+
 def test_a_new_instance_does_not_run_again_what_the_reports_were_made_from(inbox, rules):
     # Past bug (hostile pass): a new Dagster instance (moved to PostgreSQL, a
     # home wiped) knows no runs, and its sensor ran every batch kept in the

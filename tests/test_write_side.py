@@ -506,6 +506,7 @@ def test_a_worker_killed_between_swapping_its_reports_in_and_its_commit_is_mende
     marked = subprocess.run([str(BIN / "loan-engine"), "runs", "mark", dead, "--as", "failed"], capture_output=True,
                             text=True, env=home, timeout=120)
     assert marked.returncode == 0, marked.stdout + marked.stderr
+    assert "saved" not in marked.stdout  # killed before its commit: the rows are another run's
 
     # The next run fails in a later phase: by then reports and rows agree again.
     failed = run(before(home, "loan_engine_dagster.orchestration.assets:stage_batch_outputs", "raise RuntimeError('x')"),
@@ -660,7 +661,9 @@ def test_a_worker_killed_after_its_commit_is_failed_by_the_dead_worker_sensor_sa
 
     from loan_engine_dagster.orchestration.failures import RESULTS_SAVED, build_incident, dead_worker_sensor
     from loan_engine_dagster.orchestration.resources import Notifier, ResultsDatabase
-    from loan_engine_dagster.orchestration.run_records import MAX_RETRIES_TAG, WILL_RETRY_TAG
+    from loan_engine_dagster.orchestration.run_records import (
+        MAX_RETRIES_TAG, RESULTS_SAVED_TAG, WILL_RETRY_TAG, latest_good_run,
+    )
 
     shutil.copy(Path(__file__).resolve().parents[1] / "dagster.yaml", Path(home["DAGSTER_HOME"]) / "dagster.yaml")
     grace = 2
@@ -680,6 +683,9 @@ def test_a_worker_killed_after_its_commit_is_failed_by_the_dead_worker_sensor_sa
         run_after = instance.get_run_by_id(dead)
         assert run_after.status == dg.DagsterRunStatus.FAILURE
         assert run_after.tags[WILL_RETRY_TAG] == "false"
+        # Tagged with its own id, and its retry setting back for re-executions started from it by hand.
+        assert run_after.tags[RESULTS_SAVED_TAG] == dead and run_after.tags[MAX_RETRIES_TAG] == "2"
+        assert latest_good_run(instance, BATCH).run_id == dead  # for the inbox sensor: its files ran
         incident = build_incident(instance, run_after, Notifier(), "run failed")
         assert incident.kind == "infra" and incident.phase == "results_database"
         assert incident.cause.startswith(f"Run worker disappeared: run {dead} (batch {BATCH}) sent no heartbeat")
@@ -687,13 +693,26 @@ def test_a_worker_killed_after_its_commit_is_failed_by_the_dead_worker_sensor_sa
     assert _shown_run(out) == dead and _rows_run(db) == {dead}  # nothing undone
 
 
-def test_runs_mark_on_a_run_killed_after_its_commit_says_its_results_were_saved(sample_inbox, tmp_path, home):
-    from loan_engine_dagster.orchestration.failures import RESULTS_SAVED
+def test_runs_mark_on_a_run_killed_after_its_commit_says_its_results_were_saved(
+        sample_inbox, tmp_path, home, monkeypatch):
+    import shutil
 
+    import dagster as dg
+
+    from loan_engine_dagster.orchestration.failures import RESULTS_SAVED
+    from loan_engine_dagster.orchestration.run_records import MAX_RETRIES_TAG, RESULTS_SAVED_TAG, WILL_RETRY_TAG
+
+    shutil.copy(Path(__file__).resolve().parents[1] / "dagster.yaml", Path(home["DAGSTER_HOME"]) / "dagster.yaml")
     out, db = tmp_path / "out", tmp_path / "r.db"
     dead = _killed_after_its_commit(home, sample_inbox, out, db)
+    monkeypatch.setenv("DAGSTER_HOME", home["DAGSTER_HOME"])
+    with dg.DagsterInstance.get() as instance:
+        instance.add_run_tags(dead, {MAX_RETRIES_TAG: "2"})  # as a run the daemon launched
     marked = subprocess.run([str(BIN / "loan-engine"), "runs", "mark", dead, "--as", "failed"], capture_output=True,
                             text=True, env=home, timeout=120)
     assert marked.returncode == 0, marked.stdout + marked.stderr
     assert marked.stdout.strip().endswith(f"its batch lease is revoked; {RESULTS_SAVED}"), marked.stdout
+    with dg.DagsterInstance.get() as instance:
+        tags = instance.get_run_by_id(dead).tags
+    assert (tags[WILL_RETRY_TAG], tags[RESULTS_SAVED_TAG], tags[MAX_RETRIES_TAG]) == ("false", dead, "2")
     assert _shown_run(out) == dead and _rows_run(db) == {dead}

@@ -13,7 +13,7 @@ from loan_engine_dagster.adapters.database import rows_run
 
 from .resources import Notifier, ResultsDatabase
 from .run_records import (
-    INCIDENT_TAG, JOB_NAME, KIND_TAG, MAX_RETRIES_TAG, PHASE_TAG, batch_of, dead_worker_seconds, stop_point,
+    INCIDENT_TAG, JOB_NAME, KIND_TAG, PHASE_TAG, batch_of, dead_worker_seconds, report_dead_run_failed, stop_point,
 )
 
 DEAD_WORKER_POLL_SECONDS = 30
@@ -42,20 +42,22 @@ RESULTS_SAVED = ("its results were saved before it stopped: the batch's rows in 
                  "published with them, are this run's; nothing is lost and nothing needs to run again")
 
 
-def saved_results(conn, run: dg.DagsterRun) -> bool:
-    """Whether the batch's rows in this results database are the run's own."""
+def saved_results(engine, run: dg.DagsterRun) -> bool:
+    """Whether the batch's rows in this results database are the run's own.
+    Unknown (no results tables yet, the database gone) counts as not: the
+    run is then retried, which at worst saves the same batch again."""
     try:
-        return rows_run(conn, batch_of(run)) == run.run_id
+        with engine.connect() as conn:
+            return rows_run(conn, batch_of(run)) == run.run_id
     except sqlalchemy.exc.SQLAlchemyError:
-        return False  # no results tables yet: nothing was saved
+        return False
 
 
 def results_saved_by(run: dg.DagsterRun, results_db: ResultsDatabase) -> bool:
     """`saved_results` in the results database the run itself wrote to."""
     engine = _run_database(run, results_db).engine()
     try:
-        with engine.connect() as conn:
-            return saved_results(conn, run)
+        return saved_results(engine, run)
     finally:
         engine.dispose()
 
@@ -218,14 +220,11 @@ def dead_worker_sensor(context: dg.SensorEvaluationContext, results_db: ResultsD
                     f"Run worker disappeared: run {run.run_id} (batch {batch_of(run)}) {silence}, "
                     f"last phase {phase}. Marked FAILED by dead_worker_sensor; its batch lease is revoked."
                 )
-                with engine.connect() as conn:
-                    saved = saved_results(conn, run)
+                saved = saved_results(engine, run)
                 if saved:
-                    # Run retries would compute and save the same batch again, for nothing.
                     reason += f" {RESULTS_SAVED[:1].upper()}{RESULTS_SAVED[1:]}."
-                    context.instance.add_run_tags(run.run_id, {MAX_RETRIES_TAG: "0"})
                 context.instance.report_engine_event(reason, current)
-                context.instance.report_run_failed(current, message=reason)
+                report_dead_run_failed(context.instance, current, reason, saved=saved)
                 context.log.warning(reason)
                 marked.append(run.run_id)
         finally:

@@ -19,6 +19,11 @@ FINGERPRINT_TAG = "loan_engine/fingerprint"
 PARTITION_TAG = "dagster/partition"
 WILL_RETRY_TAG = "dagster/will_retry"  # Dagster's, on a failed run its run retries will start again
 MAX_RETRIES_TAG = "dagster/max_retries"  # Dagster's; "0": its run retries never start this run again
+# On a run whose worker died after its save committed: the run's own id
+# (a re-execution inherits its parent's tags, so a copy names another run).
+RESULTS_SAVED_TAG = "loan_engine/results_saved"
+# Failed runs looked at for one that saved its results, newest first.
+SAVED_LOOKBACK = 20
 RULES_TAG = "loan_engine/rules_fingerprint"  # the rules a run used; its re-executions must use the same
 # Whether a failed run's `incidents` row is written (`written`) or still owed
 # (`pending`, the results database was unreachable when the failure was reported).
@@ -127,12 +132,37 @@ def short_fingerprint(fingerprint: str) -> str:
     return fingerprint[:FINGERPRINT_RUN_KEY_CHARS]
 
 
+def saved_its_results(run: dg.DagsterRun) -> bool:
+    return run.tags.get(RESULTS_SAVED_TAG) == run.run_id
+
+
 def latest_good_run(instance: dg.DagsterInstance, key: str) -> dg.DagsterRun | None:
     """The batch's newest run that succeeded or is still going, whoever
-    started it: the delivery its reports show, or soon will."""
+    started it: the delivery its reports show, or soon will. A run failed
+    after it saved its results (its worker died after the commit) counts:
+    its rows and reports are the batch's."""
     filters = dg.RunsFilter(job_name=JOB_NAME, statuses=[dg.DagsterRunStatus.SUCCESS, *IN_PROGRESS], tags={BATCH_TAG: key})
-    runs = instance.get_runs(filters=filters, limit=1)
-    return runs[0] if runs else None
+    records = instance.get_run_records(filters=filters, limit=1)
+    latest = records[0] if records else None
+    failed = dg.RunsFilter(job_name=JOB_NAME, statuses=[dg.DagsterRunStatus.FAILURE], tags={BATCH_TAG: key},
+                           created_after=latest.create_timestamp if latest else None)
+    saved = next((run for run in instance.get_runs(filters=failed, limit=SAVED_LOOKBACK) if saved_its_results(run)), None)
+    return saved or (latest.dagster_run if latest else None)
+
+
+def report_dead_run_failed(instance: dg.DagsterInstance, run: dg.DagsterRun, message: str, *, saved: bool) -> None:
+    """Fail a run whose worker is gone. One that saved its results first is
+    tagged so and not retried: a retry would compute and save the same batch
+    again. Its retry setting is put back once Dagster has decided (the
+    failure's `dagster/will_retry`), so that a re-execution started from it
+    by hand inherits the usual one."""
+    if not saved:
+        instance.report_run_failed(run, message=message)
+        return
+    before = run.tags.get(MAX_RETRIES_TAG, str(instance.run_retries_max_retries))
+    instance.add_run_tags(run.run_id, {RESULTS_SAVED_TAG: run.run_id, MAX_RETRIES_TAG: "0"})
+    instance.report_run_failed(run, message=message)
+    instance.add_run_tags(run.run_id, {MAX_RETRIES_TAG: before})
 
 
 def runs_with_files(instance: dg.DagsterInstance, key: str, fingerprint: str) -> list[dg.DagsterRun]:
@@ -159,11 +189,12 @@ def loan_engine_runs(
     return [r for r in records if (r.start_time or r.create_timestamp.timestamp()) <= cutoff]
 
 
-def mark_run(instance: dg.DagsterInstance, run: dg.DagsterRun, as_status: str, reason: str) -> None:
-    """Close an in-progress run by hand; the reason lands in its event log."""
+def mark_run(instance: dg.DagsterInstance, run: dg.DagsterRun, as_status: str, reason: str, *, saved: bool = False) -> None:
+    """Close an in-progress run by hand; the reason lands in its event log.
+    `saved`: its results were saved before it stopped (report_dead_run_failed)."""
     message = f"Marked {as_status} by hand: {reason}"
     instance.report_engine_event(message, run)
     if as_status == "failed":
-        instance.report_run_failed(run, message=message)
+        report_dead_run_failed(instance, run, message, saved=saved)
     else:
         instance.report_run_canceled(run, message=message)
