@@ -144,7 +144,7 @@ def test_a_delivery_whose_run_failed_is_tried_once_more_and_no_more(inbox):
     # unrun for good.
     from dagster._core.utils import make_new_run_id
 
-    from loan_engine_dagster.orchestration.run_records import JOB_NAME
+    from loan_engine_dagster.orchestration.run_records import JOB_NAME, KIND_TAG
 
     with dg.instance_for_test() as instance:
         ticker = Ticker(instance, inbox)
@@ -152,9 +152,12 @@ def test_a_delivery_whose_run_failed_is_tried_once_more_and_no_more(inbox):
         [request] = ticker.tick().run_requests
 
         def ran(status):
-            instance.add_run(dg.DagsterRun(job_name=JOB_NAME, run_id=make_new_run_id(), status=status, tags=request.tags))
+            return instance.add_run(dg.DagsterRun(job_name=JOB_NAME, run_id=make_new_run_id(), status=status,
+                                                  tags=request.tags))
 
-        ran(dg.DagsterRunStatus.FAILURE)
+        failed = ran(dg.DagsterRunStatus.FAILURE)
+        assert not ticker.tick().run_requests  # until the failure sensor has explained the failure
+        instance.add_run_tags(failed.run_id, {KIND_TAG: "infra"})
         assert [r.run_key for r in ticker.tick().run_requests] == [f"{request.run_key}:2"]
         ran(dg.DagsterRunStatus.FAILURE)  # the daemon started it, and it failed too
         result = ticker.tick()
@@ -230,7 +233,9 @@ def test_a_correction_whose_worker_died_after_saving_it_is_not_run_again(inbox, 
     # counts only on the run it names: a re-execution copies its parent's tags.
     from dagster._core.utils import make_new_run_id
 
-    from loan_engine_dagster.orchestration.run_records import JOB_NAME, RESULTS_SAVED_TAG, report_dead_run_failed
+    from loan_engine_dagster.orchestration.run_records import (
+        JOB_NAME, KIND_TAG, RESULTS_SAVED_TAG, report_dead_run_failed,
+    )
 
     sfy = next(inbox.glob("SFY_*"))
     with dg.instance_for_test() as instance:
@@ -249,6 +254,7 @@ def test_a_correction_whose_worker_died_after_saving_it_is_not_run_again(inbox, 
         else:
             instance.add_run_tags(run.run_id, {RESULTS_SAVED_TAG: make_new_run_id()})
             report_dead_run_failed(instance, instance.get_run_by_id(run.run_id), "Run worker disappeared", saved=False)
+        instance.add_run_tags(run.run_id, {KIND_TAG: "infra"})  # the failure sensor's part
         again = [r.run_key for r in ticker.tick().run_requests]
         assert again == ([] if own else [f"{correction.run_key}:2"])
 

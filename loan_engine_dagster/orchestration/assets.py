@@ -31,7 +31,7 @@ from .checks import CHECK_SPECS, data_quality_results, empty_exhibits_result, li
 from .metadata import balance_total, files_markdown, plan_metadata, rejections_table, warnings_table
 from .partitions import batches
 from .resources import InboxResource, OutputsResource, ResultsDatabase, RulesResource
-from .run_tags import as_failure, require_started_delivery, tag_run_with_batch
+from .run_tags import CommitGuard, as_failure, require_started_delivery, tag_run_with_batch
 
 INTAKE, REVIEW, DELIVERY = "intake", "review", "delivery"  # business stages
 
@@ -333,13 +333,15 @@ def results_database(
     loaded = rules.load()
     staging, target = Path(exports["folder"]), Path(exports["target"])
     require_staged(staging, context.partition_key)
+    guard = CommitGuard(context)
     try:
         engine = results_db.engine()
         try:
             counts = database.save_batch(
                 engine, batch_key=context.partition_key, run_id=context.run.run_id, rules_version=loaded.version,
                 loans=eligibility.loans, exceptions=eligibility.exceptions, checks=eligibility.checks,
-                fence=results_db.fence, publish=lambda: delivered(staging, target, context.run.run_id),
+                fence=results_db.fence,
+                publish=lambda: guard.around_commit(delivered(staging, target, context.run.run_id)),
             )
         finally:
             engine.dispose()
@@ -352,6 +354,8 @@ def results_database(
         lost = database.named(exc, results_db.resolved_url)
         cause = preflight.locked(results_db.resolved_url) if database.locked_by_another(exc) else lost
         raise dg.RetryRequested(max_retries=results_db.connect_retries, seconds_to_wait=results_db.retry_wait_seconds) from cause
+    finally:
+        guard.release()
     return dg.MaterializeResult(
         metadata={
             **{f"rows_{k}": v for k, v in counts.items()},

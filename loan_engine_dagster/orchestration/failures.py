@@ -2,18 +2,20 @@
 the dead-worker sensor that fails runs whose worker stopped its heartbeat (the
 default run launcher cannot tell, so such runs would stay STARTED)."""
 
+import dataclasses
 import json
 import time
 
 import dagster as dg
 import sqlalchemy.exc
 
-from loan_engine_dagster.adapters import incidents, leases
+from loan_engine_dagster.adapters import incidents, leases, preflight
 from loan_engine_dagster.adapters.database import rows_run
 
 from .resources import Notifier, ResultsDatabase
 from .run_records import (
-    INCIDENT_TAG, JOB_NAME, KIND_TAG, PHASE_TAG, batch_of, dead_worker_seconds, report_dead_run_failed, stop_point,
+    INCIDENT_TAG, JOB_NAME, KIND_TAG, PHASE_TAG, RESULTS_SAVED_TAG, batch_of, dead_worker_seconds, report_dead_run_failed,
+    stop_point,
 )
 
 DEAD_WORKER_POLL_SECONDS = 30
@@ -54,8 +56,14 @@ def saved_results(engine, run: dg.DagsterRun) -> bool:
 
 
 def results_saved_by(run: dg.DagsterRun, results_db: ResultsDatabase) -> bool:
-    """`saved_results` in the results database the run itself wrote to."""
-    engine = _run_database(run, results_db).engine()
+    """`saved_results` in the results database the run itself wrote to. A
+    SQLite file that is gone saved nothing, and is not opened: that would
+    make it again, empty."""
+    database = _run_database(run, results_db)
+    file = preflight.sqlite_file(database.resolved_url)
+    if file is not None and not file.exists():
+        return False
+    engine = database.engine()
     try:
         return saved_results(engine, run)
     finally:
@@ -97,7 +105,14 @@ def report_incident(context, run: dg.DagsterRun, results_db: ResultsDatabase, no
                     fallback_message: str) -> None:
     """Tag the run with where it stopped and why, tell on-call, record it."""
     incident = build_incident(context.instance, run, notifier, fallback_message)
-    context.instance.add_run_tags(run.run_id, {PHASE_TAG: incident.phase, KIND_TAG: incident.kind})
+    tags = {PHASE_TAG: incident.phase, KIND_TAG: incident.kind}
+    # Its worker lost after the commit (the code server that launched it
+    # failed it, or the dead-worker sensor did): the results are the batch's.
+    if incident.kind == "infra" and results_saved_by(run, results_db):
+        tags[RESULTS_SAVED_TAG] = run.run_id
+        if RESULTS_SAVED.casefold() not in incident.cause.casefold():
+            incident = dataclasses.replace(incident, cause=f"{incident.cause}; {RESULTS_SAVED}")
+    context.instance.add_run_tags(run.run_id, tags)
     context.log.info(incident.text())
     # The alert goes out before the database write: a database outage is the
     # failure on-call most needs to hear about, and it would also stop the write.

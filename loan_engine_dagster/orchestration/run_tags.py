@@ -2,7 +2,8 @@
 read (as tags, however it was started) and, when the files are at fault, a
 failure whose first line is the cause."""
 
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 import dagster as dg
 
@@ -10,7 +11,9 @@ from loan_engine_dagster.adapters.inbox import BatchFiles, InboxChanged
 from loan_engine_dagster.adapters.watch import batch_fingerprint, fingerprint
 from loan_engine_dagster.rules.errors import StructuralError
 
-from .run_records import BATCH_TAG, FINGERPRINT_TAG, batch_tags, short_fingerprint
+from .run_records import (
+    BATCH_TAG, FINGERPRINT_TAG, MAX_RETRIES_TAG, RESULTS_SAVED_TAG, batch_tags, short_fingerprint,
+)
 
 
 def tag_run_with_batch(context: dg.AssetExecutionContext, files: BatchFiles, inbox_root: str) -> None:
@@ -64,3 +67,39 @@ def as_failure():
             "rows": ", ".join(str(r) for r in exc.rows[:50]) or None, "problem": exc.problem,
         }.items() if v}
         raise dg.Failure(description=str(exc), metadata=metadata) from exc
+
+
+class CommitGuard:
+    """A run's save, as Dagster's run retries see it. From just before the
+    batch's commit until the step ends, the run's `dagster/max_retries` is
+    0: a worker lost in that moment may have committed, and a retry would
+    compute and save the same batch again. Whoever reports the lost worker
+    (the code server that launched it, within half a second; the dead-worker
+    sensor; `runs mark`), Dagster then decides no retry from the run's tags.
+    Once committed the run is tagged with its own id as having saved its
+    results. `release()` puts the retry setting back when the step ends, so
+    that a re-execution started from the run by hand inherits the usual one."""
+
+    def __init__(self, context: dg.AssetExecutionContext) -> None:
+        self._instance, self._run_id = context.instance, context.run.run_id
+        self._retries = context.run.tags.get(MAX_RETRIES_TAG, str(context.instance.run_retries_max_retries))
+        self._held = False
+
+    @contextmanager
+    def around_commit(self, publish: AbstractContextManager) -> Iterator:
+        """`publish` (entered last in the save's transaction, left after its
+        commit), with the run's retries held around the commit."""
+        self._instance.add_run_tags(self._run_id, {MAX_RETRIES_TAG: "0"})
+        self._held = True
+        try:
+            with publish as published:
+                yield published
+        except BaseException:
+            self.release()  # nothing committed: the run's retries are its own again
+            raise
+        self._instance.add_run_tags(self._run_id, {RESULTS_SAVED_TAG: self._run_id})
+
+    def release(self) -> None:
+        if self._held:
+            self._instance.add_run_tags(self._run_id, {MAX_RETRIES_TAG: self._retries})
+            self._held = False

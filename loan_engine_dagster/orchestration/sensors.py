@@ -20,7 +20,9 @@ from loan_engine_dagster.rules.config import RulesFileError
 from .jobs import loan_engine_job
 from .partitions import registration_requests
 from .resources import InboxResource, Notifier, OutputsResource, RulesResource
-from .run_records import FINGERPRINT_TAG, WILL_RETRY_TAG, batch_tags, latest_good_run, runs_with_files, short_fingerprint
+from .run_records import (
+    FINGERPRINT_TAG, KIND_TAG, WILL_RETRY_TAG, batch_tags, latest_good_run, runs_with_files, short_fingerprint,
+)
 
 INBOX_POLL_SECONDS = 30
 ALERT_POLL_SECONDS = 300
@@ -126,6 +128,11 @@ def _to_start(
             return None  # not started yet (the daemon's to do), going, or failed enough
         if earlier[0].tags.get(WILL_RETRY_TAG) == "true":
             return None  # the daemon's run retries start it again (a worker lost): not twice
+        if KIND_TAG not in earlier[0].tags:
+            # Not explained yet by the failure sensor, which finds whether a
+            # worker lost after its commit saved the results (then it is the
+            # batch's good run, and nothing runs again).
+            return None
     # Read last, and only for a batch about to start: every batch kept in the
     # inbox comes here on every tick.
     if latest is None and published_delivery(output_root, batch.key) == batch.fingerprint:
