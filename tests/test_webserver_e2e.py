@@ -132,7 +132,7 @@ def test_a_sensor_run_whose_worker_is_killed_after_its_commit_is_not_run_again(s
     from test_failure_handling import instance_of
     from test_write_side import KILL_AFTER_COMMIT, before
 
-    from loan_engine_dagster.orchestration.run_records import JOB_NAME, RESULTS_SAVED_TAG, WILL_RETRY_TAG
+    from loan_engine_dagster.orchestration.run_records import JOB_NAME, MAX_RETRIES_TAG, RESULTS_SAVED_TAG, WILL_RETRY_TAG
 
     home, inbox, out = tmp_path / "home", tmp_path / "inbox", tmp_path / "out"
     home.mkdir()
@@ -188,6 +188,8 @@ def test_a_sensor_run_whose_worker_is_killed_after_its_commit_is_not_run_again(s
         assert run.status == dg.DagsterRunStatus.FAILURE, story
         assert run.tags.get(RESULTS_SAVED_TAG) == run.run_id, story
         assert run.tags.get(WILL_RETRY_TAG) == "false", story
+        # Its retries were held at 0 around the commit; the failure sensor put dagster.yaml's back (for re-executions).
+        assert run.tags.get(MAX_RETRIES_TAG) == "2", story
         with sqlite3.connect(db) as conn:  # the failure sensor's incident row
             causes = [cause for (cause,) in conn.execute("select cause from incidents where run_id = ?", (run.run_id,))]
         assert len(causes) == 1 and "its results were saved before it stopped" in causes[0].casefold(), (causes, story)

@@ -22,6 +22,8 @@ MAX_RETRIES_TAG = "dagster/max_retries"  # Dagster's; "0": its run retries never
 # On a run whose worker died after its save committed: the run's own id
 # (a re-execution inherits its parent's tags, so a copy names another run).
 RESULTS_SAVED_TAG = "loan_engine/results_saved"
+# The run's own `dagster/max_retries` while its save holds it at 0 (run_tags.CommitGuard).
+RETRIES_HELD_TAG = "loan_engine/retries_held"
 # Failed runs looked at for one that saved its results, newest first.
 SAVED_LOOKBACK = 20
 RULES_TAG = "loan_engine/rules_fingerprint"  # the rules a run used; its re-executions must use the same
@@ -150,19 +152,26 @@ def latest_good_run(instance: dg.DagsterInstance, key: str) -> dg.DagsterRun | N
     return saved or (latest.dagster_run if latest else None)
 
 
+def usual_retries(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
+    """The run's own `dagster/max_retries`, also while its save holds it at 0."""
+    held = run.tags.get(RETRIES_HELD_TAG)
+    if held is not None and run.tags.get(MAX_RETRIES_TAG) == "0":
+        return held
+    return run.tags.get(MAX_RETRIES_TAG, str(instance.run_retries_max_retries))
+
+
 def report_dead_run_failed(instance: dg.DagsterInstance, run: dg.DagsterRun, message: str, *, saved: bool) -> None:
     """Fail a run whose worker is gone. One that saved its results first is
     tagged so and not retried: a retry would compute and save the same batch
     again. Its retry setting is put back once Dagster has decided (the
     failure's `dagster/will_retry`), so that a re-execution started from it
     by hand inherits the usual one."""
-    if not saved:
-        instance.report_run_failed(run, message=message)
-        return
-    before = run.tags.get(MAX_RETRIES_TAG, str(instance.run_retries_max_retries))
-    instance.add_run_tags(run.run_id, {RESULTS_SAVED_TAG: run.run_id, MAX_RETRIES_TAG: "0"})
+    usual = usual_retries(instance, run)
+    if saved:
+        instance.add_run_tags(run.run_id, {RESULTS_SAVED_TAG: run.run_id, MAX_RETRIES_TAG: "0"})
     instance.report_run_failed(run, message=message)
-    instance.add_run_tags(run.run_id, {MAX_RETRIES_TAG: before})
+    if saved or run.tags.get(MAX_RETRIES_TAG) != usual:
+        instance.add_run_tags(run.run_id, {MAX_RETRIES_TAG: usual})
 
 
 def runs_with_files(instance: dg.DagsterInstance, key: str, fingerprint: str) -> list[dg.DagsterRun]:

@@ -12,7 +12,8 @@ from loan_engine_dagster.adapters.watch import batch_fingerprint, fingerprint
 from loan_engine_dagster.rules.errors import StructuralError
 
 from .run_records import (
-    BATCH_TAG, FINGERPRINT_TAG, MAX_RETRIES_TAG, RESULTS_SAVED_TAG, batch_tags, short_fingerprint,
+    BATCH_TAG, FINGERPRINT_TAG, MAX_RETRIES_TAG, RESULTS_SAVED_TAG, RETRIES_HELD_TAG, batch_tags, short_fingerprint,
+    usual_retries,
 )
 
 
@@ -78,18 +79,20 @@ class CommitGuard:
     sensor; `runs mark`), Dagster then decides no retry from the run's tags.
     Once committed the run is tagged with its own id as having saved its
     results. `release()` puts the retry setting back when the step ends, so
-    that a re-execution started from the run by hand inherits the usual one."""
+    that a re-execution started from the run by hand inherits the usual one;
+    for a worker lost before that, the setting held is kept in a tag, and
+    whoever reports the loss puts it back once Dagster has decided."""
 
     def __init__(self, context: dg.AssetExecutionContext) -> None:
         self._instance, self._run_id = context.instance, context.run.run_id
-        self._retries = context.run.tags.get(MAX_RETRIES_TAG, str(context.instance.run_retries_max_retries))
+        self._retries = usual_retries(context.instance, context.run)
         self._held = False
 
     @contextmanager
     def around_commit(self, publish: AbstractContextManager) -> Iterator:
         """`publish` (entered last in the save's transaction, left after its
         commit), with the run's retries held around the commit."""
-        self._instance.add_run_tags(self._run_id, {MAX_RETRIES_TAG: "0"})
+        self._instance.add_run_tags(self._run_id, {MAX_RETRIES_TAG: "0", RETRIES_HELD_TAG: self._retries})
         self._held = True
         try:
             with publish as published:
