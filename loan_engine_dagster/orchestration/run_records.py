@@ -170,7 +170,7 @@ def report_dead_run_failed(instance: dg.DagsterInstance, run: dg.DagsterRun, mes
     if saved:
         instance.add_run_tags(run.run_id, {RESULTS_SAVED_TAG: run.run_id, MAX_RETRIES_TAG: "0"})
     instance.report_run_failed(run, message=message)
-    if saved or run.tags.get(MAX_RETRIES_TAG) != usual:
+    if saved or run.tags.get(MAX_RETRIES_TAG, usual) != usual:
         instance.add_run_tags(run.run_id, {MAX_RETRIES_TAG: usual})
 
 
