@@ -15,7 +15,7 @@ from loan_engine_dagster.adapters.database import rows_run
 from .resources import Notifier, ResultsDatabase
 from .run_records import (
     INCIDENT_TAG, JOB_NAME, KIND_TAG, MAX_RETRIES_TAG, PHASE_TAG, RESULTS_SAVED_TAG, batch_of, dead_worker_seconds,
-    report_dead_run_failed, stop_point, usual_retries,
+    report_dead_run_failed, saved_its_results, stop_point, usual_retries,
 )
 
 DEAD_WORKER_POLL_SECONDS = 30
@@ -108,7 +108,8 @@ def report_incident(context, run: dg.DagsterRun, results_db: ResultsDatabase, no
     tags = {PHASE_TAG: incident.phase, KIND_TAG: incident.kind}
     # Its worker lost after the commit (the code server that launched it
     # failed it, or the dead-worker sensor did): the results are the batch's.
-    if incident.kind == "infra" and results_saved_by(run, results_db):
+    # A run already tagged so needs no second look at the database.
+    if incident.kind == "infra" and (saved_its_results(run) or results_saved_by(run, results_db)):
         tags[RESULTS_SAVED_TAG] = run.run_id
         if RESULTS_SAVED.casefold() not in incident.cause.casefold():
             incident = dataclasses.replace(incident, cause=f"{incident.cause}; {RESULTS_SAVED}")
