@@ -156,3 +156,18 @@ def test_a_loan_listed_twice_in_the_existing_assets_is_refused():
     with pytest.raises(StructuralError, match="listed more than once") as err:
         existing_frame([{"SELLER Loan #": "SFC_7"}, {"SELLER Loan #": "SFC_8"}, {"SELLER Loan #": "SFC_7"}])
     assert (err.value.file, err.value.columns, err.value.rows) == ("current_assets.csv", ["SELLER Loan #"], [2, 4])
+
+
+@pytest.mark.parametrize("pool_size", [3, 40])
+def test_listed_loan_numbers_match_set_membership_whichever_side_is_larger(pool_size):
+    """The hash table is built from the smaller side (a 600k-row tape against
+    100k loans); the answer must not depend on which side that is, nor on
+    repeats in either, nor on a side without any text (object dtype)."""
+    from loan_engine_dagster.rules.normalization import is_listed
+
+    numbers = pd.Series(pd.array([f"SFC_{i % 9}" for i in range(12)] + ["sfc_1", ""], dtype="string"))
+    pool = pd.Series(pd.array([f"SFC_{i}" for i in range(0, pool_size, 2)] * 2 + [""], dtype="string"))
+    expected = [n in set(pool) for n in numbers]
+    assert is_listed(numbers, pool).tolist() == expected
+    assert is_listed(numbers.astype(object), pool).tolist() == expected  # pandas' own isin
+    assert not is_listed(numbers, pool.iloc[:0]).any()

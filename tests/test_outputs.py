@@ -2,6 +2,7 @@ import json
 import threading
 import time
 
+import numpy as np
 import openpyxl
 import pandas as pd
 import pytest
@@ -326,6 +327,11 @@ def test_csv_is_byte_for_byte_what_pandas_writes(tmp_path, kind):
         pd.DataFrame({"a": pd.array(tricky, dtype=kind), "b": pd.array(tricky[::-1], dtype=kind)}, index=range(20, 35)),
         pd.DataFrame({"a": pd.array(["x", "cr\ralone"], dtype=kind), "b": ["y", "z"]}),  # pandas leaves a lone CR unquoted
         pd.DataFrame({"a": ["x", "y"], "n": [1.5, float("nan")]}),  # numbers: pandas' formatting
+        # Floats are turned into text for the Rust writer: every shape of float pandas writes
+        pd.DataFrame({"a": pd.array(["x"] * 16, dtype=kind), "n": [
+            1e16, 1e-5, -0.0, 0.0, np.inf, -np.inf, np.nan, 0.1 + 0.2, 123456789012345.0, 5e-324,
+            1.7976931348623157e308, 100.0, 2.5, 1e15, 12345.678901234567, -1e-7]}, index=range(5, 21)),
+        pd.DataFrame({"f32": np.array([0.1, 1e20, np.nan], dtype=np.float32), "i": [1, 2, 3]}),  # an int: pandas
     ]
     for i, frame in enumerate(frames):
         write_csv(frame, tmp_path / f"{i}.csv")
