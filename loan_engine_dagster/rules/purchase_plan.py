@@ -104,13 +104,14 @@ def _weights(check: Check, pop: pd.DataFrame, match: np.ndarray, balance: np.nda
 
 
 def limit_rows(
-    pop: pd.DataFrame, platform: str, checks: list[Check], tighten: dict[str, int] | None = None
+    pop: pd.DataFrame, platform: str, checks: list[Check], tighten: dict[str, int] | None = None,
+    columns: PopulationArrays | None = None,
 ) -> tuple[LimitRows, np.ndarray]:
     """The platform's limits as linear rows over its to-purchase loans, and
     the population positions of those loans. `tighten` holds a limit further
     inside, ten times more per step (the repair when a solved plan misses it)."""
     tighten = tighten or {}
-    columns = PopulationArrays(pop)
+    columns = columns or PopulationArrays(pop)
     bases = platform_bases(pop, platform, columns)
     base = bases["to_purchase"]
     existing = bases["before"]
@@ -424,6 +425,8 @@ def make_plan(
     plan; a limit no choice of this batch's loans can cure is reported as
     `not_curable` and left out; rejected loans are never added back."""
     pop = build_population(loans, existing)
+    # The population's columns as arrays, made once for every evaluation below (600k rows to factorize each time).
+    whole = PopulationArrays(pop)
     balance = pop["orig_balance"].to_numpy(dtype=float)
     held = np.zeros(len(pop), dtype=bool)
     binding = pd.Series("", index=pop.index, dtype=object)
@@ -437,13 +440,14 @@ def make_plan(
         for platform, platform_rules in platform_list:
             if _passes_on_to_purchase(checks, platform, platform_rules, _no_rows(0)):
                 # Every limit, curable or not, already holds with all loans bought: nothing to hold back.
-                variables = _variables(pop, platform_bases(pop, platform))
+                variables = _variables(pop, platform_bases(pop, platform, whole))
                 solution = Solution(np.ones(len(variables), dtype=bool), "not_needed", float(balance[variables].sum()))
                 solutions[platform] = (_no_rows(len(variables)), variables, solution)
                 held[variables] = False
                 binding.iloc[variables] = ""
                 continue
-            rows, variables = limit_rows(pop, platform, platform_rules, {c: t for (p, c), t in tighten.items() if p == platform})
+            rows, variables = limit_rows(pop, platform, platform_rules, {c: t for (p, c), t in tighten.items() if p == platform},
+                                         whole)
             not_curable |= {(platform, c) for c in rows.not_curable}
             if platform in given_up:
                 solution = Solution(np.ones(len(variables), dtype=bool), "infeasible", None, given_up[platform],
@@ -457,7 +461,7 @@ def make_plan(
             binding.iloc[variables] = ""
             binding.iloc[variables[~solution.buy]] = _binding(rows, solution.buy, np.flatnonzero(~solution.buy))
         kept = ~held & (~pop["is_buy"].to_numpy(dtype=bool) | pop["to_purchase"].to_numpy(dtype=bool))
-        evaluated = evaluate_checks(pop, rules, value_only=True, keep=kept)
+        evaluated = evaluate_checks(pop, rules, value_only=True, keep=kept, columns=whole)
         missed = [
             (p, c) for p, c, status in zip(evaluated["platform"], evaluated["check_id"], evaluated["status"], strict=True)
             if status == "fail" and (p, c) not in not_curable and solutions[p][2].status in ("optimal", "feasible")
@@ -488,7 +492,8 @@ def make_plan(
             "conflicting_checks": solution.conflicting,
             "note": solution.note,
         }
-    plan_loans = pop[pop["to_purchase"].to_numpy(dtype=bool)]
+    # Only the report's columns are cut to the plan's loans: the population holds the whole portfolio.
+    plan_loans = pop.loc[pop["to_purchase"].to_numpy(dtype=bool), ["seller_loan_number", "platform", "orig_balance"]]
     table = pd.DataFrame(
         {
             "seller_loan_number": plan_loans["seller_loan_number"].to_numpy(),
