@@ -141,8 +141,10 @@ def filter_mask(pop: pd.DataFrame, check: Check, columns: PopulationArrays | Non
     return mask
 
 
-def _share(weights: np.ndarray, base: np.ndarray, match: np.ndarray) -> tuple[float | None, float, float]:
-    total = weights[base].sum()
+def _share(
+    weights: np.ndarray, base: np.ndarray, match: np.ndarray, total: float | None = None
+) -> tuple[float | None, float, float]:
+    total = weights[base].sum() if total is None else total
     part = weights[base & match].sum()
     return (None if total == 0 else float(part / total)), float(part), float(total)
 
@@ -168,13 +170,15 @@ def check_match(pop: pd.DataFrame, check: Check, columns: PopulationArrays | Non
 
 
 def metric_value(check: Check, pop: pd.DataFrame, base: np.ndarray, match: np.ndarray, balance: np.ndarray,
-                 columns: PopulationArrays | None = None):
+                 columns: PopulationArrays | None = None, total: float | None = None):
     """The check's metric over one population base; None when the base is
-    empty or has zero balance."""
-    if not base.any() or balance[base].sum() == 0:
+    empty or has zero balance. `total` is the base's balance, `balance[base].sum()`,
+    if already summed."""
+    total = balance[base].sum() if total is None else total
+    if total == 0:  # (an empty base sums to 0 too)
         return None
     if check.metric in ("balance_share", "batch_balance_share"):
-        return _share(balance, base, match)[0]
+        return _share(balance, base, match, total)[0]
     if check.metric == "count_share":
         return float(match[base].sum() / base.sum())
     if check.metric == "distribution":
@@ -184,7 +188,7 @@ def metric_value(check: Check, pop: pd.DataFrame, base: np.ndarray, match: np.nd
         present = base & (codes >= 0)
         by_code = pd.Series(balance[present]).groupby(codes[present]).sum()
         by_state = pd.Series(by_code.to_numpy(), index=states[by_code.index.to_numpy()]).sort_index()
-        shares = (by_state / balance[base].sum()).sort_values(ascending=False, kind="stable")
+        shares = (by_state / total).sort_values(ascending=False, kind="stable")
         return {str(k): float(v) for k, v in shares.items()}
     column = (columns or PopulationArrays(pop)).numbers(check.column)[base]
     if check.metric == "max":
@@ -192,7 +196,7 @@ def metric_value(check: Check, pop: pd.DataFrame, base: np.ndarray, match: np.nd
     if check.metric == "mean":
         return float(column.mean())
     if check.metric == "wavg":
-        return float((column * balance[base]).sum() / balance[base].sum())
+        return float((column * balance[base]).sum() / total)
     raise ValueError(f"unknown metric {check.metric}")
 
 
@@ -219,13 +223,16 @@ def evaluate_checks(
         columns = whole.subset(inside)
         balance = columns.numbers("orig_balance")
         is_buy = columns.flags("is_buy")
+        # Each base's balance, summed once for the platform's checks (the same sum, so the same figures)
+        totals = {name: balance[b].sum() for name, b in bases.items()}
         for check in checks:
             match = check_match(pop, check, columns)
             if check.metric == "batch_balance_share":
                 values = {"value": metric_value(check, pop, base & is_buy, match, balance, columns), "before": None,
                           "to_purchase": None}
             else:
-                values = {name: None if value_only and name != "value" else metric_value(check, pop, b, match, balance, columns)
+                values = {name: None if value_only and name != "value"
+                          else metric_value(check, pop, b, match, balance, columns, totals[name])
                           for name, b in bases.items()}
             value = values["value"]
             if value is None:
@@ -238,7 +245,7 @@ def evaluate_checks(
             if status == "fail" and check.metric in ("balance_share", "count_share"):
                 subset = bases["value"] & match
                 if check.metric == "balance_share" and 0 <= check.limit < 1:
-                    _, s, b = _share(balance, bases["value"], match)
+                    _, s, b = _share(balance, bases["value"], match, totals["value"])
                     excess = (s - check.limit * b) / (1 - check.limit)
                 mine = subset & is_buy
                 order = np.argsort(-balance[mine], kind="stable")
@@ -263,19 +270,21 @@ def evaluate_checks(
                     "status": status,
                     "excess_balance": excess,
                     "contributors": contributors,
-                    "headroom_balance": None if value_only else headroom_balance(check, bases["to_purchase"], match, balance),
+                    "headroom_balance": None if value_only else headroom_balance(
+                        check, bases["to_purchase"], match, balance, totals["to_purchase"]),
                 }
             )
     return pd.DataFrame(rows)
 
 
-def headroom_balance(check: Check, base: np.ndarray, match: np.ndarray, balance: np.ndarray) -> float | None:
+def headroom_balance(check: Check, base: np.ndarray, match: np.ndarray, balance: np.ndarray,
+                     total: float | None = None) -> float | None:
     """For a balance share that passes on the loans to buy plus existing: how
     much more balance inside the filter could still be bought, `(L*B - S) /
     (1 - L)`. For a strict `<` it is the bound itself, not reachable exactly."""
     if check.metric != "balance_share" or check.limit is None or check.op not in ("<", "<=") or not 0 <= check.limit < 1:
         return None
-    share, s, b = _share(balance, base, match)
+    share, s, b = _share(balance, base, match, total)
     if share is None or not holds(share, check.op, check.limit):
         return None
     return float((check.limit * b - s) / (1 - check.limit))
