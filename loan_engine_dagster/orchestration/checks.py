@@ -65,7 +65,17 @@ _CONTRIBUTOR_SCHEMA = dg.TableSchema(
 )
 
 
-def _contributors_table(contributors: list[dict], programs: pd.Series) -> dg.TableMetadataValue:
+def _programs_of(loans: pd.DataFrame, numbers: set[str]) -> dict[str, str]:
+    """The program of each of these loans (its first valid row): only the few
+    a breach names, not the whole batch."""
+    if not numbers:
+        return {}
+    valid = loans.loc[~loans["invalid"] & loans["seller_loan_number"].isin(numbers), ["seller_loan_number", "loan_program"]]
+    valid = valid.drop_duplicates("seller_loan_number")
+    return dict(zip(valid["seller_loan_number"], valid["loan_program"], strict=True))
+
+
+def _contributors_table(contributors: list[dict], programs: dict[str, str]) -> dg.TableMetadataValue:
     top = contributors[:TOP_CONTRIBUTORS]
     return dg.MetadataValue.table(
         records=[
@@ -110,8 +120,8 @@ def limit_check_results(checks: pd.DataFrame, loans: pd.DataFrame):
     numbers that move from batch to batch (value, before, to_purchase, the
     contributing loans) are numeric metadata, so the Plots tab shows them
     over batches; the limit and the verdict are text."""
-    valid = loans.loc[~loans["invalid"], ["seller_loan_number", "loan_program"]].drop_duplicates("seller_loan_number")
-    programs = pd.Series(valid["loan_program"].to_numpy(), index=valid["seller_loan_number"].to_numpy())
+    named = {c["seller_loan_number"] for row in checks.get("contributors", []) for c in row[:TOP_CONTRIBUTORS]}
+    programs = _programs_of(loans, named)
     for row in checks.to_dict("records"):
         if row["limit"] is None or pd.isna(row["limit"]):
             continue  # informational metrics have nothing to breach
