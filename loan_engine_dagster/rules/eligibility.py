@@ -202,16 +202,16 @@ def metric_value(check: Check, pop: pd.DataFrame, base: np.ndarray, match: np.nd
 
 def evaluate_checks(
     pop: pd.DataFrame, rules: Rules, *, value_only: bool = False, keep: np.ndarray | None = None,
-    columns: PopulationArrays | None = None,
+    whole: PopulationArrays | None = None,
 ) -> pd.DataFrame:
     """One row per (platform, check) with the three population values, the
     status and, for a breached balance share, the excess balance and the
     batch's loans that make up the subset, largest first. `value_only` skips
     `before` and `to_purchase` (left null) when only the status is wanted;
     `keep` evaluates the population of those rows only, as `pop[keep]` would
-    without copying it. `columns` are `pop`'s arrays, if already made."""
+    without copying it. `whole` holds `pop`'s arrays, if already made."""
     rows = []
-    whole = columns or PopulationArrays(pop)
+    whole = whole or PopulationArrays(pop)
     for platform, checks in platform_checks(rules):
         # Every base of a platform lies inside its `value` base: each check
         # then works on that platform's rows only, in the same order, so the

@@ -461,7 +461,7 @@ def make_plan(
             binding.iloc[variables] = ""
             binding.iloc[variables[~solution.buy]] = _binding(rows, solution.buy, np.flatnonzero(~solution.buy))
         kept = ~held & (~pop["is_buy"].to_numpy(dtype=bool) | pop["to_purchase"].to_numpy(dtype=bool))
-        evaluated = evaluate_checks(pop, rules, value_only=True, keep=kept, columns=whole)
+        evaluated = evaluate_checks(pop, rules, value_only=True, keep=kept, whole=whole)
         missed = [
             (p, c) for p, c, status in zip(evaluated["platform"], evaluated["check_id"], evaluated["status"], strict=True)
             if status == "fail" and (p, c) not in not_curable and solutions[p][2].status in ("optimal", "feasible")
