@@ -14,8 +14,8 @@ from loan_engine_dagster.adapters.database import rows_run
 
 from .resources import Notifier, ResultsDatabase
 from .run_records import (
-    INCIDENT_TAG, JOB_NAME, KIND_TAG, MAX_RETRIES_TAG, PHASE_TAG, RESULTS_SAVED_TAG, batch_of, dead_worker_seconds,
-    report_dead_run_failed, saved_its_results, stop_point, usual_retries,
+    INCIDENT_TAG, JOB_NAME, KIND_TAG, PHASE_TAG, RESULTS_SAVED_TAG, batch_of, dead_worker_seconds,
+    report_dead_run_failed, restored_retries, saved_its_results, stop_point,
 )
 
 DEAD_WORKER_POLL_SECONDS = 30
@@ -113,12 +113,8 @@ def report_incident(context, run: dg.DagsterRun, results_db: ResultsDatabase, no
         tags[RESULTS_SAVED_TAG] = run.run_id
         if RESULTS_SAVED.casefold() not in incident.cause.casefold():
             incident = dataclasses.replace(incident, cause=f"{incident.cause}; {RESULTS_SAVED}")
-    # Lost while its save held its retries at 0: Dagster has decided by now
-    # (`dagster/will_retry`), and re-executions started from it by hand
-    # should inherit the usual setting.
-    usual = usual_retries(context.instance, run)
-    if run.tags.get(MAX_RETRIES_TAG, usual) != usual:
-        tags[MAX_RETRIES_TAG] = usual
+    # Lost while its save held its retries at 0: Dagster has decided by now (`dagster/will_retry`).
+    tags.update(restored_retries(context.instance, run))
     context.instance.add_run_tags(run.run_id, tags)
     context.log.info(incident.text())
     # The alert goes out before the database write: a database outage is the

@@ -166,12 +166,20 @@ def report_dead_run_failed(instance: dg.DagsterInstance, run: dg.DagsterRun, mes
     again. Its retry setting is put back once Dagster has decided (the
     failure's `dagster/will_retry`), so that a re-execution started from it
     by hand inherits the usual one."""
-    usual = usual_retries(instance, run)
+    restore = {MAX_RETRIES_TAG: usual_retries(instance, run)} if saved else restored_retries(instance, run)
     if saved:
         instance.add_run_tags(run.run_id, {RESULTS_SAVED_TAG: run.run_id, MAX_RETRIES_TAG: "0"})
     instance.report_run_failed(run, message=message)
-    if saved or run.tags.get(MAX_RETRIES_TAG, usual) != usual:
-        instance.add_run_tags(run.run_id, {MAX_RETRIES_TAG: usual})
+    if restore:
+        instance.add_run_tags(run.run_id, restore)
+
+
+def restored_retries(instance: dg.DagsterInstance, run: dg.DagsterRun) -> dict[str, str]:
+    """The tag that puts the run's own `dagster/max_retries` back where its
+    save left it held at 0 (once Dagster has decided on the failure), so that
+    re-executions started from it by hand inherit it; none where it holds it."""
+    usual = usual_retries(instance, run)
+    return {MAX_RETRIES_TAG: usual} if run.tags.get(MAX_RETRIES_TAG, usual) != usual else {}
 
 
 def runs_with_files(instance: dg.DagsterInstance, key: str, fingerprint: str) -> list[dg.DagsterRun]:
