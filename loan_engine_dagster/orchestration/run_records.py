@@ -177,7 +177,8 @@ def report_dead_run_failed(instance: dg.DagsterInstance, run: dg.DagsterRun, mes
 def restored_retries(instance: dg.DagsterInstance, run: dg.DagsterRun) -> dict[str, str]:
     """The tag that puts the run's own `dagster/max_retries` back where its
     save left it held at 0 (once Dagster has decided on the failure), so that
-    re-executions started from it by hand inherit it; none where it holds it."""
+    re-executions started from it by hand inherit it; none when the run
+    already has its usual setting."""
     usual = usual_retries(instance, run)
     return {MAX_RETRIES_TAG: usual} if run.tags.get(MAX_RETRIES_TAG, usual) != usual else {}
 
